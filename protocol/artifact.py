@@ -1,0 +1,352 @@
+"""The ``.ota`` file (SPEC section 3): header, manifest, signature, segments.
+
+Building is pure (bytes in, bytes out). Reading is streaming: an
+:class:`ArtifactReader` reads the header, manifest and signature when it is
+built, then hands out one checked segment at a time from any object with a
+``read(n)`` method, so it works on pipes and sockets and never holds more than
+one segment. ``open_artifact`` and ``inspect_artifact`` are the only helpers
+here that open files (they exist for the CLI and the gateway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from .errors import DecodeError, IntegrityError, OtaferryError, ProtocolError, Reason
+from .keys import SigningKey, VerifyKey
+from .manifest import (
+    MAX_MANIFEST_SIZE,
+    PAYLOAD_DELTA,
+    PAYLOAD_FULL,
+    Manifest,
+    build_segment_table,
+    segment_check,
+    signing_message,
+)
+from .payload import (
+    CODEC_ZSTD,
+    DEFAULT_LEVEL,
+    DEFAULT_SEGMENT_SIZE,
+    compress_segments,
+    decoder_ram_bytes,
+    window_log_for,
+)
+
+MAGIC = b"OTAF"
+FILE_FORMAT = 1
+HEADER_SIZE = 10
+SIGNATURE_SIZE = 64
+_HEADER = struct.Struct("<4sBBI")
+
+__all__ = [
+    "FILE_FORMAT",
+    "HEADER_SIZE",
+    "MAGIC",
+    "SIGNATURE_SIZE",
+    "ArtifactReader",
+    "assemble",
+    "build_full",
+    "describe",
+    "encode_header",
+    "find_key",
+    "inspect_artifact",
+    "open_artifact",
+]
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes | None: ...
+
+
+def encode_header(manifest_size: int) -> bytes:
+    if not 1 <= manifest_size <= MAX_MANIFEST_SIZE:
+        raise DecodeError(f"manifest size {manifest_size} out of range 1..{MAX_MANIFEST_SIZE}")
+    return _HEADER.pack(MAGIC, FILE_FORMAT, 0, manifest_size)
+
+
+def assemble(manifest: Manifest, segments: Sequence[bytes], key: SigningKey) -> bytes:
+    """Sign *manifest* with *key* and lay out the whole ``.ota`` file.
+
+    Checks first that the manifest's key id is *key*'s and that its segment
+    table describes exactly these *segments*, so a wrong table can never be
+    signed.
+    """
+    if manifest.key_id != key.public.key_id:
+        raise ProtocolError(
+            f"manifest key_id {manifest.key_id.hex()} is not the signing key's "
+            f"{key.public.key_id.hex()}",
+            Reason.UNKNOWN_KEY,
+        )
+    if len(segments) != len(manifest.segments):
+        raise ProtocolError(
+            f"{len(segments)} segments given, manifest lists {len(manifest.segments)}",
+            Reason.MALFORMED,
+        )
+    for i, (seg, entry) in enumerate(zip(segments, manifest.segments, strict=True)):
+        if len(seg) != entry.length or segment_check(seg) != entry.check:
+            raise IntegrityError(
+                f"segment {i} does not match the manifest's segment table",
+                Reason.SEGMENT_CORRUPT,
+                index=i,
+            )
+    manifest_bytes = manifest.encode()
+    header = encode_header(len(manifest_bytes))
+    signature = key.sign(signing_message(manifest_bytes))
+    return b"".join([header, manifest_bytes, signature, *map(bytes, segments)])
+
+
+def build_full(
+    image: bytes,
+    key: SigningKey,
+    *,
+    hw: Sequence[str],
+    chip: str,
+    version: str,
+    security_counter: int = 0,
+    project: str | None = None,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    level: int = DEFAULT_LEVEL,
+) -> bytes:
+    """Build a full-image (``zstd``) ``.ota`` file for *image*."""
+    image = bytes(image)
+    if not image:
+        raise DecodeError("cannot build an artifact for an empty image")
+    segments = compress_segments(image, segment_size, level)
+    manifest = Manifest(
+        hw=tuple(hw),
+        chip=chip,
+        version=version,
+        security_counter=security_counter,
+        target_size=len(image),
+        target_sha256=hashlib.sha256(image).digest(),
+        payload_kind=PAYLOAD_FULL,
+        codec=CODEC_ZSTD,
+        window_log=window_log_for(segment_size),
+        segment_size=segment_size,
+        segments=build_segment_table(segments),
+        key_id=key.public.key_id,
+        project=project,
+    )
+    return assemble(manifest, segments, key)
+
+
+class ArtifactReader:
+    """Streaming reader over a binary stream positioned at the start of a ``.ota``.
+
+    Construction reads and checks header, manifest and signature (``BAD_MAGIC``,
+    ``UNSUPPORTED_FORMAT``, ``MALFORMED``, ``TRUNCATED``). :meth:`verify` checks
+    the signature against trusted keys; :meth:`iter_segments` then yields each
+    segment after checking it against the signed table. Reading segments does
+    not require :meth:`verify` (a relaying gateway may hold no trusted keys);
+    the device verifies end to end.
+    """
+
+    def __init__(self, stream: Readable) -> None:
+        self._stream = stream
+        self._consumed = False
+        self.verified_key: VerifyKey | None = None
+        head = self._read_upto(HEADER_SIZE)
+        if head[:4] != MAGIC[: len(head)]:
+            raise DecodeError(f"not an .ota file (magic {head[:4].hex()})", Reason.BAD_MAGIC)
+        if len(head) < HEADER_SIZE:
+            raise DecodeError(
+                f"file ends inside the {HEADER_SIZE}-byte header ({len(head)} bytes)",
+                Reason.TRUNCATED,
+                offset=len(head),
+            )
+        _, file_format, flags, manifest_size = _HEADER.unpack(head)
+        if file_format != FILE_FORMAT:
+            raise DecodeError(
+                f"file format {file_format} is not supported (this reader knows {FILE_FORMAT})",
+                Reason.UNSUPPORTED_FORMAT,
+            )
+        if flags != 0:
+            raise DecodeError(f"reserved flags byte is 0x{flags:02x}, must be 0", Reason.MALFORMED)
+        if not 1 <= manifest_size <= MAX_MANIFEST_SIZE:
+            raise DecodeError(
+                f"manifest length {manifest_size} out of range 1..{MAX_MANIFEST_SIZE}",
+                Reason.MALFORMED,
+            )
+        self._manifest_bytes = self._read_exact(manifest_size, "the manifest", HEADER_SIZE)
+        self._manifest = Manifest.decode(self._manifest_bytes)
+        self._signature = self._read_exact(
+            SIGNATURE_SIZE, "the signature", HEADER_SIZE + manifest_size
+        )
+        self._header_size: int = HEADER_SIZE + manifest_size + SIGNATURE_SIZE
+
+    # --- stream helpers ---
+
+    def _read_upto(self, n: int) -> bytes:
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            chunk = self._stream.read(n - got)
+            if not chunk:
+                break
+            if len(chunk) > n - got:  # a misbehaving stream; never trust it
+                raise DecodeError("stream returned more bytes than asked", Reason.MALFORMED)
+            parts.append(bytes(chunk))
+            got += len(chunk)
+        return b"".join(parts)
+
+    def _read_exact(self, n: int, what: str, offset: int) -> bytes:
+        data = self._read_upto(n)
+        if len(data) != n:
+            raise DecodeError(
+                f"file ends inside {what} at offset {offset + len(data)} "
+                f"({len(data)} of {n} bytes)",
+                Reason.TRUNCATED,
+                offset=offset + len(data),
+            )
+        return data
+
+    # --- public API ---
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def manifest_bytes(self) -> bytes:
+        return self._manifest_bytes
+
+    @property
+    def signature(self) -> bytes:
+        return self._signature
+
+    @property
+    def header_size(self) -> int:
+        """Bytes before the payload: 10-byte header + manifest + signature."""
+        return self._header_size
+
+    def verify(self, trusted: Iterable[VerifyKey]) -> VerifyKey:
+        """Return the trusted key that signed this manifest.
+
+        ``UNKNOWN_KEY`` if no trusted key has the manifest's key id,
+        ``BAD_SIGNATURE`` if the key with that id does not verify it.
+        """
+        key = find_key(self._manifest.key_id, trusted)
+        key.verify(self._signature, signing_message(self._manifest_bytes))
+        self.verified_key = key
+        return key
+
+    def iter_segments(self) -> Iterator[bytes]:
+        """Yield each segment's payload bytes, each checked before it is yielded."""
+        for index, data, ok in self._iter_raw():
+            if not ok:
+                raise IntegrityError(
+                    f"segment {index} does not match its signed check",
+                    Reason.SEGMENT_CORRUPT,
+                    index=index,
+                )
+            yield data
+
+    def _iter_raw(self) -> Iterator[tuple[int, bytes, bool]]:
+        if self._consumed:
+            raise ProtocolError("segments were already read from this stream", Reason.BAD_STATE)
+        self._consumed = True
+        offset = self._header_size
+        for index, entry in enumerate(self._manifest.segments):
+            data = self._read_exact(entry.length, f"segment {index}", offset)
+            offset += entry.length
+            yield index, data, segment_check(data) == entry.check
+        if self._read_upto(1):
+            raise DecodeError(
+                f"trailing bytes after the last segment at offset {offset}",
+                Reason.MALFORMED,
+                offset=offset,
+            )
+
+
+def find_key(key_id: bytes, trusted: Iterable[VerifyKey]) -> VerifyKey:
+    """The trusted key with this key id, else ``UNKNOWN_KEY``."""
+    for key in trusted:
+        if key.key_id == key_id:
+            return key
+    raise ProtocolError(f"signed by untrusted key {key_id.hex()}", Reason.UNKNOWN_KEY)
+
+
+@contextmanager
+def open_artifact(path: str | os.PathLike[str]) -> Iterator[ArtifactReader]:
+    """``with open_artifact(path) as reader:`` — a reader over the opened file."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed in finally
+    except OSError as exc:
+        raise OtaferryError(f"{os.fspath(path)}: {exc.strerror}", Reason.IO_ERROR) from exc
+    try:
+        yield ArtifactReader(fh)
+    finally:
+        fh.close()
+
+
+def _payload_kind_name(kind: int) -> str:
+    return {PAYLOAD_FULL: "full", PAYLOAD_DELTA: "delta"}.get(kind, str(kind))
+
+
+def describe(manifest: Manifest) -> dict[str, Any]:
+    """The manifest as a JSON-ready dict (hex for bytes)."""
+    return {
+        "format": manifest.format,
+        "payload_kind": _payload_kind_name(manifest.payload_kind),
+        "payload_size": manifest.payload_size,
+        "target_size": manifest.target_size,
+        "target_sha256": manifest.target_sha256.hex(),
+        "base_sha256": manifest.base_sha256.hex() if manifest.base_sha256 else None,
+        "base_size": manifest.base_size,
+        "version": manifest.version,
+        "hw": list(manifest.hw),
+        "chip": manifest.chip,
+        "project": manifest.project,
+        "security_counter": manifest.security_counter,
+        "codec": manifest.codec,
+        "window_log": manifest.window_log,
+        "segment_size": manifest.segment_size,
+        "segments": manifest.segment_count,
+        "key_id": manifest.key_id.hex(),
+        "decoder_ram_bytes": decoder_ram_bytes(manifest.segment_size, manifest.window_log),
+    }
+
+
+def inspect_artifact(
+    path: str | os.PathLike[str], trusted: Iterable[VerifyKey] | None = None
+) -> dict[str, Any]:
+    """Describe an ``.ota`` file and check its segments (and, given keys, its signature).
+
+    Raises for an unreadable header or manifest; a bad payload is reported,
+    not raised: ``segments_ok`` is False, ``bad_segments`` lists corrupt
+    indices and ``payload_error`` names the reason (``SEGMENT_CORRUPT``,
+    ``TRUNCATED`` or ``MALFORMED`` for trailing bytes).
+    """
+    file_size = os.path.getsize(path)
+    with open_artifact(path) as reader:
+        info = describe(reader.manifest)
+        info["file_size"] = file_size
+        info["manifest_size"] = len(reader.manifest_bytes)
+        info["signature_ok"] = None
+        info["signature_error"] = None
+        if trusted is not None:
+            try:
+                reader.verify(trusted)
+                info["signature_ok"] = True
+            except ProtocolError as exc:
+                info["signature_ok"] = False
+                info["signature_error"] = exc.reason.name
+        bad: list[int] = []
+        error: str | None = None
+        try:
+            for index, _data, ok in reader._iter_raw():
+                if not ok:
+                    bad.append(index)
+        except DecodeError as exc:
+            error = exc.reason.name
+        if bad and error is None:
+            error = Reason.SEGMENT_CORRUPT.name
+        info["bad_segments"] = bad
+        info["payload_error"] = error
+        info["segments_ok"] = error is None
+    return info
