@@ -1,0 +1,174 @@
+"""The bootloader and the running app's otadata calls, modelled on ESP-IDF
+with CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE and no factory partition.
+
+``boot`` follows bootloader_utility_get_selected_boot_partition():
+
+1. every PENDING_VERIFY entry is marked ABORTED: the image was booted before
+   and never confirmed, whatever the reason for this reset;
+2. the active entry (valid, highest seq) selects slot ``(seq - 1) % n``;
+   with none, ota_0 is tried, and if both entries were blank (or failed their
+   CRC) the slot that boots is written back as seq = slot + 1, VALID, in
+   sector 0 (ESP-IDF's set_actual_ota_seq);
+3. a NEW entry becomes PENDING_VERIFY before its image starts.
+
+One deliberate difference: ``verify(slot)`` (e.g. the image's SHA-256 against
+what the installer recorded) is consulted before a slot boots. When the
+selected image fails it, its entry is marked ABORTED at once and the previous
+valid slot boots (ESP-IDF leaves the entry and aborts it one boot later,
+which lets an app running the fallback image "confirm" an image that never
+ran). Fallback order: the other otadata entry's slot, then ESP-IDF's order
+(lower slots downwards, then higher ones).
+
+Every write here goes through OtaData, whose power-cut argument is in
+otadata.py: after a cut at any op, the next ``boot`` picks an image that
+was booted successfully before or the new one.
+"""
+
+from . import otadata as od
+from .partitions import ota_layout
+from .reasons import BAD_STATE, DeviceError
+
+
+class BootResult:
+    def __init__(self, slot, partition, entry, log, fallback):
+        self.slot = slot  # OTA slot index that boots
+        self.partition = partition
+        self.label = partition.label
+        self.state = None if entry is None else entry.state  # its otadata state, if any
+        self.seq = None if entry is None else entry.seq
+        self.log = log  # lines describing what the bootloader did
+        self.fallback = fallback  # True when this is not the slot otadata selected
+
+    @property
+    def pending(self):
+        return self.state == od.PENDING_VERIFY
+
+    def __repr__(self):
+        state = "-" if self.state is None else od.state_name(self.state)
+        return "BootResult(%s, state=%s, seq=%r, fallback=%r)" % (
+            self.label, state, self.seq, self.fallback)
+
+
+def open_otadata(flash, parts):
+    """(OtaData, [ota slot partitions]) for a table; NO_OTA_SLOT if it has none."""
+    otadata, slots = ota_layout(parts)
+    return od.OtaData(flash, otadata, len(slots)), slots
+
+
+def _candidates(chosen, other, n):
+    order = [chosen]
+    if other is not None:
+        order.append(other)
+    order += list(range(chosen - 1, -1, -1)) + list(range(chosen + 1, n))
+    out = []
+    for s in order:
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def boot(flash, parts, verify=None):
+    o, slots = open_otadata(flash, parts)
+    n = len(slots)
+    log = []
+    entries = o.read()
+    initial = not (entries[0].crc_ok or entries[1].crc_ok)
+    for e in entries:
+        if e.crc_ok and e.state == od.PENDING_VERIFY:
+            log.append("otadata[%d] seq %d (ota_%d) was booted and never confirmed: ABORTED"
+                       % (e.index, e.seq, e.slot(n)))
+            o.set_state(od.ABORTED, e)
+            e.state = od.ABORTED
+    act = o.active(entries)
+    other = None
+    if act is None:
+        chosen = 0
+        log.append("no valid otadata entry: trying ota_0")
+    else:
+        chosen = act.slot(n)
+        log.append("otadata[%d] seq %d selects ota_%d (%s)"
+                   % (act.index, act.seq, chosen, od.state_name(act.state)))
+        if act.state == od.NEW:
+            o.set_state(od.PENDING_VERIFY, act)
+            act.state = od.PENDING_VERIFY
+            log.append("first boot of ota_%d: PENDING_VERIFY" % chosen)
+        prev = entries[1 - act.index]
+        if prev.valid:
+            other = prev.slot(n)
+    for slot in _candidates(chosen, other, n):
+        if verify is not None and not verify(slot):
+            log.append("ota_%d: image check failed, not booting it" % slot)
+            if act is not None and slot == chosen:
+                o.set_state(od.ABORTED, act)
+                act.state = od.ABORTED
+                log.append("otadata[%d] seq %d marked ABORTED" % (act.index, act.seq))
+            continue
+        entry = None
+        if act is not None and act.state != od.ABORTED and slot == chosen:
+            entry = act
+        elif other is not None and slot == other:
+            entry = entries[1 - act.index]
+        elif act is None and initial:
+            entry = o.write_entry(0, od.Entry(slot + 1, od.VALID))
+            log.append("blank otadata: wrote seq %d (VALID) for ota_%d" % (slot + 1, slot))
+        log.append("booting %s" % slots[slot].label)
+        return BootResult(slot, slots[slot], entry, log, slot != chosen)
+    raise DeviceError(BAD_STATE, "no bootable app partition: every OTA slot failed its image check",
+                      log=log)
+
+
+def _running_entry(o, running):
+    act = o.active()
+    if act is None:
+        raise DeviceError(BAD_STATE, "no valid otadata entry: the running app cannot change it")
+    if act.slot(o.num_slots) != running:
+        raise DeviceError(
+            BAD_STATE,
+            "running ota_%d but otadata selects ota_%d (an update is armed, or the app "
+            "booted as a fallback)" % (running, act.slot(o.num_slots)),
+            running=running,
+        )
+    return act
+
+
+def confirm(flash, parts, running):
+    """The running app (slot ``running``) works: mark its entry VALID
+    (esp_ota_mark_app_valid_cancel_rollback). No write if already VALID."""
+    o, _ = open_otadata(flash, parts)
+    act = _running_entry(o, running)
+    if act.state == od.VALID:
+        return act
+    return o.set_state(od.VALID, act)
+
+
+def mark_invalid(flash, parts, running, verify=None):
+    """The running app gives up (esp_ota_mark_app_invalid_rollback): its
+    entry becomes INVALID and the next boot takes the previous slot, which
+    must have a valid entry (and pass ``verify``). Returns that slot."""
+    o, _ = open_otadata(flash, parts)
+    act = _running_entry(o, running)
+    prev = o.read()[1 - act.index]
+    target = prev.slot(o.num_slots) if prev.valid else None
+    if target is None or (verify is not None and not verify(target)):
+        raise DeviceError(BAD_STATE, "rollback not possible: no other valid slot to return to")
+    o.set_state(od.INVALID, act)
+    return target
+
+
+def set_boot(flash, parts, slot):
+    """Select ``slot`` for the next boot as NEW (esp_ota_set_boot_partition);
+    the caller has already checked the image in it."""
+    o, _ = open_otadata(flash, parts)
+    return o.select(slot, od.NEW)
+
+
+def state_of(flash, parts, slot):
+    """otadata state recorded for ``slot`` (esp_ota_get_state_partition) or None."""
+    o, _ = open_otadata(flash, parts)
+    return o.state_of(slot)
+
+
+def next_update_slot(parts, running):
+    """The slot an update should go to (esp_ota_get_next_update_partition)."""
+    _, slots = ota_layout(parts)
+    return (running + 1) % len(slots)

@@ -1,0 +1,331 @@
+"""ESP-IDF partition tables: the CSV that ``gen_esp32part.py`` reads and the
+binary the bootloader reads at 0x8000.
+
+Rules follow ESP-IDF's gen_esp32part.py (v5): fields ``name, type, subtype,
+offset, size, flags``; ``#`` starts a comment line; missing trailing fields
+are empty; numbers in any base ``int(x, 0)`` takes, with K/M suffixes; an
+empty offset is the end of the previous partition (the first one: the end of
+the table sector, 0x9000) rounded up to 0x10000 for app partitions and
+0x1000 for the others; explicit offsets must not go backwards; app offsets
+must be 0x10000-aligned and app sizes 4 KiB multiples; labels unique and at
+most 16 bytes; at most one otadata partition, of size 0x2000. Flags are
+``:``-separated: ``encrypted`` (bit 0) and ``readonly`` (bit 1).
+"""
+
+import hashlib
+import struct
+
+from .reasons import NO_OTA_SLOT, PARTITION_TABLE, DeviceError
+
+TABLE_OFFSET = 0x8000
+TABLE_SECTOR = 0x1000
+TABLE_MAX_LEN = 0xC00
+ENTRY_SIZE = 32
+MAGIC = b"\xaa\x50"
+MD5_MAGIC = b"\xeb\xeb" + b"\xff" * 14
+ENTRY_FMT = "<2sBBII16sI"
+DEFAULT_FLASH_SIZE = 4 * 1024 * 1024
+
+TYPE_APP = 0x00
+TYPE_DATA = 0x01
+TYPES = {"app": TYPE_APP, "data": TYPE_DATA}
+
+SUBTYPE_FACTORY = 0x00
+SUBTYPE_OTA_0 = 0x10
+NUM_OTA_SLOTS = 16
+SUBTYPE_TEST = 0x20
+DATA_OTA = 0x00
+DATA_NVS = 0x02
+DATA_COREDUMP = 0x03
+
+SUBTYPES = {
+    TYPE_APP: {"factory": SUBTYPE_FACTORY, "test": SUBTYPE_TEST},
+    TYPE_DATA: {
+        "ota": DATA_OTA,
+        "phy": 0x01,
+        "nvs": DATA_NVS,
+        "coredump": DATA_COREDUMP,
+        "nvs_keys": 0x04,
+        "efuse": 0x05,
+        "undefined": 0x06,
+        "esphttpd": 0x80,
+        "fat": 0x81,
+        "spiffs": 0x82,
+        "littlefs": 0x83,
+    },
+}
+for _i in range(NUM_OTA_SLOTS):
+    SUBTYPES[TYPE_APP]["ota_%d" % _i] = SUBTYPE_OTA_0 + _i
+
+FLAG_ENCRYPTED = 1 << 0
+FLAG_READONLY = 1 << 1
+FLAGS = {"encrypted": FLAG_ENCRYPTED, "readonly": FLAG_READONLY}
+
+APP_ALIGN = 0x10000
+DATA_ALIGN = 0x1000
+OTADATA_SIZE = 0x2000
+NVS_RW_MIN_SIZE = 0x3000
+
+DEFAULT_CSV = """\
+# Name,   Type, SubType, Offset,   Size, Flags
+nvs,      data, nvs,     0x9000,   0x4000,
+otadata,  data, ota,     0xd000,   0x2000,
+phy_init, data, phy,     0xf000,   0x1000,
+ota_0,    app,  ota_0,   0x10000,  1M,
+ota_1,    app,  ota_1,   0x110000, 1M,
+"""
+
+
+class Partition:
+    def __init__(self, label, type, subtype, offset, size, flags=0):
+        self.label = label
+        self.type = type
+        self.subtype = subtype
+        self.offset = offset
+        self.size = size
+        self.flags = flags
+
+    @property
+    def end(self):
+        return self.offset + self.size
+
+    @property
+    def encrypted(self):
+        return bool(self.flags & FLAG_ENCRYPTED)
+
+    @property
+    def readonly(self):
+        return bool(self.flags & FLAG_READONLY)
+
+    @property
+    def ota_index(self):
+        """0..15 for an OTA app slot, else None."""
+        if self.type == TYPE_APP and SUBTYPE_OTA_0 <= self.subtype < SUBTYPE_OTA_0 + NUM_OTA_SLOTS:
+            return self.subtype - SUBTYPE_OTA_0
+        return None
+
+    def _key(self):
+        return (self.label, self.type, self.subtype, self.offset, self.size, self.flags)
+
+    def __eq__(self, other):
+        return isinstance(other, Partition) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __repr__(self):
+        return "Partition(%r, 0x%x, 0x%x, 0x%x, 0x%x, %d)" % self._key()
+
+
+def _err(message, **fields):
+    return DeviceError(PARTITION_TABLE, message, **fields)
+
+
+def _parse_int(text, keywords=None, what="value", line=0):
+    low = text.lower()
+    if keywords and low in keywords:
+        return keywords[low]
+    mult = 1
+    if low.endswith("k"):
+        mult, low = 1024, low[:-1]
+    elif low.endswith("m"):
+        mult, low = 1024 * 1024, low[:-1]
+    try:
+        return int(low.strip(), 0) * mult
+    except ValueError:
+        pass
+    known = (": known names " + ", ".join(sorted(keywords))) if keywords else ""
+    raise _err("line %d: invalid %s %r%s" % (line, what, text, known), line=line, field=what)
+
+
+def _parse_line(line, line_no):
+    fields = [f.strip() for f in (line + ",,,,,").split(",")]
+    label = fields[0]
+    if not label:
+        raise _err("line %d: empty partition name" % line_no, line=line_no)
+    if len(label.encode()) > 16:
+        raise _err("line %d: name %r longer than 16 bytes" % (line_no, label), line=line_no)
+    if not fields[1]:
+        raise _err("line %d: type is empty" % line_no, line=line_no)
+    ptype = _parse_int(fields[1], TYPES, "type", line_no)
+    if not fields[2]:
+        if ptype == TYPE_APP:
+            raise _err("line %d: app partition needs a subtype" % line_no, line=line_no)
+        subtype = SUBTYPES[TYPE_DATA]["undefined"]
+    else:
+        subtype = _parse_int(fields[2], SUBTYPES.get(ptype, {}), "subtype", line_no)
+    offset = _parse_int(fields[3], None, "offset", line_no) if fields[3] else None
+    if not fields[4]:
+        raise _err("line %d: size is empty" % line_no, line=line_no)
+    size = _parse_int(fields[4], None, "size", line_no)
+    flags = 0
+    for flag in fields[5].split(":"):
+        flag = flag.strip()
+        if flag in FLAGS:
+            flags |= FLAGS[flag]
+        elif flag:
+            raise _err("line %d: unknown flag %r (known: encrypted, readonly)" % (line_no, flag),
+                       line=line_no)
+    if not 0 <= ptype <= 0xFE or not 0 <= subtype <= 0xFE:
+        raise _err("line %d: type/subtype out of range 0..0xfe" % line_no, line=line_no)
+    if size <= 0:
+        raise _err("line %d: size must be positive" % line_no, line=line_no)
+    return Partition(label, ptype, subtype, offset, size, flags), line_no
+
+
+def parse_csv(text, table_offset=TABLE_OFFSET, flash_size=None):
+    """Parse an ESP-IDF partition CSV into a checked list of Partition."""
+    rows = []
+    for n, raw in enumerate(text.splitlines()):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            rows.append(_parse_line(line, n + 1))
+    last_end = table_offset + TABLE_SECTOR
+    for p, line_no in rows:
+        if p.offset is None:
+            align = APP_ALIGN if p.type == TYPE_APP else DATA_ALIGN
+            p.offset = (last_end + align - 1) // align * align
+        elif p.offset < last_end:
+            raise _err(
+                "line %d: %s at 0x%x overlaps what comes before it (ends at 0x%x)"
+                % (line_no, p.label, p.offset, last_end),
+                line=line_no,
+                label=p.label,
+            )
+        last_end = p.offset + p.size
+    parts = [p for p, _ in rows]
+    check(parts, table_offset, flash_size)
+    return parts
+
+
+def check(parts, table_offset=TABLE_OFFSET, flash_size=None):
+    """The checks gen_esp32part.py's verify() makes; raises PARTITION_TABLE."""
+    seen = set()
+    for p in parts:
+        if p.label in seen:
+            raise _err("duplicate partition name %r" % p.label, label=p.label)
+        seen.add(p.label)
+        align = APP_ALIGN if p.type == TYPE_APP else DATA_ALIGN
+        if p.offset % align:
+            raise _err("%s: offset 0x%x is not aligned to 0x%x" % (p.label, p.offset, align),
+                       label=p.label)
+        if p.type == TYPE_APP and p.size % DATA_ALIGN:
+            raise _err("%s: app size 0x%x is not a multiple of 0x1000" % (p.label, p.size),
+                       label=p.label)
+        if p.type == TYPE_DATA and p.subtype in (DATA_OTA, DATA_COREDUMP) and p.readonly:
+            raise _err("%s: otadata/coredump partitions cannot be readonly" % p.label,
+                       label=p.label)
+        if (p.type == TYPE_DATA and p.subtype == DATA_NVS and p.size < NVS_RW_MIN_SIZE
+                and not p.readonly):
+            raise _err("%s: a read/write nvs partition needs at least 0x3000 bytes" % p.label,
+                       label=p.label)
+        if flash_size is not None and p.end > flash_size:
+            raise _err("%s ends at 0x%x, beyond the 0x%x-byte flash" % (p.label, p.end, flash_size),
+                       label=p.label)
+    prev = None
+    for p in sorted(parts, key=lambda q: q.offset):
+        if p.offset < table_offset + TABLE_SECTOR:
+            raise _err("%s: offset 0x%x is below 0x%x (bootloader and partition table)"
+                       % (p.label, p.offset, table_offset + TABLE_SECTOR), label=p.label)
+        if prev is not None and p.offset < prev.end:
+            raise _err("%s at 0x%x overlaps %s (0x%x-0x%x)"
+                       % (p.label, p.offset, prev.label, prev.offset, prev.end), label=p.label)
+        prev = p
+    otadata = [p for p in parts if p.type == TYPE_DATA and p.subtype == DATA_OTA]
+    if len(otadata) > 1:
+        raise _err("more than one otadata partition (data, ota)")
+    if otadata and otadata[0].size != OTADATA_SIZE:
+        raise _err("otadata partition must have size 0x2000, not 0x%x" % otadata[0].size)
+
+
+def to_binary(parts):
+    out = b"".join(
+        struct.pack(ENTRY_FMT, MAGIC, p.type, p.subtype, p.offset, p.size, p.label.encode(),
+                    p.flags)
+        for p in parts
+    )
+    out += MD5_MAGIC + hashlib.md5(out).digest()
+    if len(out) >= TABLE_MAX_LEN:
+        raise _err("%d partitions do not fit the 0xC00-byte table" % len(parts))
+    return out + b"\xff" * (TABLE_MAX_LEN - len(out))
+
+
+def from_binary(data, table_offset=TABLE_OFFSET):
+    """Parse and check a binary table; the MD5 row is required."""
+    data = bytes(data[:TABLE_MAX_LEN])
+    parts = []
+    for pos in range(0, len(data) - ENTRY_SIZE + 1, ENTRY_SIZE):
+        row = data[pos : pos + ENTRY_SIZE]
+        if row[:2] == MD5_MAGIC[:2]:
+            if row[:16] != MD5_MAGIC or row[16:] != hashlib.md5(data[:pos]).digest():
+                raise _err("partition table MD5 does not match (row at 0x%x)" % pos, offset=pos)
+            end = data[pos + ENTRY_SIZE : pos + 2 * ENTRY_SIZE]
+            if end and end != b"\xff" * len(end):
+                raise _err("data after the MD5 row at 0x%x" % pos, offset=pos)
+            check(parts, table_offset)
+            return parts
+        if row == b"\xff" * ENTRY_SIZE:
+            break
+        magic, ptype, subtype, offset, size, label, flags = struct.unpack(ENTRY_FMT, row)
+        if magic != MAGIC:
+            raise _err("bad entry magic %s at 0x%x" % (magic.hex(), pos), offset=pos)
+        label = label.split(b"\x00", 1)[0]
+        try:
+            label = label.decode()
+        except UnicodeError:
+            raise _err("partition label at 0x%x is not UTF-8" % pos, offset=pos) from None
+        parts.append(Partition(label, ptype, subtype, offset, size, flags))
+    raise _err("partition table has no MD5 row (%d entries read)" % len(parts))
+
+
+def find(parts, label):
+    for p in parts:
+        if p.label == label:
+            return p
+    return None
+
+
+def ota_layout(parts):
+    """(otadata partition, [ota_0, ota_1, ...]) or DeviceError(NO_OTA_SLOT).
+
+    The slots must be ota_0..ota_{n-1} without gaps: the bootloader maps a
+    sequence number to slot ``(seq - 1) % n`` by index.
+    """
+    otadata = None
+    for p in parts:
+        if p.type == TYPE_DATA and p.subtype == DATA_OTA:
+            otadata = p
+    slots = sorted((p for p in parts if p.ota_index is not None), key=lambda p: p.subtype)
+    missing = []
+    if otadata is None:
+        missing.append("no otadata partition")
+    if len(slots) < 2:
+        missing.append("fewer than two OTA app slots (ota_0, ota_1)")
+    if missing:
+        raise DeviceError(
+            NO_OTA_SLOT,
+            "partition table has %s: this table (factory-only, as in ESP-IDF's default) cannot "
+            "receive OTA updates; use a table with otadata + ota_0 + ota_1" % " and ".join(missing),
+            slots=len(slots),
+            otadata=otadata is not None,
+        )
+    for i, p in enumerate(slots):
+        if p.ota_index != i:
+            raise DeviceError(
+                NO_OTA_SLOT,
+                "OTA slots must be ota_0..ota_%d without gaps; found %s"
+                % (len(slots) - 1, ", ".join("ota_%d" % q.ota_index for q in slots)),
+                slots=len(slots),
+            )
+    return otadata, slots
+
+
+def read_table(flash, offset=TABLE_OFFSET):
+    return from_binary(flash.read(offset, TABLE_MAX_LEN), offset)
+
+
+def write_table(flash, parts, offset=TABLE_OFFSET):
+    """Erase the table sector and program the binary table (factory flashing)."""
+    data = to_binary(parts)
+    flash.erase_sector(offset)
+    flash.write(offset, data)
