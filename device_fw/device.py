@@ -1,0 +1,298 @@
+"""The simulated device: one flash file holding partition table, otadata, the
+device's state store and the OTA app slots.
+
+Everything the device knows lives in flash (nothing in side files), so a
+process killed at any moment restarts from exactly what a powered-off chip
+would hold. The active slot is write-protected on the Flash object for the
+whole life of a Device: any attempt to program or erase it raises FlashError.
+
+State kept in the store (one msgpack map, rewritten whole on each change)::
+
+    device_id  bytes(8)       hw, chip   str
+    trusted    [raw Ed25519 public keys]   revoked  [key ids]
+    counter    security counter (advances only when a new image confirms)
+    slots      {label: {sha256, size, version, security_counter}} for slots
+               holding a verified image
+    running    index of the slot that booted last
+    progress   {uid, slot, next, count} of the install in progress, or None
+    limits     {max_window_log, max_segment_payload}
+"""
+
+from . import otadata as OD
+from . import partitions as P
+from . import port
+from . import reasons as R
+from . import boot as B
+from .flash import Flash
+from .reasons import DeviceError
+from .store import Store
+
+STATE_VERSION = 1
+DEFAULT_LIMITS = {"max_window_log": 13, "max_segment_payload": 8192 + 64}
+HASH_CHUNK = 4096
+
+
+def _hex(b):
+    return "".join("%02x" % x for x in bytes(b))
+
+
+class Device:
+    def __init__(self, path, cut_at=None):
+        self.flash = Flash(path, cut_at=cut_at)
+        try:
+            self.parts = P.read_table(self.flash)
+            self.otadata_part, self.slots = P.ota_layout(self.parts)
+            nvs = None
+            for p in self.parts:
+                if p.type == P.TYPE_DATA and p.subtype == P.DATA_NVS:
+                    nvs = p
+                    break
+            if nvs is None:
+                raise DeviceError(R.PARTITION_TABLE, "no nvs partition for the device state")
+            self.store = Store.on_partition(self.flash, nvs)
+            self.otadata = OD.OtaData(self.flash, self.otadata_part, len(self.slots))
+            self.state = self.store.load()
+            if self.state is None or self.state.get("v") != STATE_VERSION:
+                raise DeviceError(R.BAD_STATE, "flash holds no device state (run 'flash init')")
+        except Exception:
+            self.flash.close()
+            raise
+        self._protect_active()
+
+    # ------------------------------------------------------------ creation
+
+    @classmethod
+    def create(
+        cls,
+        path,
+        hw,
+        chip,
+        trusted_keys,
+        image,
+        version,
+        security_counter=0,
+        partitions_csv=None,
+        size=P.DEFAULT_FLASH_SIZE,
+        device_id=None,
+        limits=None,
+    ):
+        """Factory-flash a device: table, state, ``image`` in the first OTA slot (VALID)."""
+        parts = P.parse_csv(partitions_csv or P.DEFAULT_CSV, flash_size=size)
+        _otadata, slots = P.ota_layout(parts)
+        if len(image) > slots[0].size:
+            raise DeviceError(
+                R.TOO_LARGE, "image of %d bytes does not fit %s" % (len(image), slots[0].label)
+            )
+        for key in trusted_keys:
+            if len(key) != 32:
+                raise DeviceError(R.BAD_KEY, "trusted keys must be raw 32-byte Ed25519 keys")
+        flash = Flash.create(path, size)
+        try:
+            P.write_table(flash, parts)
+            flash.erase_range(slots[0].offset, (len(image) + 4095) // 4096 * 4096)
+            for pos in range(0, len(image), HASH_CHUNK):
+                flash.write(slots[0].offset + pos, image[pos : pos + HASH_CHUNK])
+            otadata_part, _ = P.ota_layout(parts)
+            OD.OtaData(flash, otadata_part, len(slots)).select(0, OD.VALID)
+            state = {
+                "v": STATE_VERSION,
+                "device_id": device_id or port.random_bytes(8),
+                "hw": hw,
+                "chip": chip,
+                "trusted": [bytes(k) for k in trusted_keys],
+                "revoked": [],
+                "counter": security_counter,
+                "slots": {
+                    slots[0].label: {
+                        "sha256": port.sha256(image).digest(),
+                        "size": len(image),
+                        "version": version,
+                        "security_counter": security_counter,
+                    }
+                },
+                "running": 0,
+                "progress": None,
+                "limits": dict(limits or DEFAULT_LIMITS),
+            }
+            nvs = [p for p in parts if p.type == P.TYPE_DATA and p.subtype == P.DATA_NVS]
+            if not nvs:
+                raise DeviceError(R.PARTITION_TABLE, "no nvs partition for the device state")
+            Store.on_partition(flash, nvs[0]).save(state)
+        finally:
+            flash.close()
+        return cls(path)
+
+    def close(self):
+        self.flash.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------ state
+
+    def _save(self, **changes):
+        state = dict(self.state)
+        state.update(changes)
+        self.store.save(state)
+        self.state = state
+
+    def _protect_active(self):
+        self.flash.unprotect("active slot")
+        active = self.active_slot()
+        self.flash.protect(active.offset, active.size, "active slot")
+
+    def identity(self):
+        s = self.state
+        return {
+            "hw": s["hw"],
+            "chip": s["chip"],
+            "security_counter": s["counter"],
+            "device_id": s["device_id"],
+        }
+
+    def limits(self):
+        return self.state["limits"]
+
+    def trusted_key(self, key_id):
+        for raw in self.state["trusted"]:
+            if port.sha256(raw).digest()[:8] == bytes(key_id) and not self.is_revoked(key_id):
+                return raw
+        return None
+
+    def is_revoked(self, key_id):
+        return bytes(key_id) in [bytes(k) for k in self.state.get("revoked", [])]
+
+    def active_slot(self):
+        return self.slots[self.state["running"]]
+
+    def passive_slot(self):
+        """The slot an update goes to: the next one after the running slot
+        (esp_ota_get_next_update_partition)."""
+        return self.slots[(self.state["running"] + 1) % len(self.slots)]
+
+    def running_image(self):
+        return self.state["slots"].get(self.active_slot().label)
+
+    def progress(self):
+        return self.state.get("progress")
+
+    def save_progress(self, progress):
+        """Persist install progress. Starting a new update (next == 0) also
+        forgets what the passive slot held, in the same atomic record, so the
+        bootloader never trusts a slot that is being rewritten."""
+        slots = self.state["slots"]
+        if progress is not None and progress["next"] == 0 and progress["slot"] in slots:
+            slots = dict(slots)
+            del slots[progress["slot"]]
+        self._save(progress=progress, slots=slots)
+
+    def commit_update(self, slot, record):
+        """The passive slot holds a verified image: record it, then select it (NEW)."""
+        slots = dict(self.state["slots"])
+        slots[slot.label] = record
+        progress = self.state.get("progress")
+        if progress is not None:
+            progress = dict(progress, done=True)
+        self._save(slots=slots, progress=progress)
+        B.set_boot(self.flash, self.parts, self.slots.index(slot))
+
+    # ------------------------------------------------------------ boot
+
+    def slot_image_ok(self, index):
+        """The bootloader's image check: the slot matches its recorded SHA-256."""
+        slot = self.slots[index]
+        rec = self.state["slots"].get(slot.label)
+        if rec is None:
+            return False
+        h = port.sha256()
+        size = rec["size"]
+        for pos in range(0, size, HASH_CHUNK):
+            h.update(self.flash.read(slot.offset + pos, min(HASH_CHUNK, size - pos)))
+        return h.digest() == bytes(rec["sha256"])
+
+    def power_on(self, self_test=True):
+        """Reset: the bootloader picks a slot; the app self-tests and confirms.
+
+        ``self_test``: True passes and confirms, False fails (the app marks
+        itself invalid and resets, so the bootloader returns to the previous
+        slot), None means the app dies before reaching a verdict (the image
+        stays PENDING_VERIFY; the next power_on rolls back).
+        """
+        log = []
+        result = B.boot(self.flash, self.parts, verify=self.slot_image_ok)
+        log.extend(result.log)
+        rolled_back = result.fallback or any("ABORTED" in line for line in result.log)
+        if result.pending:
+            rec = self.state["slots"].get(result.label) or {}
+            version = rec.get("version")
+            if self_test is True:
+                B.confirm(self.flash, self.parts, result.slot)
+                counter = max(self.state["counter"], rec.get("security_counter", 0))
+                self._save(running=result.slot, counter=counter, progress=None)
+                log.append(
+                    "app %s: self-test passed, image confirmed (VALID), security counter %d"
+                    % (version, counter)
+                )
+            elif self_test is False:
+                B.mark_invalid(self.flash, self.parts, result.slot, verify=self.slot_image_ok)
+                log.append("app %s: self-test FAILED, marked INVALID, resetting" % version)
+                result = B.boot(self.flash, self.parts, verify=self.slot_image_ok)
+                log.extend(result.log)
+                rolled_back = True
+                self._save(running=result.slot)
+            else:
+                log.append("app %s: stopped before confirming (still PENDING_VERIFY)" % version)
+                self._save(running=result.slot)
+        elif result.slot != self.state["running"]:
+            self._save(running=result.slot)
+        self._protect_active()
+        slot = self.slots[result.slot]
+        rec = self.state["slots"].get(slot.label) or {}
+        return {
+            "slot": result.slot,
+            "label": slot.label,
+            "state": OD.state_name(self.otadata.state_of(result.slot)),
+            "version": rec.get("version"),
+            "rolled_back": rolled_back,
+            "log": log,
+        }
+
+    # ------------------------------------------------------------ info
+
+    def info(self):
+        s = self.state
+        slots = []
+        for i, p in enumerate(self.slots):
+            rec = s["slots"].get(p.label)
+            state = self.otadata.state_of(i)
+            slots.append(
+                {
+                    "label": p.label,
+                    "offset": p.offset,
+                    "size": p.size,
+                    "state": OD.state_name(state) if state is not None else "EMPTY",
+                    "sha256": _hex(rec["sha256"]) if rec else None,
+                    "version": rec["version"] if rec else None,
+                    "image_size": rec["size"] if rec else None,
+                    "security_counter": rec["security_counter"] if rec else None,
+                }
+            )
+        progress = s.get("progress")
+        install = None
+        if progress and not progress.get("done"):
+            install = {"slot": progress["slot"], "next": progress["next"]}
+        return {
+            "device_id": _hex(s["device_id"]),
+            "hw": s["hw"],
+            "chip": s["chip"],
+            "flash_size": self.flash.size,
+            "running_slot": s["running"],
+            "next_boot_slot": self.otadata.boot_slot(),
+            "security_counter": s["counter"],
+            "trusted_key_ids": [_hex(port.sha256(k).digest()[:8]) for k in s["trusted"]],
+            "slots": slots,
+            "install": install,
+        }

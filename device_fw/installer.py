@@ -1,0 +1,251 @@
+"""Installing an update into the passive slot: the device's side of the contract.
+
+The same object serves an offline install from a file and, later, a link
+session: ``begin`` takes the signed manifest, ``segment`` one checked
+payload segment at a time, ``finish`` verifies the whole image and arms boot.
+
+Order of effects for segment i (power may fail at any write):
+
+1. check the segment's hash against the signed manifest (nothing written yet);
+2. decode it (zstd, or a delta against the active slot, read-only);
+3. erase the sectors of the passive slot it covers and program the bytes;
+4. persist progress ``next = i + 1`` in the store.
+
+A cut before 4 redoes segment i on the next run (its sectors are erased again
+first); a cut after 4 never decodes it again. ``finish`` reads the passive
+slot back and compares the SHA-256 with the manifest before otadata is touched,
+so an image that does not match is never selected for boot.
+"""
+
+from . import manifest as M
+from . import port
+from . import reasons as R
+from .reasons import DeviceError
+
+WRITE_CHUNK = 4096
+DEFAULT_MAX_WINDOW_LOG = 13
+DEFAULT_MAX_SEGMENT_PAYLOAD = 8192 + 64
+
+
+class Installer:
+    """One update in progress on one device.
+
+    ``device`` is a :class:`device_fw.device.Device`; the installer uses its
+    flash, slots, identity and store, and calls ``device.select_new(slot)`` at the
+    end. ``decode_hook(index)`` is called whenever a segment is decoded (tests
+    count decodes to prove resume never repeats finished work).
+    """
+
+    def __init__(self, device, decode_hook=None):
+        self.device = device
+        self.decode_hook = decode_hook
+        self.manifest = None
+        self.manifest_bytes = None
+        self.uid = None
+        self.slot = None
+        self.next_segment = 0
+
+    # ------------------------------------------------------------ begin
+
+    def begin(self, manifest_bytes, signature):
+        """Check everything that can be checked before any data; return next segment."""
+        dev = self.device
+        m = M.parse_manifest(manifest_bytes)
+        key = dev.trusted_key(m["key_id"])
+        if key is None:
+            if dev.is_revoked(m["key_id"]):
+                raise DeviceError(R.REVOKED_KEY, "signing key %s is revoked" % _hex(m["key_id"]))
+            raise DeviceError(
+                R.UNKNOWN_KEY, "signing key %s is not trusted by this device" % _hex(m["key_id"])
+            )
+        if not port.ed25519_verify(key, signature, M.signing_message(manifest_bytes)):
+            raise DeviceError(R.BAD_SIGNATURE, "manifest signature does not verify")
+        ident = dev.identity()
+        if ident["hw"] not in m["hw"]:
+            raise DeviceError(
+                R.WRONG_HW, "update is for %s, this device is %s" % (", ".join(m["hw"]), ident["hw"])
+            )
+        if m["chip"] != ident["chip"]:
+            raise DeviceError(
+                R.WRONG_CHIP, "update is for chip %s, this device is %s" % (m["chip"], ident["chip"])
+            )
+        if m["security_counter"] < ident["security_counter"]:
+            raise DeviceError(
+                R.DOWNGRADE,
+                "security counter %d is below the device's %d"
+                % (m["security_counter"], ident["security_counter"]),
+            )
+        slot = dev.passive_slot()
+        if m["target_size"] > slot.size:
+            raise DeviceError(
+                R.TOO_LARGE,
+                "image of %d bytes does not fit slot %s (%d bytes)"
+                % (m["target_size"], slot.label, slot.size),
+            )
+        self._check_codec(m)
+        if m["payload_kind"] == M.PAYLOAD_DELTA:
+            running = dev.running_image()
+            if running is None or running["sha256"] != bytes(m["base_sha256"]):
+                raise DeviceError(R.WRONG_BASE, "delta base is not the running image")
+
+        self.manifest = m
+        self.manifest_bytes = bytes(manifest_bytes)
+        self.uid = M.update_id(manifest_bytes)
+        self.slot = slot
+        progress = dev.progress()
+        if progress and progress.get("uid") == self.uid and progress.get("slot") == slot.label:
+            self.next_segment = progress["next"]
+        else:
+            self.next_segment = 0
+            dev.save_progress({"uid": self.uid, "slot": slot.label, "next": 0})
+        return self.next_segment
+
+    def _check_codec(self, m):
+        limits = self.device.limits()
+        if m["payload_kind"] == M.PAYLOAD_FULL and m["codec"] != "zstd":
+            raise DeviceError(R.UNSUPPORTED_CODEC, "codec %s not supported" % m["codec"])
+        if m["payload_kind"] == M.PAYLOAD_DELTA and m["codec"] not in _delta_codecs():
+            raise DeviceError(R.UNSUPPORTED_CODEC, "delta codec %s not supported" % m["codec"])
+        if m["window_log"] > limits["max_window_log"]:
+            raise DeviceError(
+                R.RESOURCE_LIMIT,
+                "window 2**%d exceeds this device's 2**%d" % (m["window_log"], limits["max_window_log"]),
+            )
+        biggest = max(entry[0] for entry in m["segments"])
+        if biggest > limits["max_segment_payload"]:
+            raise DeviceError(
+                R.RESOURCE_LIMIT,
+                "a segment of %d bytes exceeds this device's buffer of %d"
+                % (biggest, limits["max_segment_payload"]),
+            )
+        if m["payload_kind"] == M.PAYLOAD_FULL and m["segment_size"] > limits["max_segment_payload"]:
+            raise DeviceError(
+                R.RESOURCE_LIMIT,
+                "segment_size %d exceeds this device's buffer of %d"
+                % (m["segment_size"], limits["max_segment_payload"]),
+            )
+
+    # ------------------------------------------------------------ segments
+
+    @property
+    def segment_count(self):
+        return len(self.manifest["segments"])
+
+    def segment(self, index, payload):
+        """Check, decode and write segment ``index``; persist progress."""
+        m = self.manifest
+        if m is None:
+            raise DeviceError(R.BAD_STATE, "no update begun")
+        if index != self.next_segment:
+            raise DeviceError(
+                R.BAD_STATE, "segment %d offered, device expects %d" % (index, self.next_segment)
+            )
+        length, check = m["segments"][index]
+        if len(payload) != length or port.sha256(payload).digest()[:M.CHECK_SIZE] != bytes(check):
+            raise DeviceError(R.SEGMENT_CORRUPT, "segment %d does not match its signed check" % index)
+        seg = m["segment_size"]
+        offset = index * seg
+        out_size = min(seg, m["target_size"] - offset)
+        if self.decode_hook is not None:
+            self.decode_hook(index)
+        flash = self.device.flash
+        base = self.slot.offset + offset
+        erase_len = (out_size + 4095) // 4096 * 4096
+        flash.erase_range(base, erase_len)
+        if m["payload_kind"] == M.PAYLOAD_FULL:
+            try:
+                data = port.zstd_decompress(payload, out_size, m["window_log"])
+            except ValueError as exc:
+                raise DeviceError(R.DECODE_ERROR, "segment %d: %s" % (index, exc))
+            for pos in range(0, out_size, WRITE_CHUNK):
+                flash.write(base + pos, data[pos : pos + WRITE_CHUNK])
+        else:
+            self._apply_delta(index, payload, base, out_size)
+        self.next_segment = index + 1
+        self.device.save_progress({"uid": self.uid, "slot": self.slot.label, "next": index + 1})
+
+    def _apply_delta(self, index, payload, base, out_size):
+        from .delta_apply import apply_segment
+
+        running = self.device.active_slot()
+        flash = self.device.flash
+        old_size = self.manifest["base_size"]
+        pos = [base]
+
+        def read_old(offset, length):
+            if offset < 0 or length < 0 or offset + length > old_size:
+                raise DeviceError(R.DECODE_ERROR, "delta reads outside the base image")
+            return flash.read(running.offset + offset, length)
+
+        def write(data):
+            if pos[0] + len(data) > base + out_size:
+                raise DeviceError(R.DECODE_ERROR, "delta writes past its segment")
+            flash.write(pos[0], data)
+            pos[0] += len(data)
+
+        apply_segment(payload, read_old, old_size, out_size, write)
+        if pos[0] != base + out_size:
+            raise DeviceError(R.DECODE_ERROR, "segment %d produced too few bytes" % index)
+
+    # ------------------------------------------------------------ finish
+
+    def finish(self):
+        """Verify the whole passive image and select it for the next boot (NEW)."""
+        m = self.manifest
+        if m is None or self.next_segment != self.segment_count:
+            raise DeviceError(R.BAD_STATE, "not all segments are written")
+        flash = self.device.flash
+        h = port.sha256()
+        size = m["target_size"]
+        for pos in range(0, size, WRITE_CHUNK):
+            h.update(flash.read(self.slot.offset + pos, min(WRITE_CHUNK, size - pos)))
+        digest = h.digest()
+        if digest != bytes(m["target_sha256"]):
+            # Start over next time: the bytes in the slot are not the signed image.
+            self.device.save_progress(None)
+            raise DeviceError(
+                R.IMAGE_HASH_MISMATCH, "rebuilt image SHA-256 %s differs from the manifest" % _hex(digest)
+            )
+        self.device.commit_update(
+            self.slot,
+            {
+                "sha256": digest,
+                "size": size,
+                "version": m["version"],
+                "security_counter": m["security_counter"],
+            },
+        )
+
+
+def _delta_codecs():
+    try:
+        from .delta_apply import CODECS
+    except ImportError:
+        return ()
+    return CODECS
+
+
+def _hex(b):
+    return "".join("%02x" % x for x in bytes(b))
+
+
+def install_stream(device, stream, decode_hook=None):
+    """Install an .ota artifact read sequentially from ``stream`` (offline install).
+
+    Returns a dict: segments decoded now, segments skipped (already done before
+    a power cut), the manifest. Segments already done are read past, not decoded.
+    """
+    manifest_bytes, signature = M.read_header(stream)
+    inst = Installer(device, decode_hook)
+    start = inst.begin(manifest_bytes, signature)
+    decoded = 0
+    for index, (length, _check) in enumerate(inst.manifest["segments"]):
+        payload = M.read_exact(stream, length, "payload (segment %d)" % index)
+        if index < start:
+            continue
+        inst.segment(index, payload)
+        decoded += 1
+    if stream.read(1):
+        raise DeviceError(R.MALFORMED, "artifact has bytes after its last segment")
+    inst.finish()
+    return {"decoded": decoded, "skipped": start, "manifest": inst.manifest, "slot": inst.slot.label}

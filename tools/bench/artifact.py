@@ -1,0 +1,117 @@
+"""Benchmark of full-image artifacts: size vs zstd -19 / xz -9e, device install speed and RAM.
+
+    python -m otaferry.tools.bench.artifact [FIRMWARE_DIR] [--json]
+
+For every ``*.bin`` under FIRMWARE_DIR (default ``../shared/firmware`` next to
+the checkout): the .ota file size against ``zstd -19`` and ``lzma -9e`` of the
+raw image (whole-image compressors: the floor a segmented, device-decodable
+format pays against), then an offline install on the simulated device:
+throughput (image bytes per second of wall time, flash file I/O included) and
+the device's peak Python heap during install (tracemalloc), beside the codec's
+C-side state counted from the format (SPEC.md section 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import lzma
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import zstandard
+
+from ...device_fw.device import Device
+from ...device_fw.installer import install_stream
+from ...protocol.artifact import build_full, inspect_artifact
+from ...protocol.keys import SigningKey
+
+DEFAULT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "firmware"
+
+
+def bench_image(path: Path, key: SigningKey, work: Path) -> dict[str, object]:
+    image = path.read_bytes()
+    t0 = time.perf_counter()
+    art = build_full(image, key, hw=["bench"], chip="bench", version="1")
+    build_s = time.perf_counter() - t0
+    zstd19 = len(zstandard.ZstdCompressor(level=19).compress(image))
+    xz9e = len(lzma.compress(image, preset=9 | lzma.PRESET_EXTREME))
+    art_path = work / (path.stem + ".ota")
+    art_path.write_bytes(art)
+    info = inspect_artifact(str(art_path))
+
+    flash = work / "flash.bin"
+    base = b"\x00" * 4096  # any running image: a full install does not read it
+    Device.create(
+        str(flash), hw="bench", chip="bench", trusted_keys=[key.public.raw], image=base,
+        version="0", size=4 * 1024 * 1024,
+    ).close()
+    dev = Device(str(flash))
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    install_stream(dev, io.BufferedReader(io.BytesIO(art), buffer_size=4096))  # type: ignore[arg-type]
+    install_s = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    slot = dev.info()["slots"][1]
+    dev.close()
+    assert slot["sha256"] == hashlib.sha256(image).hexdigest(), "installed image differs"
+    return {
+        "image": str(path.relative_to(path.parents[1])),
+        "image_bytes": len(image),
+        "artifact_bytes": len(art),
+        "payload_bytes": info["payload_size"],
+        "zstd19_bytes": zstd19,
+        "xz9e_bytes": xz9e,
+        "vs_zstd19": round(len(art) / zstd19, 3),
+        "vs_xz9e": round(len(art) / xz9e, 3),
+        "build_s": round(build_s, 2),
+        "install_MBps": round(len(image) / install_s / 1e6, 2),
+        "install_peak_heap_bytes": peak,
+        "codec_state_bytes": info["decoder_ram_bytes"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("firmware_dir", nargs="?", default=str(DEFAULT_DIR))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    images = sorted(Path(args.firmware_dir).rglob("*.bin"))
+    if not images:
+        print(f"no *.bin under {args.firmware_dir}", file=sys.stderr)
+        return 1
+    key = SigningKey.from_seed(bytes(32))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in images:
+            rows.append(bench_image(path, key, Path(tmp)))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    head = f"{'image':<48} {'raw':>8} {'.ota':>8} {'zstd-19':>8} {'xz-9e':>8} {'/zstd':>6} {'/xz':>6} {'MB/s':>6} {'heap':>7}"
+    print(head)
+    for r in rows:
+        print(
+            f"{r['image']:<48} {r['image_bytes']:>8} {r['artifact_bytes']:>8} {r['zstd19_bytes']:>8} "
+            f"{r['xz9e_bytes']:>8} {r['vs_zstd19']:>6} {r['vs_xz9e']:>6} {r['install_MBps']:>6} "
+            f"{r['install_peak_heap_bytes']:>7}"
+        )
+    tot = {k: sum(int(r[k]) for r in rows) for k in ("image_bytes", "artifact_bytes", "zstd19_bytes", "xz9e_bytes")}  # type: ignore[call-overload]
+    print(
+        f"{'total':<48} {tot['image_bytes']:>8} {tot['artifact_bytes']:>8} {tot['zstd19_bytes']:>8} "
+        f"{tot['xz9e_bytes']:>8} {tot['artifact_bytes'] / tot['zstd19_bytes']:>6.3f} "
+        f"{tot['artifact_bytes'] / tot['xz9e_bytes']:>6.3f}"
+    )
+    print(f"codec C-side state per SPEC.md formula: {rows[0]['codec_state_bytes']} B "
+          "(heap column: Python objects during install, tracemalloc peak)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

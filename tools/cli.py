@@ -1,0 +1,254 @@
+"""The ``otaferry`` command line.
+
+It composes protocol/ (build, inspect, verify), device_fw/ (the simulated
+device) and transport/ (links); it holds no protocol logic of its own. Every
+error leaves through :func:`main` as one line ``otaferry: error[REASON]: ...``
+and a non-zero exit status (1), usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..device_fw.reasons import DeviceError
+from ..device_fw.reasons import name as reason_name
+from ..protocol.errors import OtaferryError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """A failure the CLI reports with a reason name (e.g. IO_ERROR)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from ..protocol.keys import write_keypair
+
+    key = write_keypair(args.keyfile)
+    print(
+        f"wrote {args.keyfile} (private) and {args.keyfile}.pub; key id {key.public.key_id.hex()}"
+    )
+    return 0
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError("IO_ERROR", f"cannot read {path}: {exc.strerror}") from exc
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from . import build as build_mod
+
+    info = build_mod.build_from_args(args)
+    print(info)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ..protocol.artifact import inspect_artifact
+
+    info = inspect_artifact(args.artifact)
+    if args.json:
+        _print_json(info)
+    else:
+        width = max(len(k) for k in info)
+        for key in sorted(info):
+            value = info[key]
+            if isinstance(value, list):
+                value = ", ".join(str(v) for v in value)
+            print(f"{key:<{width}}  {value}")
+    return 0 if info.get("segments_ok", True) else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..protocol.artifact import open_artifact
+    from ..protocol.keys import load_verify_key
+
+    trusted = [load_verify_key(p) for p in args.pubkey]
+    with open_artifact(args.artifact) as reader:
+        key = reader.verify(trusted)
+        count = sum(1 for _ in reader.iter_segments())
+    m = reader.manifest
+    print(
+        f"OK: {args.artifact}: version {m.version}, {count} segments checked, "
+        f"signed by key {key.key_id.hex()}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------- device
+
+
+def cmd_flash_init(args: argparse.Namespace) -> int:
+    from . import devicecli
+
+    return devicecli.flash_init(args)
+
+
+def cmd_device_install(args: argparse.Namespace) -> int:
+    from . import devicecli
+
+    return devicecli.install(args)
+
+
+def cmd_device_boot(args: argparse.Namespace) -> int:
+    from . import devicecli
+
+    return devicecli.boot(args)
+
+
+def cmd_device_info(args: argparse.Namespace) -> int:
+    from . import devicecli
+
+    return devicecli.info(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.run(args)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="otaferry",
+        description="Build, verify and ferry signed firmware updates into A/B flash slots.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("keygen", help="create an Ed25519 signing key pair (KEYFILE, KEYFILE.pub)")
+    s.add_argument("keyfile")
+    s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("build", help="build a signed .ota artifact from a firmware image")
+    s.add_argument("--key", required=True, help="private signing key (PEM)")
+    s.add_argument("--hw", action="append", help="compatible hardware id (repeatable)")
+    s.add_argument("--chip", help="chip / architecture (default: from an ESP image)")
+    s.add_argument(
+        "--version", dest="fw_version", help="firmware version (default: from an ESP image)"
+    )
+    s.add_argument("--project", help="project name (default: from an ESP image)")
+    s.add_argument(
+        "--security-counter",
+        type=int,
+        help="anti-rollback counter (default: ESP secure_version or 0)",
+    )
+    s.add_argument("--base", help="old image: build a delta against it")
+    s.add_argument("--segment-size", type=int, help="target bytes per segment (multiple of 4096)")
+    s.add_argument("--level", type=int, default=19, help="zstd level (default 19)")
+    s.add_argument("-o", "--output", required=True, help="output .ota file")
+    s.add_argument("image", help="new firmware image")
+    s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("inspect", help="show an artifact's manifest and check its segments")
+    s.add_argument("--json", action="store_true", help="stable JSON output")
+    s.add_argument("artifact")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("verify", help="verify signature and every segment (exit 0 only if valid)")
+    s.add_argument(
+        "--pubkey", action="append", required=True, help="trusted public key (repeatable)"
+    )
+    s.add_argument("artifact")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("flash", help="simulated device flash")
+    fsub = s.add_subparsers(dest="flash_command", required=True, metavar="SUBCOMMAND")
+    f = fsub.add_parser("init", help="create a flash file with a running firmware in ota_0")
+    f.add_argument("--hw", required=True, help="device hardware id")
+    f.add_argument("--chip", default="esp32", help="device chip (default esp32)")
+    f.add_argument(
+        "--trust", action="append", required=True, help="trusted public key (repeatable)"
+    )
+    f.add_argument("--image", required=True, help="firmware installed in ota_0 as valid")
+    f.add_argument(
+        "--version",
+        dest="fw_version",
+        help="version of that firmware (default: from an ESP image, else 'factory')",
+    )
+    f.add_argument("--security-counter", type=int, default=0)
+    f.add_argument(
+        "--partitions",
+        help="ESP-IDF partition table CSV (default: nvs, otadata, phy_init, ota_0, ota_1)",
+    )
+    f.add_argument("--size", default="4M", help="flash size (default 4M)")
+    f.add_argument("--device-id", help="device id (hex, default random)")
+    f.add_argument("flash")
+    f.set_defaults(func=cmd_flash_init)
+
+    s = sub.add_parser("device", help="act as the simulated device")
+    dsub = s.add_subparsers(dest="device_command", required=True, metavar="SUBCOMMAND")
+    d = dsub.add_parser("install", help="install an artifact into the passive slot (offline)")
+    d.add_argument("--flash", required=True)
+    d.add_argument("artifact")
+    d.set_defaults(func=cmd_device_install)
+    d = dsub.add_parser("boot", help="reset the device: bootloader, then the app's self-test")
+    d.add_argument("--flash", required=True)
+    d.add_argument(
+        "--fail-self-test", action="store_true", help="the new image fails its self-test"
+    )
+    d.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="the app dies before it confirms (no self-test verdict)",
+    )
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_device_boot)
+    d = dsub.add_parser("info", help="slots, states, versions, security counter")
+    d.add_argument("--flash", required=True)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_device_info)
+
+    s = sub.add_parser("demo", help="the whole flow on a simulated device (the quick start)")
+    s.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
+    s.add_argument(
+        "--image",
+        help="new firmware (default: a shared MicroPython image if present, else generated)",
+    )
+    s.set_defaults(func=cmd_demo)
+
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Handler = args.func
+    try:
+        return func(args)
+    except OtaferryError as exc:
+        print(f"otaferry: error[{exc.reason.name}]: {exc.message}", file=sys.stderr)
+    except DeviceError as exc:
+        print(f"otaferry: error[{reason_name(exc.reason)}]: {exc.message}", file=sys.stderr)
+    except CliError as exc:
+        print(f"otaferry: error[{exc.reason}]: {exc.message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("otaferry: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
