@@ -92,10 +92,14 @@ def parse_manifest(data):
     if fmt != 1:
         raise DeviceError(R.UNSUPPORTED_FORMAT, "manifest format %r, this device reads 1" % (fmt,))
     out = {}
+    last = 0
     for key, value in raw.items():
         spec = FIELDS.get(key) if isinstance(key, int) and not isinstance(key, bool) else None
         if spec is None:
             raise _bad("unknown key %r" % (key,))
+        if key <= last:
+            raise _bad("keys not in ascending order")
+        last = key
         _check(spec[1], spec[0], value)
         out[spec[0]] = value
     for spec in FIELDS.values():

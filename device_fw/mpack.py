@@ -137,7 +137,8 @@ class _Reader:
             return True, end
         if c in _SCALARS:
             fmt, size = _SCALARS[c]
-            return struct.unpack_from(fmt, self.data, end)[0], self.take(end, size)
+            stop = self.take(end, size)
+            return struct.unpack_from(fmt, self.data, end)[0], stop
         if 0xA0 <= c <= 0xBF:
             kind, n = "str", c & 0x1F
         elif 0x90 <= c <= 0x9F:

@@ -38,8 +38,8 @@ def build_from_args(args: argparse.Namespace) -> str:
     ]
     if missing:
         raise OtaferryError(
-            f"{', '.join(missing)} required: {args.image} is not an ESP32 app image "
-            "that would supply defaults",
+            f"{', '.join(missing)} required: {args.image} carries no ESP-IDF app "
+            "description (esp_app_desc_t) to take it from",
             Reason.MALFORMED,
         )
     segment_size = args.segment_size or DEFAULT_SEGMENT_SIZE
