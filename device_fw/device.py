@@ -18,11 +18,11 @@ State kept in the store (one msgpack map, rewritten whole on each change)::
     limits     {max_window_log, max_segment_payload}
 """
 
+from . import boot as B
 from . import otadata as OD
 from . import partitions as P
 from . import port
 from . import reasons as R
-from . import boot as B
 from .flash import Flash
 from .reasons import DeviceError
 from .store import Store

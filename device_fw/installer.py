@@ -63,11 +63,13 @@ class Installer:
         ident = dev.identity()
         if ident["hw"] not in m["hw"]:
             raise DeviceError(
-                R.WRONG_HW, "update is for %s, this device is %s" % (", ".join(m["hw"]), ident["hw"])
+                R.WRONG_HW,
+                "update is for %s, this device is %s" % (", ".join(m["hw"]), ident["hw"]),
             )
         if m["chip"] != ident["chip"]:
             raise DeviceError(
-                R.WRONG_CHIP, "update is for chip %s, this device is %s" % (m["chip"], ident["chip"])
+                R.WRONG_CHIP,
+                "update is for chip %s, this device is %s" % (m["chip"], ident["chip"]),
             )
         if m["security_counter"] < ident["security_counter"]:
             raise DeviceError(
@@ -109,7 +111,8 @@ class Installer:
         if m["window_log"] > limits["max_window_log"]:
             raise DeviceError(
                 R.RESOURCE_LIMIT,
-                "window 2**%d exceeds this device's 2**%d" % (m["window_log"], limits["max_window_log"]),
+                "window 2**%d exceeds this device's 2**%d"
+                % (m["window_log"], limits["max_window_log"]),
             )
         biggest = max(entry[0] for entry in m["segments"])
         if biggest > limits["max_segment_payload"]:
@@ -118,7 +121,10 @@ class Installer:
                 "a segment of %d bytes exceeds this device's buffer of %d"
                 % (biggest, limits["max_segment_payload"]),
             )
-        if m["payload_kind"] == M.PAYLOAD_FULL and m["segment_size"] > limits["max_segment_payload"]:
+        if (
+            m["payload_kind"] == M.PAYLOAD_FULL
+            and m["segment_size"] > limits["max_segment_payload"]
+        ):
             raise DeviceError(
                 R.RESOURCE_LIMIT,
                 "segment_size %d exceeds this device's buffer of %d"
@@ -141,8 +147,10 @@ class Installer:
                 R.BAD_STATE, "segment %d offered, device expects %d" % (index, self.next_segment)
             )
         length, check = m["segments"][index]
-        if len(payload) != length or port.sha256(payload).digest()[:M.CHECK_SIZE] != bytes(check):
-            raise DeviceError(R.SEGMENT_CORRUPT, "segment %d does not match its signed check" % index)
+        if len(payload) != length or port.sha256(payload).digest()[: M.CHECK_SIZE] != bytes(check):
+            raise DeviceError(
+                R.SEGMENT_CORRUPT, "segment %d does not match its signed check" % index
+            )
         seg = m["segment_size"]
         offset = index * seg
         out_size = min(seg, m["target_size"] - offset)
@@ -157,8 +165,10 @@ class Installer:
                 data = port.zstd_decompress(payload, out_size, m["window_log"])
             except ValueError as exc:
                 raise DeviceError(R.DECODE_ERROR, "segment %d: %s" % (index, exc))
+            view = memoryview(data)
             for pos in range(0, out_size, WRITE_CHUNK):
-                flash.write(base + pos, data[pos : pos + WRITE_CHUNK])
+                flash.write(base + pos, view[pos : pos + WRITE_CHUNK])
+            del view, data  # freed before the progress write: RAM is counted
         else:
             self._apply_delta(index, payload, base, out_size)
         self.next_segment = index + 1
@@ -204,7 +214,8 @@ class Installer:
             # Start over next time: the bytes in the slot are not the signed image.
             self.device.save_progress(None)
             raise DeviceError(
-                R.IMAGE_HASH_MISMATCH, "rebuilt image SHA-256 %s differs from the manifest" % _hex(digest)
+                R.IMAGE_HASH_MISMATCH,
+                "rebuilt image SHA-256 %s differs from the manifest" % _hex(digest),
             )
         self.device.commit_update(
             self.slot,
@@ -248,4 +259,9 @@ def install_stream(device, stream, decode_hook=None):
     if stream.read(1):
         raise DeviceError(R.MALFORMED, "artifact has bytes after its last segment")
     inst.finish()
-    return {"decoded": decoded, "skipped": start, "manifest": inst.manifest, "slot": inst.slot.label}
+    return {
+        "decoded": decoded,
+        "skipped": start,
+        "manifest": inst.manifest,
+        "slot": inst.slot.label,
+    }

@@ -18,15 +18,21 @@ def random_bytes(n):
     return os.urandom(n)
 
 
+try:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+except ImportError:  # pragma: no cover - a port without cryptography
+    Ed25519PublicKey = None
+
+
 def ed25519_verify(public_raw, signature, message):
     """True if ``signature`` is a valid Ed25519 signature of ``message``."""
-    try:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    except ImportError:  # pragma: no cover - a port without cryptography
+    if Ed25519PublicKey is None:  # pragma: no cover
         raise NotImplementedError("this port has no Ed25519 verifier")
     try:
-        Ed25519PublicKey.from_public_bytes(bytes(public_raw)).verify(bytes(signature), bytes(message))
+        Ed25519PublicKey.from_public_bytes(bytes(public_raw)).verify(
+            bytes(signature), bytes(message)
+        )
     except (InvalidSignature, ValueError):
         return False
     return True
@@ -54,15 +60,18 @@ def zstd_decompress(data, expected_size, max_window_log):
     if params.window_size > (1 << max_window_log):
         raise ValueError("frame window %d exceeds 2**%d" % (params.window_size, max_window_log))
     if params.content_size != expected_size:
-        raise ValueError("frame declares %d bytes, expected %d" % (params.content_size, expected_size))
+        raise ValueError(
+            "frame declares %d bytes, expected %d" % (params.content_size, expected_size)
+        )
+    # One-shot decode straight into a buffer of the announced size: the
+    # streaming object would allocate a second output buffer and copy. Bytes
+    # after the frame end are not looked at; the segment's signed hash has
+    # already fixed every byte, so only the signer could have put them there.
     dctx = _zstd.ZstdDecompressor(max_window_size=1 << max(max_window_log, 10))
-    dobj = dctx.decompressobj()
     try:
-        out = dobj.decompress(data)
+        out = dctx.decompress(data, max_output_size=expected_size)
     except _zstd.ZstdError as exc:
         raise ValueError("zstd: %s" % exc)
-    if not dobj.eof or dobj.unused_data:
-        raise ValueError("frame incomplete or followed by extra bytes")
     if len(out) != expected_size:
         raise ValueError("decoded %d bytes, expected %d" % (len(out), expected_size))
     return out

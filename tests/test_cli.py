@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from paths import ESP8266_V110, ESP8266_V194
-
 from otaferry.protocol.espimage import parse_esp_image
 from otaferry.tools.cli import main
 from otaferry.tools.sample_fw import make_image
+from paths import ESP8266_V110, ESP8266_V194
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -28,21 +27,68 @@ def keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     return key
 
 
-def test_full_flow_with_json_outputs(tmp_path: Path, keys: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_full_flow_with_json_outputs(
+    tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     flash, art = tmp_path / "flash.bin", tmp_path / "new.ota"
     pub = f"{keys}.pub"
-    assert run(capsys, "flash", "init", "--hw", "b1", "--chip", "esp8266", "--trust", pub,
-               "--image", str(ESP8266_V194), "--version", "1.9.4", str(flash))[0] == 0
-    assert run(capsys, "build", "--key", str(keys), "--hw", "b1", "--chip", "esp8266",
-               "--version", "1.10", "--security-counter", "3", str(ESP8266_V110),
-               "-o", str(art))[0] == 0
+    assert (
+        run(
+            capsys,
+            "flash",
+            "init",
+            "--hw",
+            "b1",
+            "--chip",
+            "esp8266",
+            "--trust",
+            pub,
+            "--image",
+            str(ESP8266_V194),
+            "--version",
+            "1.9.4",
+            str(flash),
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            capsys,
+            "build",
+            "--key",
+            str(keys),
+            "--hw",
+            "b1",
+            "--chip",
+            "esp8266",
+            "--version",
+            "1.10",
+            "--security-counter",
+            "3",
+            str(ESP8266_V110),
+            "-o",
+            str(art),
+        )[0]
+        == 0
+    )
 
     code, out, _ = run(capsys, "inspect", "--json", str(art))
     assert code == 0
     info = json.loads(out)
-    for k in ("payload_kind", "payload_size", "target_size", "target_sha256", "version", "hw",
-              "chip", "security_counter", "codec", "segment_size", "segments", "key_id"):
+    for k in (
+        "payload_kind",
+        "payload_size",
+        "target_size",
+        "target_sha256",
+        "version",
+        "hw",
+        "chip",
+        "security_counter",
+        "codec",
+        "segment_size",
+        "segments",
+        "key_id",
+    ):
         assert k in info, k
     assert info["payload_kind"] == "full" and info["version"] == "1.10"
     assert info["target_size"] == ESP8266_V110.stat().st_size
@@ -62,18 +108,48 @@ def test_full_flow_with_json_outputs(tmp_path: Path, keys: Path,
     assert dev["slots"][0]["version"] == "1.9.4"
 
 
-def test_fail_self_test_rolls_back_on_the_cli(tmp_path: Path, keys: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_fail_self_test_rolls_back_on_the_cli(
+    tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     flash, art = tmp_path / "flash.bin", tmp_path / "new.ota"
-    old, new = make_image("2.0.0", chip="esp32c3"), make_image("2.1.0", chip="esp32c3",
-                                                                 secure_version=2, revision=1)
+    old, new = (
+        make_image("2.0.0", chip="esp32c3"),
+        make_image("2.1.0", chip="esp32c3", secure_version=2, revision=1),
+    )
     (tmp_path / "old.bin").write_bytes(old)
     (tmp_path / "new.bin").write_bytes(new)
-    assert run(capsys, "flash", "init", "--hw", "b1", "--chip", "esp32c3", "--trust",
-               f"{keys}.pub", "--image", str(tmp_path / "old.bin"), str(flash))[0] == 0
+    assert (
+        run(
+            capsys,
+            "flash",
+            "init",
+            "--hw",
+            "b1",
+            "--chip",
+            "esp32c3",
+            "--trust",
+            f"{keys}.pub",
+            "--image",
+            str(tmp_path / "old.bin"),
+            str(flash),
+        )[0]
+        == 0
+    )
     # chip, version and security counter come from the ESP image itself
-    assert run(capsys, "build", "--key", str(keys), "--hw", "b1", str(tmp_path / "new.bin"),
-               "-o", str(art))[0] == 0
+    assert (
+        run(
+            capsys,
+            "build",
+            "--key",
+            str(keys),
+            "--hw",
+            "b1",
+            str(tmp_path / "new.bin"),
+            "-o",
+            str(art),
+        )[0]
+        == 0
+    )
     code, out, _ = run(capsys, "inspect", "--json", str(art))
     info = json.loads(out)
     assert (info["chip"], info["version"], info["security_counter"]) == ("esp32c3", "2.1.0", 2)
@@ -87,11 +163,28 @@ def test_fail_self_test_rolls_back_on_the_cli(tmp_path: Path, keys: Path,
     assert dev["slots"][1]["state"] == "INVALID"
 
 
-def test_errors_are_one_line_with_a_reason(tmp_path: Path, keys: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_are_one_line_with_a_reason(
+    tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     art = tmp_path / "new.ota"
-    assert run(capsys, "build", "--key", str(keys), "--hw", "b1", "--chip", "esp8266",
-               "--version", "1", str(ESP8266_V110), "-o", str(art))[0] == 0
+    assert (
+        run(
+            capsys,
+            "build",
+            "--key",
+            str(keys),
+            "--hw",
+            "b1",
+            "--chip",
+            "esp8266",
+            "--version",
+            "1",
+            str(ESP8266_V110),
+            "-o",
+            str(art),
+        )[0]
+        == 0
+    )
     other = tmp_path / "other.key"
     run(capsys, "keygen", str(other))
 
@@ -109,8 +202,17 @@ def test_errors_are_one_line_with_a_reason(tmp_path: Path, keys: Path,
     code, _, err = run(capsys, "verify", "--pubkey", f"{keys}.pub", str(tmp_path / "missing.ota"))
     assert code == 1 and "error[IO_ERROR]" in err
 
-    code, _, err = run(capsys, "build", "--key", str(keys), "--hw", "b1", str(ESP8266_V110),
-                       "-o", str(tmp_path / "x.ota"))
+    code, _, err = run(
+        capsys,
+        "build",
+        "--key",
+        str(keys),
+        "--hw",
+        "b1",
+        str(ESP8266_V110),
+        "-o",
+        str(tmp_path / "x.ota"),
+    )
     # an ESP8266 image names its chip but carries no version: --version is needed
     assert code == 1 and "--version required" in err and "--chip" not in err
     assert parse_esp_image(ESP8266_V110.read_bytes()) is not None
@@ -119,29 +221,55 @@ def test_errors_are_one_line_with_a_reason(tmp_path: Path, keys: Path,
     assert code == 1 and "error[BAD_KEY]" in err  # refuses to overwrite a key
 
     flash = tmp_path / "flash.bin"
-    run(capsys, "flash", "init", "--hw", "b2", "--chip", "esp8266", "--trust", f"{keys}.pub",
-        "--image", str(ESP8266_V194), str(flash))
+    run(
+        capsys,
+        "flash",
+        "init",
+        "--hw",
+        "b2",
+        "--chip",
+        "esp8266",
+        "--trust",
+        f"{keys}.pub",
+        "--image",
+        str(ESP8266_V194),
+        str(flash),
+    )
     code, _, err = run(capsys, "device", "install", "--flash", str(flash), str(art))
     assert code == 1 and err.startswith("otaferry: error[WRONG_HW]: ")
 
 
-def test_seed_partition_table_is_refused_by_flash_init(tmp_path: Path, keys: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_seed_partition_table_is_refused_by_flash_init(
+    tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     csv = tmp_path / "seed.csv"
     csv.write_text(
         "nvs,      data, nvs,     0x9000,  0x6000,\n"
         "phy_init, data, phy,     0xf000,  0x1000,\n"
         "factory,  app,  factory, 0x10000, 1M,\n"
     )
-    code, _, err = run(capsys, "flash", "init", "--hw", "b", "--trust", f"{keys}.pub", "--image",
-                       str(ESP8266_V194), "--partitions", str(csv), str(tmp_path / "f.bin"))
+    code, _, err = run(
+        capsys,
+        "flash",
+        "init",
+        "--hw",
+        "b",
+        "--trust",
+        f"{keys}.pub",
+        "--image",
+        str(ESP8266_V194),
+        "--partitions",
+        str(csv),
+        str(tmp_path / "f.bin"),
+    )
     assert code == 1 and "error[NO_OTA_SLOT]" in err
 
 
 def test_demo_runs_as_a_command(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("otaferry")
-    proc = subprocess.run([str(exe), "demo", "--workdir", str(tmp_path)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [str(exe), "demo", "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rolled back to 1.1.0" in proc.stdout
     assert (tmp_path / "flash.bin").is_file()

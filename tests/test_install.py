@@ -5,14 +5,13 @@ each other, not against themselves."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import shutil
 from pathlib import Path
 
 import pytest
-from paths import ESP8266_V110, ESP8266_V194, SIMBA_SHELL_NEW, SIMBA_SHELL_OLD
-
 from otaferry.device_fw import reasons as R
 from otaferry.device_fw.device import Device
 from otaferry.device_fw.flash import PowerCut
@@ -21,6 +20,7 @@ from otaferry.device_fw.partitions import parse_csv
 from otaferry.device_fw.reasons import DeviceError
 from otaferry.protocol.artifact import HEADER_SIZE, build_full
 from otaferry.protocol.keys import SigningKey
+from paths import ESP8266_V110, ESP8266_V194, SIMBA_SHELL_NEW, SIMBA_SHELL_OLD
 
 KEY = SigningKey.from_seed(hashlib.sha256(b"install tests vendor").digest())
 OTHER = SigningKey.from_seed(hashlib.sha256(b"install tests stranger").digest())
@@ -28,18 +28,37 @@ HW = "board-rev-b"
 CHIP = "esp8266"
 
 
-def make_device(tmp_path: Path, image: bytes, *, counter: int = 0, csv: str | None = None,
-                name: str = "flash.bin") -> Path:
+def make_device(
+    tmp_path: Path,
+    image: bytes,
+    *,
+    counter: int = 0,
+    csv: str | None = None,
+    name: str = "flash.bin",
+) -> Path:
     path = tmp_path / name
     Device.create(
-        str(path), hw=HW, chip=CHIP, trusted_keys=[KEY.public.raw], image=image,
-        version="old", security_counter=counter, partitions_csv=csv,
+        str(path),
+        hw=HW,
+        chip=CHIP,
+        trusted_keys=[KEY.public.raw],
+        image=image,
+        version="old",
+        security_counter=counter,
+        partitions_csv=csv,
     ).close()
     return path
 
 
-def build(image: bytes, *, key: SigningKey = KEY, hw: str = HW, chip: str = CHIP,
-          counter: int = 1, version: str = "new") -> bytes:
+def build(
+    image: bytes,
+    *,
+    key: SigningKey = KEY,
+    hw: str = HW,
+    chip: str = CHIP,
+    counter: int = 1,
+    version: str = "new",
+) -> bytes:
     return build_full(image, key, hw=[hw], chip=chip, version=version, security_counter=counter)
 
 
@@ -72,8 +91,9 @@ def new_artifact(new_image: bytes) -> bytes:
 # ------------------------------------------------------------------ happy paths
 
 
-def test_install_boot_confirm_real_firmware(tmp_path: Path, old_image: bytes, new_image: bytes,
-                                            new_artifact: bytes) -> None:
+def test_install_boot_confirm_real_firmware(
+    tmp_path: Path, old_image: bytes, new_image: bytes, new_artifact: bytes
+) -> None:
     flash = make_device(tmp_path, old_image)
     active_before = slot_bytes(flash, 0)
     result = install(flash, new_artifact)
@@ -106,8 +126,9 @@ def test_failed_self_test_rolls_back(tmp_path: Path, old_image: bytes, new_artif
         assert dev.power_on(self_test=True)["label"] == "ota_0"
 
 
-def test_unconfirmed_boot_is_aborted_on_next_reset(tmp_path: Path, old_image: bytes,
-                                                   new_artifact: bytes) -> None:
+def test_unconfirmed_boot_is_aborted_on_next_reset(
+    tmp_path: Path, old_image: bytes, new_artifact: bytes
+) -> None:
     flash = make_device(tmp_path, old_image)
     install(flash, new_artifact)
     with Device(str(flash)) as dev:
@@ -119,8 +140,9 @@ def test_unconfirmed_boot_is_aborted_on_next_reset(tmp_path: Path, old_image: by
         assert dev.info()["slots"][1]["state"] == "ABORTED"
 
 
-def test_second_update_goes_to_the_other_slot(tmp_path: Path, old_image: bytes, new_image: bytes,
-                                              new_artifact: bytes) -> None:
+def test_second_update_goes_to_the_other_slot(
+    tmp_path: Path, old_image: bytes, new_image: bytes, new_artifact: bytes
+) -> None:
     flash = make_device(tmp_path, old_image)
     install(flash, new_artifact)
     with Device(str(flash)) as dev:
@@ -186,8 +208,13 @@ def test_every_hostile_artifact_is_rejected_and_nothing_is_lost(
     running = SIMBA_SHELL_OLD.read_bytes()
     seen = set()
     for name, art, reason, opts in _hostile_cases(new_image, new_artifact):
-        flash = make_device(tmp_path, running, counter=int(opts.get("counter", 0)),  # type: ignore[call-overload]
-                            csv=opts.get("csv"), name=name.replace(" ", "_") + ".bin")  # type: ignore[arg-type]
+        flash = make_device(
+            tmp_path,
+            running,
+            counter=int(opts.get("counter", 0)),  # type: ignore[call-overload]
+            csv=opts.get("csv"),
+            name=name.replace(" ", "_") + ".bin",
+        )  # type: ignore[arg-type]
         before = flash.read_bytes()
         active = slot_bytes(flash, 0)
         with pytest.raises(DeviceError) as exc:
@@ -254,9 +281,8 @@ def test_power_cut_at_every_flash_op_then_resume(tmp_path: Path) -> None:
     for cut in range(total_ops):
         shutil.copy(pristine, work)
         decoded_first: list[int] = []
-        with Device(str(work), cut_at=cut) as dev:
-            with pytest.raises(PowerCut):
-                install_stream(dev, io.BytesIO(art), decode_hook=decoded_first.append)
+        with Device(str(work), cut_at=cut) as dev, pytest.raises(PowerCut):
+            install_stream(dev, io.BytesIO(art), decode_hook=decoded_first.append)
         with Device(str(work)) as dev:
             progress = dev.progress()
             done = progress["next"] if progress else 0
@@ -284,11 +310,8 @@ def test_power_cut_during_boot_and_confirm_always_leaves_a_bootable_image(tmp_pa
     for cut in range(12):
         work = tmp_path / "w.bin"
         shutil.copy(base, work)
-        with Device(str(work), cut_at=cut) as dev:
-            try:
-                dev.power_on(self_test=True)
-            except PowerCut:
-                pass
+        with Device(str(work), cut_at=cut) as dev, contextlib.suppress(PowerCut):
+            dev.power_on(self_test=True)
         with Device(str(work)) as dev:
             boot = dev.power_on(self_test=True)
         assert (boot["label"], boot["version"]) in (("ota_0", "old"), ("ota_1", "new")), cut

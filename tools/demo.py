@@ -55,10 +55,17 @@ def _run(work: Path, args: argparse.Namespace) -> int:
         key_path.unlink()
         Path(str(key_path) + ".pub").unlink(missing_ok=True)
     key = write_keypair(key_path)
-    _say("keys", f"Ed25519 signing key {key.public.key_id.hex()} -> {key_path.name}, {key_path.name}.pub")
+    _say(
+        "keys",
+        f"Ed25519 signing key {key.public.key_id.hex()} -> {key_path.name}, {key_path.name}.pub",
+    )
 
     old = make_image("1.0.0", secure_version=0, revision=0)
-    new = Path(args.image).read_bytes() if args.image else make_image("1.1.0", secure_version=1, revision=1)
+    new = (
+        Path(args.image).read_bytes()
+        if args.image
+        else make_image("1.1.0", secure_version=1, revision=1)
+    )
     bad = make_image("1.2.0", secure_version=1, revision=2)
     flash = work / "flash.bin"
     dev = Device.create(
@@ -68,13 +75,16 @@ def _run(work: Path, args: argparse.Namespace) -> int:
     _say("flash", f"simulated ESP32 flash {flash.name}: 4 MiB, ota_0 runs v1.0.0 ({len(old)} B)")
 
     art = work / "update-1.1.0.ota"
-    art.write_bytes(build_full(new, key, hw=[HW], chip="esp32", version="1.1.0", security_counter=1))
+    art.write_bytes(
+        build_full(new, key, hw=[HW], chip="esp32", version="1.1.0", security_counter=1)
+    )
     info = inspect_artifact(str(art))
     _say(
         "build",
         f"{art.name}: {info['file_size']} B for a {info['target_size']} B image "
         f"({100 * info['file_size'] / info['target_size']:.0f} %), {info['segments']} segments of "
-        f"{info['segment_size'] // 1024} KiB, device decode RAM {info['decoder_ram_bytes'] / 1024:.1f} KiB",
+        f"{info['segment_size'] // 1024} KiB, "
+        f"device decode RAM {info['decoder_ram_bytes'] / 1024:.1f} KiB",
     )
     with open_artifact(str(art)) as reader:
         reader.verify([key.public])
@@ -104,7 +114,9 @@ def _run(work: Path, args: argparse.Namespace) -> int:
     dev.close()
 
     art2 = work / "update-1.2.0.ota"
-    art2.write_bytes(build_full(bad, key, hw=[HW], chip="esp32", version="1.2.0", security_counter=1))
+    art2.write_bytes(
+        build_full(bad, key, hw=[HW], chip="esp32", version="1.2.0", security_counter=1)
+    )
     result2 = _install(flash, art2)
     assert result2 is not None
     _say("install", f"v1.2.0 installed into {result2['slot']}")
@@ -116,15 +128,22 @@ def _run(work: Path, args: argparse.Namespace) -> int:
     dev.close()
 
     running = info2["slots"][info2["running_slot"]]
-    ok = info1["slots"][info1["running_slot"]]["version"] == "1.1.0" and running["version"] == "1.1.0"
+    confirmed = info1["slots"][info1["running_slot"]]["version"] == "1.1.0"
+    ok = confirmed and running["version"] == "1.1.0"
     print()
     print("summary")
-    print(f"  update 1.0.0 -> 1.1.0 : {'confirmed' if info1['slots'][info1['running_slot']]['version'] == '1.1.0' else 'FAILED'}"
-          f", survived a power cut mid-install")
-    print(f"  update 1.1.0 -> 1.2.0 : self-test failed, rolled back to {running['version']} "
-          f"in {running['label']} by itself")
+    print(
+        f"  update 1.0.0 -> 1.1.0 : {'confirmed' if confirmed else 'FAILED'}"
+        ", survived a power cut mid-install"
+    )
+    print(
+        f"  update 1.1.0 -> 1.2.0 : self-test failed, rolled back to {running['version']} "
+        f"in {running['label']} by itself"
+    )
     print(f"  security counter      : {info2['security_counter']}")
-    print(f"  artifact              : {info['file_size']} B for {info['target_size']} B "
-          f"(zstd segments, Ed25519-signed)")
+    print(
+        f"  artifact              : {info['file_size']} B for {info['target_size']} B "
+        f"(zstd segments, Ed25519-signed)"
+    )
     print(f"  time                  : {time.monotonic() - t0:.1f} s   files in {work}")
     return 0 if ok else 1

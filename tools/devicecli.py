@@ -36,8 +36,9 @@ def _read(path: str) -> bytes:
 
 def _open_device(path: str) -> Device:
     if not Path(path).is_file():
-        raise OtaferryError(f"no flash file {path} (create one with 'otaferry flash init')",
-                            Reason.IO_ERROR)
+        raise OtaferryError(
+            f"no flash file {path} (create one with 'otaferry flash init')", Reason.IO_ERROR
+        )
     return Device(path)
 
 
@@ -75,7 +76,9 @@ def install(args: argparse.Namespace) -> int:
         with open(args.artifact, "rb") as stream:
             result = install_stream(dev, stream)
     except OSError as exc:
-        raise OtaferryError(f"cannot read {args.artifact}: {exc.strerror}", Reason.IO_ERROR) from exc
+        raise OtaferryError(
+            f"cannot read {args.artifact}: {exc.strerror}", Reason.IO_ERROR
+        ) from exc
     m = result["manifest"]
     slot = result["slot"]
     resumed = f", resumed after {result['skipped']} segments" if result["skipped"] else ""
@@ -93,10 +96,7 @@ def _print_boot(result: dict[str, Any]) -> None:
 
 def boot(args: argparse.Namespace) -> int:
     dev = _open_device(args.flash)
-    if args.no_confirm:
-        verdict = None
-    else:
-        verdict = not args.fail_self_test
+    verdict = None if args.no_confirm else not args.fail_self_test
     result = dev.power_on(self_test=verdict)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
@@ -111,13 +111,17 @@ def info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0
-    print(f"device {data['device_id']}  hw {data['hw']}  chip {data['chip']}  "
-          f"security counter {data['security_counter']}")
+    print(
+        f"device {data['device_id']}  hw {data['hw']}  chip {data['chip']}  "
+        f"security counter {data['security_counter']}"
+    )
     for i, s in enumerate(data["slots"]):
         mark = "*" if i == data["running_slot"] else " "
         sha = (s["sha256"] or "-")[:16]
-        print(f" {mark} {s['label']:<8} {s['state']:<15} version {s['version'] or '-':<12} "
-              f"sha256 {sha}")
+        print(
+            f" {mark} {s['label']:<8} {s['state']:<15} version {s['version'] or '-':<12} "
+            f"sha256 {sha}"
+        )
     if data.get("install"):
         p = data["install"]
         print(f"   install in progress into {p['slot']}: next segment {p['next']}")
