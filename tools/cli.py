@@ -122,6 +122,12 @@ def cmd_device_info(args: argparse.Namespace) -> int:
     return devicecli.info(args)
 
 
+def cmd_linesim(args: argparse.Namespace) -> int:
+    from ..transport import linesim
+
+    return linesim.main(args.rest)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -221,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_device_info)
 
+    s = sub.add_parser(
+        "linesim",
+        help="two pseudo-terminals joined by a simulated UART (baud, latency, errors, drops)",
+        add_help=False,
+    )
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_linesim)
+
     s = sub.add_parser("demo", help="the whole flow on a simulated device (the quick start)")
     s.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
     s.add_argument(
@@ -232,9 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that own their argument parsing (listed in the help via build_parser).
+PASSTHROUGH = {"linesim": "..transport.linesim"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        args = argparse.Namespace(rest=argv[1:], func=cmd_linesim)
+    else:
+        args = build_parser().parse_args(argv)
     func: Handler = args.func
     try:
         return func(args)

@@ -1,0 +1,368 @@
+"""Link conformance suite, run against every link, plus SerialLink specifics.
+
+The same tests run over: the in-memory pair; a SerialLink on a real pty slave
+talking to the raw master fd (framed by hand); and two SerialLinks joined by
+the line simulator. Real pseudo-terminals throughout, no mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import pytest
+from otaferry.protocol.errors import ClosedError, Reason, TransportError
+from otaferry.protocol.framing import FrameDecoder, encode_frame
+from otaferry.transport.linesim import LineSim
+from otaferry.transport.link import FrameInbox, Link, check_frame, memory_pair
+from otaferry.transport.serial_link import SerialLink
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.filterwarnings("error")]
+
+MTU = 240
+Pair = tuple[Link, Link]
+PairFactory = Callable[[], AbstractAsyncContextManager[Pair]]
+
+
+class MasterFdLink(Link):
+    """The far side of a raw pty: the master fd, framed by hand (test helper)."""
+
+    def __init__(self, fd: int, mtu: int) -> None:
+        self._fd = fd
+        self._mtu = mtu
+        self._decoder = FrameDecoder(max_frame=mtu)
+        self._inbox = FrameInbox()
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        os.set_blocking(fd, False)
+        self._loop.add_reader(fd, self._on_readable)
+        self._reading = True
+
+    @property
+    def mtu(self) -> int:
+        return self._mtu
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: the slave side is gone
+            self._stop_reading()
+            self._inbox.fail(lambda: ClosedError("pty slave closed"), drain=True)
+            return
+        for frame in self._decoder.feed(data):
+            self._inbox.put(frame)
+
+    async def write_raw(self, data: bytes) -> None:
+        while data:
+            try:
+                data = data[os.write(self._fd, data) :]
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+
+    async def send(self, frame: bytes) -> None:
+        if self._closed:
+            raise ClosedError("master closed")
+        await self.write_raw(encode_frame(check_frame(frame, self._mtu)))
+
+    async def receive(self) -> bytes:
+        if self._closed:
+            raise ClosedError("master closed")
+        return await self._inbox.get()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._stop_reading()
+        self._inbox.fail(lambda: ClosedError("master closed"), drain=False)
+
+
+@contextlib.asynccontextmanager
+async def memory_links() -> AsyncIterator[Pair]:
+    a, b = memory_pair(mtu=MTU)
+    try:
+        yield a, b
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+@contextlib.asynccontextmanager
+async def pty_links() -> AsyncIterator[Pair]:
+    master, slave = os.openpty()  # we hold the slave too: no EIO on the master
+    try:
+        link = await SerialLink.open(os.ttyname(slave), 115200, mtu=MTU)
+        raw = MasterFdLink(master, MTU)
+        try:
+            yield link, raw
+        finally:
+            await link.aclose()
+            await raw.aclose()
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def linesim_links(tmp_path: Path) -> PairFactory:
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[Pair]:
+        async with LineSim(tmp_path / "a", tmp_path / "b", baud=921600, seed=1) as sim:
+            a = await SerialLink.open(str(sim.path_a), 921600, mtu=MTU)
+            try:
+                b = await SerialLink.open(str(sim.path_b), 921600, mtu=MTU)
+                try:
+                    yield a, b
+                finally:
+                    await b.aclose()
+            finally:
+                await a.aclose()
+
+    return factory
+
+
+@pytest.fixture(params=["memory", "pty", "linesim"])
+def make_pair(request: pytest.FixtureRequest, tmp_path: Path) -> PairFactory:
+    if request.param == "memory":
+        return memory_links
+    if request.param == "pty":
+        return pty_links
+    return linesim_links(tmp_path)
+
+
+def _frame(size: int, rng: random.Random) -> bytes:
+    kind = size % 4
+    if kind == 0:
+        return bytes(size)  # all delimiters: worst case for COBS
+    if kind == 1:
+        return b"\xff" * size
+    return bytes(rng.randrange(256) for _ in range(size))
+
+
+# --- the conformance suite ----------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_every_size_up_to_mtu_both_ways(make_pair: PairFactory) -> None:
+    rng = random.Random(5)
+    frames = [_frame(size, rng) for size in range(1, MTU + 1)]
+    async with make_pair() as (a, b):
+        assert a.mtu == b.mtu == MTU
+
+        async def pump(src: Link, dst: Link, items: list[bytes]) -> list[bytes]:
+            async def sender() -> None:
+                for item in items:
+                    await src.send(item)
+
+            task = asyncio.create_task(sender())
+            got = [await dst.receive() for _ in items]
+            await task
+            return got
+
+        async with asyncio.timeout(20):
+            forward, backward = await asyncio.gather(pump(a, b, frames), pump(b, a, frames[::-7]))
+        assert forward == frames
+        assert backward == frames[::-7]
+
+
+@pytest.mark.asyncio
+async def test_many_frames_arrive_in_order(make_pair: PairFactory) -> None:
+    async with make_pair() as (a, b):
+        frames = [i.to_bytes(2, "little") + bytes(i % 7) for i in range(400)]
+        for frame in frames:
+            await a.send(frame)
+        async with asyncio.timeout(20):
+            got = [await b.receive() for _ in frames]
+        assert got == frames
+
+
+@pytest.mark.asyncio
+async def test_closed_link_refuses_send_and_receive(make_pair: PairFactory) -> None:
+    async with make_pair() as (a, _):
+        await a.aclose()
+        await a.aclose()  # idempotent
+        with pytest.raises(ClosedError):
+            await a.receive()
+        with pytest.raises(ClosedError) as info:
+            await a.send(b"x")
+        assert info.value.reason is Reason.CLOSED
+
+
+@pytest.mark.asyncio
+async def test_close_wakes_a_waiting_receive(make_pair: PairFactory) -> None:
+    async with make_pair() as (_, b):
+        waiting = asyncio.create_task(b.receive())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        await b.aclose()
+        async with asyncio.timeout(5):
+            with pytest.raises(ClosedError):
+                await waiting
+
+
+@pytest.mark.asyncio
+async def test_cancelled_receive_loses_no_frame(make_pair: PairFactory) -> None:
+    async with make_pair() as (a, b):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await b.receive()
+        await a.send(b"still here")
+        async with asyncio.timeout(5):
+            assert await b.receive() == b"still here"
+
+
+@pytest.mark.asyncio
+async def test_async_context_manager_closes(make_pair: PairFactory) -> None:
+    async with make_pair() as (a, b):
+        async with a as entered:
+            assert entered is a
+            await a.send(b"ping")
+            async with asyncio.timeout(5):
+                assert await b.receive() == b"ping"
+        with pytest.raises(ClosedError):
+            await a.receive()
+        with pytest.raises(ClosedError):
+            await a.send(b"x")
+
+
+@pytest.mark.asyncio
+async def test_bad_frames_are_refused(make_pair: PairFactory) -> None:
+    async with make_pair() as (a, _):
+        with pytest.raises(TransportError) as info:
+            await a.send(bytes(MTU + 1))
+        assert info.value.reason is Reason.TOO_LARGE
+        with pytest.raises(TransportError) as info:
+            await a.send(b"")
+        assert info.value.reason is Reason.BAD_FRAME
+
+
+# --- in-memory pair ----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_memory_peer_close_drains_then_closes() -> None:
+    a, b = memory_pair(mtu=16)
+    await a.send(b"one")
+    await a.send(b"two")
+    await a.aclose()
+    assert await b.receive() == b"one"
+    assert await b.receive() == b"two"
+    with pytest.raises(ClosedError):
+        await b.receive()
+    with pytest.raises(ClosedError):
+        await b.send(b"x")
+    await b.aclose()
+
+
+# --- SerialLink specifics ------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_serial_link_skips_noise_and_damaged_frames() -> None:
+    async with pty_links() as (link, raw):
+        assert isinstance(link, SerialLink) and isinstance(raw, MasterFdLink)
+        damaged = bytearray(encode_frame(b"damaged frame"))
+        damaged[5] ^= 0x10
+        await raw.write_raw(
+            b"boot: hello\r\n"  # a device printing before the protocol starts
+            + encode_frame(b"first")
+            + bytes(damaged)
+            + encode_frame(bytes(MTU + 1))  # oversize for this link
+            + b"\x13\x37"
+            + encode_frame(b"second")
+        )
+        async with asyncio.timeout(5):
+            assert await link.receive() == b"first"
+            assert await link.receive() == b"second"
+        stats = link.stats
+        assert stats.frames == 2
+        assert stats.crc_errors + stats.cobs_errors >= 2  # the banner, the damaged frame
+        assert stats.oversize == 1
+        assert stats.garbage_bytes > 0
+
+
+@pytest.mark.asyncio
+async def test_serial_link_open_failure_names_the_port(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-tty")
+    with pytest.raises(TransportError) as info:
+        await SerialLink.open(missing, 115200)
+    assert missing in str(info.value)
+    assert info.value.reason is Reason.IO_ERROR
+
+
+@pytest.mark.asyncio
+async def test_serial_link_reports_a_vanished_port() -> None:
+    master, slave = os.openpty()
+    link = await SerialLink.open(os.ttyname(slave), 115200, mtu=MTU)
+    os.close(slave)
+    os.write(master, encode_frame(b"last words"))
+    await asyncio.sleep(0.05)
+    os.close(master)  # hang up: reading the slave now fails
+    async with asyncio.timeout(5):
+        assert await link.receive() == b"last words"
+        with pytest.raises(TransportError) as info:
+            await link.receive()
+    assert link.port in str(info.value)
+    with pytest.raises(TransportError):
+        await link.send(b"x")
+    await link.aclose()
+
+
+@pytest.mark.asyncio
+async def test_serial_link_loop_url_without_a_file_descriptor() -> None:
+    # pyserial's loop:// echoes what is written and has no fd: the worker-thread path.
+    async with await SerialLink.open("loop://", 115200, mtu=64) as link:
+        frames = [b"\x00" * 3, b"abc", bytes(range(1, 65))]
+        for frame in frames:
+            await link.send(frame)
+        async with asyncio.timeout(5):
+            assert [await link.receive() for _ in frames] == frames
+    with pytest.raises(ClosedError):
+        await link.receive()
+
+
+@pytest.mark.asyncio
+async def test_serial_link_socket_url() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(4096):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with await SerialLink.open(f"socket://127.0.0.1:{port}", mtu=MTU) as link:
+            await link.send(b"over tcp\x00")
+            async with asyncio.timeout(5):
+                assert await link.receive() == b"over tcp\x00"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.asyncio
+async def test_serial_link_closes_cleanly(tmp_path: Path) -> None:
+    before = _open_fds()
+    async with linesim_links(tmp_path)() as (a, b):
+        await a.send(b"x" * 100)
+        async with asyncio.timeout(5):
+            assert await b.receive() == b"x" * 100
+        await a.send(b"unread at close")
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    assert _open_fds() == before
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
