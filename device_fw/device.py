@@ -28,7 +28,7 @@ from .reasons import DeviceError
 from .store import Store
 
 STATE_VERSION = 1
-DEFAULT_LIMITS = {"max_window_log": 13, "max_segment_payload": 8192 + 64}
+DEFAULT_LIMITS = {"max_window_log": 13, "max_segment_payload": 8192 + 64, "ram_budget": 65536}
 HASH_CHUNK = 4096
 
 

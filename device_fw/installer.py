@@ -25,6 +25,7 @@ from .reasons import DeviceError
 WRITE_CHUNK = 4096
 DEFAULT_MAX_WINDOW_LOG = 13
 DEFAULT_MAX_SEGMENT_PAYLOAD = 8192 + 64
+DEFAULT_RAM_BUDGET = 65536
 
 
 class Installer:
@@ -115,20 +116,25 @@ class Installer:
                 % (m["window_log"], limits["max_window_log"]),
             )
         biggest = max(entry[0] for entry in m["segments"])
-        if biggest > limits["max_segment_payload"]:
-            raise DeviceError(
-                R.RESOURCE_LIMIT,
-                "a segment of %d bytes exceeds this device's buffer of %d"
-                % (biggest, limits["max_segment_payload"]),
-            )
+        if m["payload_kind"] == M.PAYLOAD_DELTA:
+            from .delta_apply import ram_budget
+
+            need = ram_budget(biggest)
+            if need > limits.get("ram_budget", DEFAULT_RAM_BUDGET):
+                raise DeviceError(
+                    R.RESOURCE_LIMIT,
+                    "delta needs %d bytes of RAM, this device allows %d"
+                    % (need, limits.get("ram_budget", DEFAULT_RAM_BUDGET)),
+                )
+            return
         if (
-            m["payload_kind"] == M.PAYLOAD_FULL
-            and m["segment_size"] > limits["max_segment_payload"]
+            biggest > limits["max_segment_payload"]
+            or m["segment_size"] > limits["max_segment_payload"]
         ):
             raise DeviceError(
                 R.RESOURCE_LIMIT,
-                "segment_size %d exceeds this device's buffer of %d"
-                % (m["segment_size"], limits["max_segment_payload"]),
+                "segments of %d / %d bytes exceed this device's buffer of %d"
+                % (m["segment_size"], biggest, limits["max_segment_payload"]),
             )
 
     # ------------------------------------------------------------ segments
@@ -230,10 +236,10 @@ class Installer:
 
 def _delta_codecs():
     try:
-        from .delta_apply import CODECS
-    except ImportError:
+        from .delta_apply import CODEC
+    except ImportError:  # a port without the delta applier
         return ()
-    return CODECS
+    return (CODEC,)
 
 
 def _hex(b):

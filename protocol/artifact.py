@@ -135,6 +135,51 @@ def build_full(
     return assemble(manifest, segments, key)
 
 
+def build_delta(
+    base: bytes,
+    image: bytes,
+    key: SigningKey,
+    *,
+    hw: Sequence[str],
+    chip: str,
+    version: str,
+    security_counter: int = 0,
+    project: str | None = None,
+    segment_size: int | None = None,
+) -> bytes:
+    """Build a delta (``fdelta1``) ``.ota`` file that rebuilds *image* from *base*.
+
+    The device applies it only if its running image is exactly *base*
+    (``base_sha256`` is signed); see SPEC.md section 7.
+    """
+    from .delta import DEFAULT_SEGMENT_SIZE as DELTA_SEGMENT_SIZE
+    from .delta import encode_delta
+
+    image = bytes(image)
+    base = bytes(base)
+    if not image:
+        raise DecodeError("cannot build an artifact for an empty image")
+    result = encode_delta(base, image, segment_size or DELTA_SEGMENT_SIZE)
+    manifest = Manifest(
+        hw=tuple(hw),
+        chip=chip,
+        version=version,
+        security_counter=security_counter,
+        target_size=len(image),
+        target_sha256=hashlib.sha256(image).digest(),
+        payload_kind=PAYLOAD_DELTA,
+        codec=result.codec,
+        window_log=result.window_log,
+        segment_size=result.segment_size,
+        segments=build_segment_table(result.segments),
+        key_id=key.public.key_id,
+        base_sha256=hashlib.sha256(base).digest(),
+        base_size=len(base),
+        project=project,
+    )
+    return assemble(manifest, result.segments, key)
+
+
 class ArtifactReader:
     """Streaming reader over a binary stream positioned at the start of a ``.ota``.
 

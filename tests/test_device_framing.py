@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from otaferry.device_fw import framing as D
 from otaferry.protocol import framing as H
 

@@ -6,7 +6,7 @@ import argparse
 import hashlib
 from pathlib import Path
 
-from ..protocol.artifact import build_full
+from ..protocol.artifact import build_delta, build_full
 from ..protocol.errors import OtaferryError, Reason
 from ..protocol.espimage import parse_esp_image
 from ..protocol.keys import load_signing_key
@@ -45,8 +45,6 @@ def build_from_args(args: argparse.Namespace) -> str:
     segment_size = args.segment_size or DEFAULT_SEGMENT_SIZE
     common = dict(hw=args.hw, chip=chip, version=version, security_counter=counter, project=project)
     if args.base:
-        from ..protocol.delta_build import build_delta
-
         base = _read(args.base)
         data = build_delta(base, image, key, segment_size=args.segment_size, **common)
         kind = f"delta against {args.base} (sha256 {hashlib.sha256(base).hexdigest()[:16]}…)"

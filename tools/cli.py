@@ -235,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_linesim)
 
+    s = sub.add_parser(
+        "bench",
+        help="benchmarks: 'bench delta DIR' (delta vs peers), 'bench artifact DIR' (full images)",
+        add_help=False,
+    )
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_bench)
+
     s = sub.add_parser("demo", help="the whole flow on a simulated device (the quick start)")
     s.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
     s.add_argument(
@@ -246,14 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import artifact, delta
+
+    benches = {"delta": delta.main, "artifact": artifact.main}
+    if not args.rest or args.rest[0] not in benches:
+        print("usage: otaferry bench {delta,artifact} [DIR] [options]  (-h for each)")
+        return 2
+    return benches[args.rest[0]](args.rest[1:])
+
+
 # Commands that own their argument parsing (listed in the help via build_parser).
-PASSTHROUGH = {"linesim": "..transport.linesim"}
+PASSTHROUGH = {"linesim": cmd_linesim, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PASSTHROUGH:
-        args = argparse.Namespace(rest=argv[1:], func=cmd_linesim)
+        args = argparse.Namespace(rest=argv[1:], func=PASSTHROUGH[argv[0]])
     else:
         args = build_parser().parse_args(argv)
     func: Handler = args.func

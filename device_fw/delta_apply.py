@@ -1,0 +1,280 @@
+"""Device-side applier for the ``fdelta1`` delta codec (format: protocol/DELTA.md).
+
+One segment payload rebuilds ``out_size`` bytes of the new image. It reads the
+old image (the active slot) by random access through ``read_old`` and hands the
+new bytes, in order, to ``write`` in chunks of at most ``CHUNK`` bytes.
+
+The payload is one binary range-coded stream (LZMA-style coder, 16-bit
+probabilities with a per-entry adaptation count). All model state is allocated
+per segment, so segments decode independently and in any order.
+
+Written in the subset of Python that MicroPython runs: no dataclasses, no
+typing, no f-strings; only ``array`` from the standard library.
+"""
+
+from array import array
+
+from .reasons import DECODE_ERROR, DeviceError
+
+CODEC = "fdelta1"
+CHUNK = 4096  # largest write() chunk
+OLD_CHUNK = 512  # bytes fetched from the old image per read_old() call
+MAX_OUT = 1 << 30
+
+# Model layout: one flat table of probabilities (uint16, P(bit = 0) * 65536)
+# and one of adaptation counts (uint8). Keep equal to protocol/delta.py.
+N_NUM = 64 + 33 * 8  # one number: 6-bit length tree + 3 modelled bits per length
+SLOT_ADD, SLOT_EXTRA, SLOT_SEEK, SLOT_START = 0, 1, 2, 3
+O_NUM = 0
+O_SIGN = O_NUM + 4 * N_NUM
+O_ZERO = O_SIGN + 1
+O_DVAL = O_ZERO + 16
+O_LIT = O_DVAL + 8 * 256
+O_WORD = O_LIT + 16 * 256
+N_PROBS = O_WORD + 16
+# Word-relocation predictor: 2^WBITS entries of (last 32-bit delta, state).
+WBITS = 11
+WMASK = (1 << WBITS) - 1
+WLIM = 1 << 16  # a first delta is remembered only if |delta| < WLIM
+# Adaptation shift by count: the first updates move fast, then 1/16.
+RATE = b"\x01\x02\x03\x03\x04"
+RMAX = len(RATE) - 1
+
+
+def _err(msg, **fields):
+    return DeviceError(DECODE_ERROR, msg, **fields)
+
+
+def ram_budget(segment_payload_max, chunk=CHUNK, old_chunk=OLD_CHUNK):
+    """Peak device RAM in bytes to apply one segment.
+
+    = the checked payload held in RAM + model tables (probabilities, counts,
+    word predictor) + one output chunk (+ the copy handed to write) + one
+    old-image read chunk. Everything else is a handful of integers.
+    """
+    models = 3 * N_PROBS + 5 * (1 << WBITS)
+    return segment_payload_max + models + 2 * chunk + old_chunk
+
+
+def wkey(w):
+    """Word-predictor slot of an old 32-bit word: its 4 KiB "page" mixed with
+    its top byte, so pointers into flash, RAM and peripherals rarely share."""
+    return ((w >> 12) ^ ((w >> 24) * 0x1D3)) & WMASK
+
+
+def apply_segment(payload, read_old, old_size, out_size, write):
+    """Rebuild ``out_size`` new-image bytes from one segment ``payload``.
+
+    Raises DeviceError(DECODE_ERROR) on any inconsistency; never writes more
+    than ``out_size`` bytes in total (it may have written a prefix when it
+    raises: the caller discards the segment).
+    """
+    if not isinstance(old_size, int) or old_size < 0:
+        raise _err("bad old_size")
+    if not isinstance(out_size, int) or out_size < 1 or out_size > MAX_OUT:
+        raise _err("bad out_size", out_size=out_size)
+    n_in = len(payload)
+    if n_in < 1:
+        raise _err("empty segment payload")
+
+    P = array("H", [32768]) * N_PROBS
+    C = bytearray(N_PROBS)
+    wt = array("I", [0]) * (1 << WBITS)
+    ws = bytearray(1 << WBITS)
+
+    # Range decoder. The stream is the LZMA range coder's output without its
+    # constant leading zero byte; reads past the end yield zeros (at most 4).
+    code = 0
+    for i in range(4):
+        code = (code << 8) | (payload[i] if i < n_in else 0)
+    rng = 0xFFFFFFFF
+    ip = 4
+
+    def bit(i):
+        nonlocal code, rng, ip
+        p = P[i]
+        c = C[i]
+        sh = RATE[c]
+        if c < RMAX:
+            C[i] = c + 1
+        bound = (rng >> 16) * p
+        if code < bound:
+            rng = bound
+            P[i] = p + ((65536 - p) >> sh)
+            b = 0
+        else:
+            code -= bound
+            rng -= bound
+            p -= p >> sh
+            P[i] = p if p > 31 else 32
+            b = 1
+        while rng < 0x1000000:
+            rng = (rng << 8) & 0xFFFFFFFF
+            code = ((code << 8) | (payload[ip] if ip < n_in else 0)) & 0xFFFFFFFF
+            ip += 1
+        return b
+
+    def tree8(base):
+        t = 1
+        while t < 256:
+            t = (t << 1) | bit(base + t)
+        return t - 256
+
+    def direct(nbits):
+        nonlocal code, rng, ip
+        v = 0
+        for _ in range(nbits):
+            rng >>= 1
+            if code >= rng:
+                code -= rng
+                v = (v << 1) | 1
+            else:
+                v <<= 1
+            if rng < 0x1000000:
+                rng = (rng << 8) & 0xFFFFFFFF
+                code = ((code << 8) | (payload[ip] if ip < n_in else 0)) & 0xFFFFFFFF
+                ip += 1
+        return v
+
+    def number(slot):
+        base = O_NUM + slot * N_NUM
+        m = 1
+        while m < 64:
+            m = (m << 1) | bit(base + m)
+        n = m - 64
+        if n > 32:
+            raise _err("number too long", bits=n)
+        if n <= 1:
+            return n
+        k = n - 1  # bits below the leading one
+        mb = k if k < 3 else 3
+        t = 1
+        for _ in range(mb):
+            t = (t << 1) | bit(base + 64 + n * 8 + t)
+        v = (1 << mb) | (t - (1 << mb))
+        if k > mb:
+            v = (v << (k - mb)) | direct(k - mb)
+        return v
+
+    obuf = bytearray(CHUNK)
+    on = 0  # bytes in obuf
+    done = 0  # bytes handed to write()
+    ob = b""  # old-image buffer: old[ostart : ostart + len(ob)]
+    ostart = 0
+
+    opos = number(SLOT_START)
+    p0 = 0  # last diff byte
+    p1 = 0  # diff byte before it
+    wlast = 0  # last word prediction hit
+    prev = 0  # last output byte
+    while True:
+        # ---- add: new = old + diff ----
+        n = n_add = number(SLOT_ADD)
+        if n > out_size - done - on:
+            raise _err("add run past segment end", length=n)
+        if n and (opos < 0 or opos + n > old_size):
+            raise _err("add run reads outside old image", offset=opos, length=n)
+        while n:
+            oi = opos - ostart
+            if oi < 0 or oi + (4 if n >= 4 else n) > len(ob):
+                ln = old_size - opos
+                if ln > OLD_CHUNK:
+                    ln = OLD_CHUNK
+                try:
+                    ob = read_old(opos, ln)
+                except DeviceError:
+                    raise
+                except Exception as e:  # a failing flash read fails this segment
+                    raise _err("old image read failed: %r" % (e,), offset=opos) from e
+                if len(ob) != ln:
+                    raise _err("old image short read", offset=opos, length=ln)
+                ostart = opos
+                oi = 0
+            if (on & 3) == 0 and n >= 4:
+                # aligned word: maybe predicted as a relocated pointer
+                ow = ob[oi] | (ob[oi + 1] << 8) | (ob[oi + 2] << 16) | (ob[oi + 3] << 24)
+                key = ((ow >> 12) ^ ((ow >> 24) * 0x1D3)) & WMASK
+                s = ws[key]
+                if s:
+                    if bit(O_WORD + (s | (wlast << 2))) == 0:
+                        wlast = 1
+                        if s < 3:
+                            ws[key] = s + 1
+                        dd = wt[key]
+                        nw = (ow + dd) & 0xFFFFFFFF
+                        obuf[on] = nw & 255
+                        obuf[on + 1] = (nw >> 8) & 255
+                        obuf[on + 2] = (nw >> 16) & 255
+                        obuf[on + 3] = nw >> 24
+                        prev = nw >> 24
+                        p0 = p1 = 1 if dd else 0
+                        on += 4
+                        opos += 4
+                        n -= 4
+                        if on == CHUNK:
+                            write(bytes(obuf))
+                            done += CHUNK
+                            on = 0
+                        continue
+                    wlast = 0
+                nw = 0
+                for j in range(4):
+                    d = 0
+                    if bit(O_ZERO + ((p0 != 0) | ((p1 != 0) << 1) | (j << 2))):
+                        d = tree8(O_DVAL + (((j) | ((p0 != 0) << 2)) << 8))
+                    prev = (ob[oi + j] + d) & 255
+                    obuf[on + j] = prev
+                    nw |= prev << (8 * j)
+                    p1 = p0
+                    p0 = d
+                dd = (nw - ow) & 0xFFFFFFFF
+                if s or (dd and (dd < WLIM or dd > 0x100000000 - WLIM)):
+                    ws[key] = 1
+                    wt[key] = dd
+                on += 4
+                opos += 4
+                n -= 4
+            else:
+                d = 0
+                if bit(O_ZERO + ((p0 != 0) | ((p1 != 0) << 1) | ((on & 3) << 2))):
+                    d = tree8(O_DVAL + (((on & 3) | ((p0 != 0) << 2)) << 8))
+                prev = (ob[oi] + d) & 255
+                obuf[on] = prev
+                p1 = p0
+                p0 = d
+                on += 1
+                opos += 1
+                n -= 1
+            if on == CHUNK:
+                write(bytes(obuf))
+                done += CHUNK
+                on = 0
+        if done + on == out_size:
+            break
+        # ---- extra: literal bytes ----
+        n = n_extra = number(SLOT_EXTRA)
+        if n > out_size - done - on:
+            raise _err("extra run past segment end", length=n)
+        while n:
+            prev = tree8(O_LIT + ((((prev >> 5) << 1) | (on & 1)) << 8))
+            obuf[on] = prev
+            on += 1
+            n -= 1
+            if on == CHUNK:
+                write(bytes(obuf))
+                done += CHUNK
+                on = 0
+        if done + on == out_size:
+            break
+        if n_add == 0 and n_extra == 0:
+            raise _err("empty operation")
+        # ---- seek in the old image ----
+        neg = bit(O_SIGN)
+        v = number(SLOT_SEEK)
+        opos += -v if neg else v
+        if ip > n_in + 4:
+            raise _err("segment payload exhausted", consumed=ip)
+    if ip > n_in + 4:
+        raise _err("segment payload exhausted", consumed=ip)
+    if on:
+        write(bytes(memoryview(obuf)[:on]))

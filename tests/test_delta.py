@@ -1,0 +1,235 @@
+"""Delta codec: host encoder (protocol/delta.py) against device applier
+(device_fw/delta_apply.py), on the shared firmware pairs and synthetic edges."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from otaferry.device_fw import reasons
+from otaferry.device_fw.delta_apply import apply_segment
+from otaferry.device_fw.delta_apply import ram_budget as device_ram_budget
+from otaferry.protocol.delta import (
+    DELTA_CODEC,
+    MODEL_BYTES,
+    DeltaResult,
+    encode_delta,
+    ram_budget,
+)
+
+FW = Path(__file__).resolve().parents[2] / "shared" / "firmware"
+PAIRS = [
+    ("micropython-esp8266/esp8266-20180511-v1.9.4.bin",
+     "micropython-esp8266/esp8266-20190125-v1.10.bin"),
+    ("micropython-pybv11/v1.10/firmware1.bin", "micropython-pybv11/1f5d945af-dirty/firmware1.bin"),
+    ("micropython-pybv11/1f5d945af/firmware1.bin",
+     "micropython-pybv11/1f5d945af-dirty/firmware1.bin"),
+    ("micropython-pybv11/v1.10/firmware0.bin", "micropython-pybv11/1f5d945af/firmware0.bin"),
+    ("simba-shell-cortex-m4/old.bin", "simba-shell-cortex-m4/new.bin"),
+    ("simba-synthesizer-cortex-m4/1.bin", "simba-synthesizer-cortex-m4/2.bin"),
+    ("simba-synthesizer-cortex-m4/2.bin", "simba-synthesizer-cortex-m4/3.bin"),
+    ("programmer-cortex-m4/0.8.0.bin", "programmer-cortex-m4/0.9.0.bin"),
+    ("baremetal-rpi3-aarch64/1.bin", "baremetal-rpi3-aarch64/2.bin"),
+]
+
+
+class Sink:
+    """Sequential writer that records chunk sizes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.chunks: list[int] = []
+
+    def __call__(self, b: bytes) -> None:
+        self.chunks.append(len(b))
+        self.data += b
+
+
+def seg_len(res: DeltaResult, total: int, i: int) -> int:
+    return min(res.segment_size, total - i * res.segment_size)
+
+
+def apply_all(old: bytes, new_size: int, res: DeltaResult, order: list[int] | None = None) -> bytes:
+    n = len(res.segments)
+    parts: dict[int, bytes] = {}
+    for i in order if order is not None else range(n):
+        sink = Sink()
+        def read_old(off: int, ln: int) -> bytes:
+            assert off >= 0 and off + ln <= len(old)
+            return old[off : off + ln]
+
+        apply_segment(res.segments[i], read_old, len(old), seg_len(res, new_size, i), sink)
+        assert all(0 < c <= 4096 for c in sink.chunks)
+        assert len(sink.data) == seg_len(res, new_size, i)
+        parts[i] = bytes(sink.data)
+    return b"".join(parts[i] for i in range(n))
+
+
+def roundtrip(old: bytes, new: bytes, seg: int = 8192) -> DeltaResult:
+    res = encode_delta(old, new, seg)
+    assert res.codec == DELTA_CODEC
+    assert len(res.segments) == -(-len(new) // seg)
+    assert apply_all(old, len(new), res) == new
+    return res
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: p[1].split("/")[0])
+def test_shared_pairs_round_trip(pair: tuple[str, str]) -> None:
+    old, new = (FW / pair[0]).read_bytes(), (FW / pair[1]).read_bytes()
+    res = roundtrip(old, new, 65536)
+    assert res.payload_size < len(new) // 4
+    assert ram_budget(res.max_segment_payload) <= 64 * 1024
+
+
+def test_segments_independent_any_order() -> None:
+    old = (FW / PAIRS[4][0]).read_bytes()
+    new = (FW / PAIRS[4][1]).read_bytes()
+    res = encode_delta(old, new, 16384)
+    order = list(range(len(res.segments)))
+    random.Random(7).shuffle(order)
+    assert apply_all(old, len(new), res, order) == new
+    # the same segment decoded twice gives the same bytes (no state kept between calls)
+    assert apply_all(old, len(new), res, [3, 3, *range(len(res.segments))]) == new
+
+
+def _rnd(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _code_like(n: int, seed: int) -> bytes:
+    """Bytes with the structure of firmware: words with few distinct high bytes."""
+    r = random.Random(seed)
+    out = bytearray()
+    while len(out) < n:
+        out += (r.randrange(1 << 20) | r.choice((0x08000000, 0x20000000, 0))).to_bytes(4, "little")
+        out += bytes(r.choice((b"\x00\x00", b"\x70\x47", b"\xbf\x00", b"\x10\xb5")))
+    return bytes(out[:n])
+
+
+def test_identical_images() -> None:
+    img = _code_like(50_000, 1)
+    res = roundtrip(img, img)
+    assert res.payload_size < 100
+
+
+def test_empty_old() -> None:
+    new = _code_like(20_000, 2)
+    roundtrip(b"", new)
+
+
+def test_one_byte_images() -> None:
+    roundtrip(b"\x01", b"\x02")
+    roundtrip(b"", b"\x00")
+
+
+def test_new_larger_and_smaller() -> None:
+    old = _code_like(30_000, 3)
+    new = old[:10_000] + _code_like(25_000, 4) + old[10_000:]
+    roundtrip(old, new)
+    roundtrip(new, old)
+    roundtrip(old, old[:4095])
+    roundtrip(old[:5000], old)
+
+
+def test_random_data() -> None:
+    roundtrip(_rnd(20_000, 5), _rnd(24_000, 6), 4096)
+
+
+def test_inserted_and_deleted_blocks() -> None:
+    old = _code_like(40_000, 7)
+    ins = old[:12_345] + _rnd(3000, 8) + old[12_345:]
+    dele = old[:20_000] + old[26_000:]
+    res = roundtrip(old, ins)
+    assert res.payload_size < 3600
+    res = roundtrip(old, dele)
+    assert res.payload_size < 200
+
+
+def test_differs_in_last_byte_only() -> None:
+    old = _code_like(16_384, 9)
+    new = old[:-1] + bytes([old[-1] ^ 0x5A])
+    res = roundtrip(old, new)
+    assert res.payload_size < 40
+
+
+def test_shifted_pointers() -> None:
+    old = _code_like(40_000, 10)
+    # every word "relocated" by +0x40 where its high byte says pointer
+    new = bytearray(old)
+    for i in range(0, len(old) - 3, 6):
+        w = int.from_bytes(old[i : i + 4], "little")
+        if w >> 24 == 0x08:
+            new[i : i + 4] = (w + 0x40).to_bytes(4, "little")
+    roundtrip(old, bytes(new))
+
+
+def _expect_decode_error(payload: bytes, old: bytes, out_size: int) -> None:
+    with pytest.raises(reasons.DeviceError) as ei:
+        apply_segment(payload, lambda o, n: old[o : o + n], len(old), out_size, lambda b: None)
+    assert ei.value.reason == reasons.DECODE_ERROR
+
+
+def test_corrupt_payload_is_decode_error() -> None:
+    old = (FW / PAIRS[7][0]).read_bytes()
+    new = (FW / PAIRS[7][1]).read_bytes()
+    res = encode_delta(old, new, 8192)
+    seg = res.segments[0]
+    n = seg_len(res, len(new), 0)
+    rng = random.Random(11)
+    errors = 0
+    for trial in range(60):
+        bad = bytearray(seg)
+        if trial % 3 == 0:
+            bad = bad[: rng.randrange(1, len(bad))]
+        else:
+            for _ in range(1 + trial % 4):
+                bad[rng.randrange(len(bad))] ^= 1 << rng.randrange(8)
+        out = Sink()
+        try:
+            apply_segment(bytes(bad), lambda o, ln: old[o : o + ln], len(old), n, out)
+        except reasons.DeviceError as e:  # anything else fails the test
+            assert e.reason == reasons.DECODE_ERROR
+            errors += 1
+            assert len(out.data) <= n
+        else:
+            # garbage that happens to decode still yields exactly out_size bytes;
+            # the segment/image hash is what rejects it
+            assert len(out.data) == n
+    assert errors > 0
+
+
+def test_garbage_and_bad_arguments() -> None:
+    old = _code_like(10_000, 12)
+    _expect_decode_error(b"", old, 100)
+    _expect_decode_error(_rnd(64, 13), old, 4096)
+    _expect_decode_error(b"\xff" * 64, old, 4096)
+    _expect_decode_error(b"\x00" * 64, b"", 4096)
+    res = encode_delta(old, old, 8192)
+    _expect_decode_error(res.segments[0], old, 0)
+    _expect_decode_error(res.segments[0], old[:5000], 8192)  # reads past a short old image
+    _expect_decode_error(res.segments[0], old, 8191)  # size mismatch
+
+
+def test_read_old_failure_is_decode_error() -> None:
+    old = _code_like(10_000, 14)
+    res = encode_delta(old, old, 8192)
+
+    def broken(off: int, n: int) -> bytes:
+        raise OSError("flash read failed")
+
+    with pytest.raises(reasons.DeviceError) as ei:
+        apply_segment(res.segments[0], broken, len(old), 8192, lambda b: None)
+    assert ei.value.reason == reasons.DECODE_ERROR
+
+
+def test_bad_segment_size() -> None:
+    with pytest.raises(ValueError):
+        encode_delta(b"a", b"b", 1000)
+    with pytest.raises(ValueError):
+        encode_delta(b"a", b"", 4096)
+
+
+def test_ram_budget_formula() -> None:
+    assert ram_budget(10_000) == device_ram_budget(10_000) == 10_000 + MODEL_BYTES + 2 * 4096 + 512
+    assert MODEL_BYTES < 32 * 1024
