@@ -1,4 +1,4 @@
-"""Device-side applier for the ``fdelta1`` delta codec (format: protocol/DELTA.md).
+"""Device-side applier for the ``fdelta1`` delta codec (format: protocol/SPEC.md section 7).
 
 One segment payload rebuilds ``out_size`` bytes of the new image. It reads the
 old image (the active slot) by random access through ``read_old`` and hands the
@@ -17,6 +17,7 @@ from array import array
 from .reasons import DECODE_ERROR, DeviceError
 
 CODEC = "fdelta1"
+CODECS = (CODEC,)  # what this applier decodes (announced in the hello)
 CHUNK = 4096  # largest write() chunk
 OLD_CHUNK = 512  # bytes fetched from the old image per read_old() call
 MAX_OUT = 1 << 30

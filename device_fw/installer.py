@@ -236,10 +236,10 @@ class Installer:
 
 def _delta_codecs():
     try:
-        from .delta_apply import CODEC
+        from .delta_apply import CODECS
     except ImportError:  # a port without the delta applier
         return ()
-    return (CODEC,)
+    return CODECS
 
 
 def _hex(b):

@@ -1,4 +1,4 @@
-"""Delta encoder for the ``fdelta1`` codec (host side; format in protocol/DELTA.md).
+"""Delta encoder for the ``fdelta1`` codec (host side; format in protocol/SPEC.md section 7).
 
 The new image is matched against the old one with bsdiff's suffix-array
 matcher (``bsdiff4.core.diff``, C): the result is a list of operations "add
@@ -21,9 +21,9 @@ import bsdiff4.core
 from .errors import DecodeError, Reason
 
 DELTA_CODEC = "fdelta1"
-DEFAULT_SEGMENT_SIZE = 32768  # best total on the benchmark pairs; see DELTA.md
+DEFAULT_SEGMENT_SIZE = 32768  # best total on the benchmark pairs; see SPEC.md section 7
 
-# Model layout; keep equal to device_fw/delta_apply.py (see protocol/DELTA.md).
+# Model layout; keep equal to device_fw/delta_apply.py (see protocol/SPEC.md section 7).
 N_NUM = 64 + 33 * 8
 SLOT_ADD, SLOT_EXTRA, SLOT_SEEK, SLOT_START = 0, 1, 2, 3
 O_NUM = 0

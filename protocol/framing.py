@@ -16,7 +16,7 @@ stretch, which a receiver skips silently.
 
 The CRC is CRC-32/ISO-HDLC (the zlib / Ethernet CRC: reflected polynomial
 0xEDB88320, init and xorout 0xFFFFFFFF, check value 0xCBF43926 for "123456789").
-Why 4 bytes and not CRC-16 is argued in FRAMING.md.
+Why 4 bytes and not CRC-16 is argued in SPEC.md section 6.
 
 Pure and synchronous: no I/O here. :class:`FrameDecoder` takes bytes as they
 arrive and returns the complete, checked bodies; it never buffers more than one

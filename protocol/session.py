@@ -1,0 +1,870 @@
+"""The host side of a link session: a sans-IO :class:`Sender` (SPEC.md section 8 "Session").
+
+Shape (aioquic): the driver feeds every frame body the link delivers to
+:meth:`Sender.receive_frame`, writes what :meth:`Sender.datagrams_to_send`
+returns, arms one timer at :meth:`Sender.get_timer` and calls
+:meth:`Sender.handle_timer` when it fires, and drains :meth:`Sender.next_event`.
+Time is always passed in (``now``, seconds, any monotonic origin); nothing here
+reads a clock or does I/O.
+
+The session, in phases::
+
+    HANDSHAKE  QUERY (retried) ............ HELLO parts -> DeviceInfo
+    OFFER      OFFER parts (windowed) ..... ACCEPT(next, bitmap) -> Accepted | REJECT
+    DATA       DATA chunks (windowed) ..... STATUS(next, bitmap, echo) -> Progress
+    COMMIT     COMMIT (retried) ........... DONE -> Completed | REJECT -> Rejected
+    DONE / REJECTED / FAILED  (terminal: no timer, nothing more to send)
+
+Selective repeat over "units": (segment, chunk) for data, (-1, part) for the
+offer. A unit is *in flight* from its send until a STATUS/ACCEPT shows it held
+(acknowledged) or shows it lost. Loss is inferred from the echo a STATUS carries
+(the frame that triggered it): links deliver in order, so every unit sent
+before the echoed one and not held by the device is lost and goes to the front
+of the queue. A retransmit timer (RFC 6298 estimator, Karn's rule, doubling
+backoff) covers lost statuses and a silent device; after ``max_retries``
+expiries in a row with no valid frame from the device, the session fails with
+``TIMEOUT``. Acknowledgements only accumulate: within a session the device never
+gives up a chunk it reported (a segment that fails its signed check ends the
+session with REJECT), so a stale STATUS can never make the sender go back.
+
+Errors never escape :meth:`receive_frame`: a body that does not decode, or a
+frame that makes no sense now (stale, duplicate, out of range) is counted in
+:attr:`Sender.stats` and ignored. The constructor raises the project's errors
+for a bad manifest, segments that do not match it, or impossible parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TypeAlias
+
+from .artifact import ArtifactReader
+from .errors import DecodeError, IntegrityError, ProtocolError, Reason
+from .frames import (
+    NO_SESSION,
+    OFFER_SEGMENT,
+    SIGNATURE_SIZE,
+    Abort,
+    Accept,
+    Commit,
+    Data,
+    Done,
+    Hello,
+    HelloInfo,
+    Offer,
+    OfferBlob,
+    Query,
+    Reject,
+    Status,
+    decode_frame,
+    max_chunk_size,
+    max_part_size,
+    split_blob,
+    truncate_message,
+)
+from .manifest import PAYLOAD_DELTA, PAYLOAD_FULL, Manifest, segment_check
+
+__all__ = [
+    "MIN_MTU",
+    "Accepted",
+    "Completed",
+    "DeviceInfo",
+    "Event",
+    "Failed",
+    "Phase",
+    "Progress",
+    "Rejected",
+    "Sender",
+    "SenderStats",
+    "precheck",
+    "split_artifact",
+    "window_for",
+]
+
+MIN_MTU = 16
+Unit: TypeAlias = tuple[int, int]
+
+
+# --- events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """The device answered: who it is, and where it stands with *this* update.
+
+    ``resume_from`` is the device's next segment if it holds progress of this
+    very update (same update id), else None.
+    """
+
+    info: HelloInfo
+    resume_from: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The device verified the signed manifest and will take data from ``next_segment``."""
+
+    next_segment: int
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What the device has acknowledged (never what was merely sent)."""
+
+    confirmed_bytes: int
+    total_bytes: int
+    segments_done: int
+    segments_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The update cannot go to this device: ``reason`` from the device's installer
+    checks (or, with ``local``, from the sender's own check of the HELLO)."""
+
+    reason: Reason
+    message: str
+    local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The image is written, verified against the signed SHA-256 and set to boot."""
+
+    total_bytes: int
+    segments_total: int
+    resumed_from: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The session broke: timeout, abort (either side), or a device that keeps losing it."""
+
+    reason: Reason
+    message: str
+
+
+Event: TypeAlias = DeviceInfo | Accepted | Progress | Rejected | Completed | Failed
+
+
+class Phase(Enum):
+    HANDSHAKE = "handshake"
+    OFFER = "offer"
+    DATA = "data"
+    COMMIT = "commit"
+    DONE = "done"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+_ACTIVE = (Phase.HANDSHAKE, Phase.OFFER, Phase.DATA, Phase.COMMIT)
+
+
+@dataclass(frozen=True, slots=True)
+class SenderStats:
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    frames_received: int = 0
+    bytes_received: int = 0
+    data_frames: int = 0
+    data_payload_bytes: int = 0
+    retransmits: int = 0
+    offer_frames: int = 0
+    polls: int = 0
+    bad_frames: int = 0
+    ignored_frames: int = 0
+    timeouts: int = 0
+    restarts: int = 0
+    srtt: float | None = None
+
+
+@dataclass(slots=True)
+class _Sent:
+    order: int
+    time: float
+    count: int
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def split_artifact(ota: bytes) -> tuple[bytes, bytes, list[bytes]]:
+    """``(manifest_bytes, signature, segments)`` of an ``.ota`` file's bytes.
+
+    Every segment is checked against the signed table on the way
+    (``SEGMENT_CORRUPT``); the signature is not verified here — the device does.
+    """
+    reader = ArtifactReader(io.BytesIO(ota))
+    return reader.manifest_bytes, reader.signature, list(reader.iter_segments())
+
+
+def window_for(line_rate: float, rtt: float, mtu: int) -> int:
+    """A window (frames in flight) for a link of ``line_rate`` bytes/s.
+
+    ``rtt``: the round-trip latency of a short frame, serialisation not
+    counted (UART: twice the one-way latency; LoRa: the modem turnaround).
+    The sender polls for a STATUS every half window and runs half a window
+    ahead into the next segment, so half a window must cover the frames the
+    line carries in one round trip, plus the one being written. Measured on
+    the simulated UART (115200 baud, 20 ms each way, 1 KiB frames): 4, which
+    keeps goodput >= 0.97 of the line rate lossless and ~0.87 at 5% loss;
+    larger windows lose more to frames the device must drop after a loss.
+    """
+    if line_rate <= 0 or rtt < 0 or mtu < 1:
+        raise ValueError("line_rate must be > 0, rtt >= 0, mtu >= 1")
+    in_flight = math.ceil(line_rate * rtt / mtu)
+    return max(2, 2 * (in_flight + 1))
+
+
+def precheck(manifest: Manifest, info: HelloInfo) -> tuple[Reason, str] | None:
+    """The checks the gateway can make from a HELLO before sending anything.
+
+    The device repeats all of them (and the signature check); this only saves
+    the air time of offering an update that cannot be taken.
+    """
+    if info.hw not in manifest.hw:
+        return Reason.WRONG_HW, f"update is for {', '.join(manifest.hw)}, device is {info.hw}"
+    if manifest.chip != info.chip:
+        return Reason.WRONG_CHIP, f"update is for chip {manifest.chip}, device is {info.chip}"
+    if manifest.security_counter < info.security_counter:
+        return (
+            Reason.DOWNGRADE,
+            f"security counter {manifest.security_counter} is below the device's "
+            f"{info.security_counter}",
+        )
+    if manifest.target_size > info.slot_size:
+        return (
+            Reason.TOO_LARGE,
+            f"image of {manifest.target_size} bytes does not fit the {info.slot_size}-byte slot",
+        )
+    if manifest.codec not in info.codecs:
+        return Reason.UNSUPPORTED_CODEC, f"device does not decode {manifest.codec}"
+    if manifest.window_log > info.max_window_log:
+        return (
+            Reason.RESOURCE_LIMIT,
+            f"window 2**{manifest.window_log} exceeds the device's 2**{info.max_window_log}",
+        )
+    biggest = max(e.length for e in manifest.segments)
+    # The hello's buffer size is for full-image segments (SPEC section 4); a
+    # delta's RAM need (section 7.6) is checked by the device from the signed
+    # segment table, so it is not pre-judged here.
+    if manifest.payload_kind == PAYLOAD_FULL and max(biggest, manifest.segment_size) > (
+        info.max_segment_payload
+    ):
+        return (
+            Reason.RESOURCE_LIMIT,
+            f"segments need {max(biggest, manifest.segment_size)} bytes, device buffers "
+            f"{info.max_segment_payload}",
+        )
+    if manifest.payload_kind == PAYLOAD_DELTA and manifest.base_sha256 != info.running_sha256:
+        return Reason.WRONG_BASE, "delta base is not the image the device runs"
+    return None
+
+
+def _reason(code: int) -> tuple[Reason, str]:
+    try:
+        return Reason(code), ""
+    except ValueError:
+        return Reason.MALFORMED, f"(unknown reason code {code}) "
+
+
+# --- the sender ----------------------------------------------------------------
+
+
+class Sender:
+    """Sends one signed update to one device over one link; see the module docstring.
+
+    ``mtu``: the largest frame body the link carries (after any tag the link adds).
+    ``window``: frames (OFFER/DATA) in flight; see :func:`window_for`.
+    ``chunk_size``: DATA payload bytes; default and maximum: the most that fits.
+    ``lookahead``: frames in flight for segments after the one the device is
+    filling. The device drops those while a chunk of its segment is missing, so
+    this bounds the waste of one loss; it must cover the wait for a segment's
+    acknowledgement (round trip + the device writing the segment) for the line
+    to stay busy across segment boundaries. Default: half the window.
+    ``session_id``: 1 .. 2**32-1, new for each session; the driver should pass
+    random bits. The default is derived from the update and the link parameters,
+    so a retried *identical* Sender is recognised by the device as the same session.
+    ``rto``: the first retransmit timeout (s), before any round trip is measured.
+    ``max_retries``: timer expiries in a row without a valid frame from the
+    device before the session fails with ``TIMEOUT``.
+    ``max_restarts``: how often the device may lose the session (reset, power
+    cut) and have it re-established from its HELLO, within this Sender.
+    ``precheck``: refuse locally (``Rejected(local=True)``) what the HELLO shows
+    the device would refuse. ``check_segments``: hash every segment against the
+    manifest first (off only to test the device's own check).
+    """
+
+    def __init__(
+        self,
+        manifest_bytes: bytes,
+        signature: bytes,
+        segments: Sequence[bytes],
+        *,
+        mtu: int,
+        window: int,
+        chunk_size: int | None = None,
+        lookahead: int | None = None,
+        session_id: int | None = None,
+        rto: float = 1.0,
+        min_rto: float = 0.05,
+        max_rto: float = 60.0,
+        max_retries: int = 8,
+        max_restarts: int = 3,
+        precheck: bool = True,
+        check_segments: bool = True,
+    ) -> None:
+        self.manifest_bytes = bytes(manifest_bytes)
+        self.manifest = Manifest.decode(self.manifest_bytes)
+        self.signature = bytes(signature)
+        if len(self.signature) != SIGNATURE_SIZE:
+            raise DecodeError(f"signature has {len(self.signature)} bytes, expected 64")
+        self._segments = [bytes(s) for s in segments]
+        if len(self._segments) != self.manifest.segment_count:
+            raise ProtocolError(
+                f"{len(self._segments)} segments given, manifest lists "
+                f"{self.manifest.segment_count}",
+                Reason.MALFORMED,
+            )
+        for i, (seg, entry) in enumerate(zip(self._segments, self.manifest.segments, strict=True)):
+            if len(seg) != entry.length or (check_segments and segment_check(seg) != entry.check):
+                raise IntegrityError(f"segment {i} does not match the manifest", index=i)
+        if mtu < MIN_MTU:
+            raise ProtocolError(f"mtu {mtu} is below the minimum {MIN_MTU}", Reason.RESOURCE_LIMIT)
+        if window < 1:
+            raise ProtocolError(f"window {window} must be >= 1", Reason.MALFORMED)
+        if lookahead is not None and lookahead < 0:
+            raise ProtocolError(f"lookahead {lookahead} must be >= 0", Reason.MALFORMED)
+        if chunk_size is not None and chunk_size < 1:
+            raise ProtocolError(f"chunk_size {chunk_size} must be >= 1", Reason.MALFORMED)
+        if not 0 < min_rto <= rto <= max_rto or max_retries < 0 or max_restarts < 0:
+            raise ProtocolError("need 0 < min_rto <= rto <= max_rto", Reason.MALFORMED)
+        self.mtu = mtu
+        self.window = window
+        self.uid = hashlib.sha256(self.manifest_bytes).digest()[:16]
+        if session_id is None:
+            seed = b"otaferry/session\x00%s%d,%d,%d" % (self.uid, mtu, window, chunk_size or 0)
+            session_id = int.from_bytes(hashlib.sha256(seed).digest()[:4], "little") or 1
+        if not 1 <= session_id <= 0xFFFF_FFFF:
+            raise ProtocolError(f"session_id {session_id} out of 1..2**32-1", Reason.MALFORMED)
+        self.session_id = session_id
+        self._chunk_param = chunk_size
+        self._rto = rto
+        self._min_rto = min_rto
+        self._max_rto = max_rto
+        self._max_retries = max_retries
+        self._max_restarts = max_restarts
+        self._precheck = precheck
+        self._poll_every = max(1, (window + 1) // 2)
+        self._lookahead = lookahead
+        self._n = self.manifest.segment_count
+        self._prefix = [0]
+        for seg in self._segments:
+            self._prefix.append(self._prefix[-1] + len(seg))
+
+        self.phase = Phase.HANDSHAKE
+        self.info: HelloInfo | None = None
+        self.chunk_size = 0
+        self._events: deque[Event] = deque()
+        self._stats: dict[str, int] = dict.fromkeys(SenderStats.__slots__, 0)
+        self._srtt: float | None = None
+        self._rttvar = 0.0
+        self._deadline: float | None = None
+        self._retries = 0
+        self._restarts = 0
+        self._control: bytes | None = None  # QUERY / COMMIT / ABORT to send next
+        self._hello: dict[int, bytes] = {}
+        self._hello_count = 0
+        self._parts: list[bytes] = []
+        self._resumed_from = 0
+        self._confirmed = -1
+        self._order = 0
+        self._inflight: dict[Unit, _Sent] = {}  # oldest send first
+        self._last_sent: dict[Unit, _Sent] = {}
+        self._lost: set[Unit] = set()
+        self._held: set[int] = set()  # chunks of group self._next the device holds
+        self._next = OFFER_SEGMENT  # the group the device is filling (-1: the offer)
+        self._cursor: Unit | None = None  # next unit never sent yet
+        self._probe: Unit | None = None
+        self._echo_floor = -1
+        self._since_poll = 0
+        self._polls: dict[int, float] = {}  # order -> departure of unanswered polls
+        self._control = Query(self.session_id).encode()
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def stats(self) -> SenderStats:
+        s = dict(self._stats)
+        s.pop("srtt", None)
+        return SenderStats(**s, srtt=self._srtt)
+
+    @property
+    def done(self) -> bool:
+        """True once the session is over (completed, rejected or failed)."""
+        return self.phase not in _ACTIVE
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        return self._deadline if self.phase in _ACTIVE else None
+
+    def abort(self, reason: Reason = Reason.ABORTED, message: str = "aborted by the host") -> None:
+        """End the session now: an ABORT goes out with the next datagrams."""
+        if self.phase in _ACTIVE:
+            self._fail(reason, message)
+
+    def datagrams_to_send(self, now: float) -> list[bytes]:
+        out: list[bytes] = []
+        if self._control is not None:
+            out.append(self._control)
+            self._control = None
+            if self.phase in _ACTIVE:
+                self._deadline = now + self._rto
+        if self.phase in (Phase.OFFER, Phase.DATA):
+            last: Unit | None = None
+            if self._probe is not None:
+                last, self._probe = self._probe, None
+                out.append(self._send_unit(last, now, poll=True))
+            while len(self._inflight) < self.window:
+                picked = self._pick()
+                if picked is None:
+                    break
+                out.append(self._send_unit(picked, now, poll=False))
+                last = picked
+            if last is not None and self._inflight[last].order not in self._polls:
+                # The newest frame in flight always asks for an answer: then a
+                # STATUS is always due, and the deadline always means something.
+                out[-1] = self._encode(last, poll=True)
+                self._stats["polls"] += 1
+                self._since_poll = 0
+                self._polls[self._inflight[last].order] = self._inflight[last].time
+            if last is not None or self._deadline is None:
+                self._deadline = self._wait_base(now) + self._rto
+        self._stats["frames_sent"] += len(out)
+        self._stats["bytes_sent"] += sum(map(len, out))
+        return out
+
+    def handle_timer(self, now: float) -> None:
+        if self._deadline is None or now < self._deadline or self.phase not in _ACTIVE:
+            return
+        self._stats["timeouts"] += 1
+        self._retries += 1
+        if self._retries > self._max_retries:
+            self._fail(
+                Reason.TIMEOUT,
+                f"no answer from the device after {self._retries} attempts "
+                f"(in phase {self.phase.value})",
+            )
+            return
+        self._rto = min(self._rto * 2, self._max_rto)
+        self._deadline = now + self._rto
+        if self.phase is Phase.HANDSHAKE:
+            self._control = Query(self.session_id).encode()
+        elif self.phase is Phase.COMMIT:
+            self._control = Commit().encode()
+        else:
+            self._polls.clear()  # overdue: the probe is the poll to wait for now
+            if self._probe is None:
+                self._probe = self._probe_unit()
+
+    def receive_frame(self, body: bytes, now: float) -> None:
+        self._stats["frames_received"] += 1
+        self._stats["bytes_received"] += len(body)
+        try:
+            frame = decode_frame(body)
+        except DecodeError:
+            self._stats["bad_frames"] += 1
+            return
+        if self.phase not in _ACTIVE:
+            self._ignore()
+        elif isinstance(frame, Hello):
+            self._on_hello(frame, now)
+        elif isinstance(frame, Status):
+            self._on_status(frame, now)
+        elif isinstance(frame, Accept):
+            self._on_accept(frame, now)
+        elif isinstance(frame, Reject):
+            self._on_reject(frame)
+        elif isinstance(frame, Done):
+            self._on_done()
+        elif isinstance(frame, Abort):
+            self._on_abort(frame, now)
+        else:  # a host -> device frame: not for us
+            self._ignore()
+
+    # ------------------------------------------------------------ incoming
+
+    def _ignore(self) -> None:
+        self._stats["ignored_frames"] += 1
+
+    def _alive(self, now: float) -> None:
+        """A frame that made sense now: the device is there, the give-up count restarts."""
+        self._retries = 0
+
+    def _on_hello(self, frame: Hello, now: float) -> None:
+        if frame.session_id != self.session_id:
+            if frame.session_id == NO_SESSION and self.phase is not Phase.HANDSHAKE:
+                self._restart(now, "device announced itself (reset?)")
+            elif frame.session_id == NO_SESSION:
+                self._control = Query(self.session_id).encode()  # it is there: ask now
+            else:
+                self._ignore()
+            return
+        if self.phase is not Phase.HANDSHAKE:
+            self._ignore()  # a duplicate answer to our QUERY
+            return
+        if frame.count != self._hello_count:
+            self._hello = {}
+            self._hello_count = frame.count
+        self._hello[frame.part] = frame.chunk
+        if len(self._hello) < self._hello_count:
+            return
+        blob = b"".join(self._hello[i] for i in range(self._hello_count))
+        self._hello = {}
+        self._hello_count = 0
+        try:
+            info = HelloInfo.decode(blob)
+        except DecodeError:
+            self._stats["bad_frames"] += 1
+            return
+        # No RTT sample from QUERY/HELLO: a few bytes each way say nothing about
+        # a window of full frames queued on a slow line; ``rto`` stands until the
+        # first echoed OFFER/DATA frame is measured.
+        self._alive(now)
+        self._on_info(info, now)
+
+    def _on_info(self, info: HelloInfo, now: float) -> None:
+        self.info = info
+        resume = info.resume_next if info.resume_uid == self.uid else None
+        self._events.append(DeviceInfo(info, resume))
+        if self._precheck:
+            problem = precheck(self.manifest, info)
+            if problem is not None:
+                self._reject_locally(*problem)
+                return
+        mtu = min(self.mtu, info.max_frame)
+        largest = max(len(s) for s in self._segments)
+        size = max_chunk_size(mtu, self._n, largest)
+        if self._chunk_param is not None:
+            size = min(size, self._chunk_param)
+        if size < 1:
+            self._reject_locally(Reason.RESOURCE_LIMIT, f"no DATA frame fits a {mtu}-byte mtu")
+            return
+        blob = OfferBlob(size, self.manifest_bytes, self.signature).encode()
+        if self._precheck and len(blob) > info.max_offer:
+            self._reject_locally(
+                Reason.RESOURCE_LIMIT,
+                f"offer of {len(blob)} bytes exceeds the device's {info.max_offer}",
+            )
+            return
+        part = max_part_size(mtu, len(blob))
+        if part < 1:
+            self._reject_locally(Reason.RESOURCE_LIMIT, f"no OFFER frame fits a {mtu}-byte mtu")
+            return
+        self.chunk_size = size
+        self._parts = split_blob(blob, part)
+        self.phase = Phase.OFFER
+        self._reset_units(OFFER_SEGMENT)
+        self._cursor = (OFFER_SEGMENT, 0)
+        self._deadline = now + self._rto
+
+    def _on_accept(self, frame: Accept, now: float) -> None:
+        if self.phase is not Phase.OFFER or frame.next_segment > self._n:
+            self._ignore()  # a repeated ACCEPT, or nonsense
+            return
+        self._alive(now)
+        nxt = frame.next_segment
+        self._resumed_from = nxt
+        self.phase = Phase.DATA
+        self._reset_units(nxt)
+        if nxt < self._n:
+            self._held = frame.held(self._chunks(nxt))
+            self._cursor = (nxt, 0)
+        self._events.append(Accepted(nxt))
+        self._report_progress()
+        self._deadline = now + self._rto
+        if nxt == self._n:
+            self._enter_commit()
+
+    def _on_status(self, st: Status, now: float) -> None:
+        group = st.segment
+        if self.phase is Phase.OFFER:
+            valid = group == OFFER_SEGMENT
+        elif self.phase is Phase.DATA:
+            top = self._cursor[0] if self._cursor is not None else self._n
+            valid = self._next <= group <= top
+        else:
+            valid = False
+        if not valid:
+            self._ignore()
+            return
+        self._alive(now)
+        # The echo dates the status. Only a status newer than every one applied
+        # may declare losses (and give an RTT sample); an older one (reordered,
+        # or echoing the first copy of a chunk since resent) still adds what it
+        # says is held: within a session the device never gives a chunk up.
+        echo_order: int | None = None
+        progressed = False
+        if st.echo is not None:
+            rec = self._last_sent.get(st.echo)
+            if rec is not None and rec.order >= self._echo_floor:
+                self._echo_floor = rec.order
+                echo_order = rec.order
+                if rec.count == 1:
+                    self._rtt_sample(now - rec.time)
+                while self._polls and next(iter(self._polls)) <= echo_order:
+                    del self._polls[next(iter(self._polls))]  # answered (or overtaken)
+                progressed = True
+        if group > self._next:
+            self._advance_to(group)
+            progressed = True
+        count = self._chunks(group) if group < self._n else 0
+        new = st.held(count) - self._held
+        if new:
+            self._held |= new
+            progressed = True
+            for chunk in new:
+                self._inflight.pop((group, chunk), None)
+                self._lost.discard((group, chunk))
+        if echo_order is not None:
+            for unit, rec in list(self._inflight.items()):
+                if rec.order > echo_order:
+                    break
+                if not self._is_held(unit):
+                    del self._inflight[unit]
+                    self._lost.add(unit)
+        if progressed:
+            self._deadline = self._wait_base(now) + self._rto
+        if self.phase is Phase.DATA:
+            self._report_progress()
+            if self._next == self._n:
+                self._enter_commit()
+
+    def _on_reject(self, frame: Reject) -> None:
+        if self.phase is Phase.HANDSHAKE:
+            self._ignore()  # no offer made in this session yet: stale
+            return
+        reason, prefix = _reason(frame.reason)
+        self.phase = Phase.REJECTED
+        self._deadline = None
+        self._events.append(Rejected(reason, prefix + frame.message))
+
+    def _on_done(self) -> None:
+        if self.phase is not Phase.COMMIT:
+            self._ignore()
+            return
+        self.phase = Phase.DONE
+        self._deadline = None
+        self._events.append(Completed(self._prefix[-1], self._n, self._resumed_from))
+
+    def _on_abort(self, frame: Abort, now: float) -> None:
+        if frame.reason == Reason.BAD_STATE:
+            if self.phase is Phase.HANDSHAKE:
+                self._ignore()
+            else:
+                self._restart(now, "device has no session (reset?)")
+            return
+        reason, prefix = _reason(frame.reason)
+        self._fail(reason, f"device aborted: {prefix}{frame.message}", send_abort=False)
+
+    # ------------------------------------------------------------ state changes
+
+    def _restart(self, now: float, why: str) -> None:
+        self._restarts += 1
+        self._stats["restarts"] += 1
+        if self._restarts > self._max_restarts:
+            self._fail(Reason.BAD_STATE, f"device lost the session {self._restarts} times: {why}")
+            return
+        self.phase = Phase.HANDSHAKE
+        self._hello = {}
+        self._hello_count = 0
+        self._reset_units(OFFER_SEGMENT)
+        self._control = Query(self.session_id).encode()
+        self._deadline = now + self._rto
+
+    def _enter_commit(self) -> None:
+        self.phase = Phase.COMMIT
+        self._reset_units(self._n)
+        self._control = Commit().encode()
+
+    def _reject_locally(self, reason: Reason, message: str) -> None:
+        self.phase = Phase.REJECTED
+        self._deadline = None
+        self._control = self._abort_frame(reason, message)
+        self._events.append(Rejected(reason, message, local=True))
+
+    def _fail(self, reason: Reason, message: str, *, send_abort: bool = True) -> None:
+        self.phase = Phase.FAILED
+        self._deadline = None
+        self._probe = None
+        self._control = self._abort_frame(reason, message) if send_abort else None
+        self._events.append(Failed(reason, message))
+
+    def _abort_frame(self, reason: Reason, message: str) -> bytes:
+        limit = self.mtu if self.info is None else min(self.mtu, self.info.max_frame)
+        # [10, reason, str]: 3 bytes + a str header of at most 3 (messages < 64 KiB)
+        return Abort(reason, truncate_message(message, limit - 6)).encode()
+
+    # ------------------------------------------------------------ units
+
+    def _reset_units(self, group: int) -> None:
+        self._inflight = {}
+        self._last_sent = {}
+        self._lost = set()
+        self._held = set()
+        self._next = group
+        self._cursor = None
+        self._probe = None
+        self._echo_floor = -1
+        self._since_poll = 0
+        self._polls = {}
+
+    def _chunks(self, group: int) -> int:
+        if group == OFFER_SEGMENT:
+            return len(self._parts)
+        return -(-len(self._segments[group]) // self.chunk_size)
+
+    def _payload(self, unit: Unit) -> bytes:
+        group, index = unit
+        if group == OFFER_SEGMENT:
+            return self._parts[index]
+        start = index * self.chunk_size
+        return self._segments[group][start : start + self.chunk_size]
+
+    def _end(self) -> int:
+        return OFFER_SEGMENT + 1 if self.phase is Phase.OFFER else self._n
+
+    def _is_held(self, unit: Unit) -> bool:
+        return unit[0] < self._next or (unit[0] == self._next and unit[1] in self._held)
+
+    def _is_last(self, unit: Unit) -> bool:
+        end = self._end()
+        return unit[0] == end - 1 and unit[1] == self._chunks(unit[0]) - 1
+
+    def _advance_to(self, group: int) -> None:
+        for unit in [u for u in self._inflight if u[0] < group]:
+            del self._inflight[unit]
+        self._lost = {u for u in self._lost if u[0] >= group}
+        for old in range(max(self._next, 0), group):
+            for chunk in range(self._chunks(old)):
+                self._last_sent.pop((old, chunk), None)
+        self._next = group
+        self._held = set()
+        if self._cursor is not None and self._cursor < (group, 0):
+            self._cursor = (group, 0) if group < self._end() else None
+
+    def _pick(self) -> Unit | None:
+        """The next unit to send: the lowest lost one, else the next never sent;
+        none for a later segment once ``lookahead`` of those are in flight."""
+        ahead = sum(1 for u in self._inflight if u[0] > self._next)
+        limit = self._ahead_limit()
+        if self._lost:
+            unit = min(self._lost)
+            if unit[0] > self._next and ahead >= limit:
+                return None
+            self._lost.discard(unit)
+            return unit
+        while self._cursor is not None:
+            unit = self._cursor
+            group, index = unit
+            if group > self._next and ahead >= limit:
+                return None
+            if index + 1 < self._chunks(group):
+                self._cursor = (group, index + 1)
+            elif group + 1 < self._end():
+                self._cursor = (group + 1, 0)
+            else:
+                self._cursor = None
+            if not self._is_held(unit):
+                return unit
+        return None
+
+    def _ahead_limit(self) -> int:
+        return (self.window + 1) // 2 if self._lookahead is None else self._lookahead
+
+    def _probe_unit(self) -> Unit | None:
+        """What to send, polled, when the timer fires: the lowest unit not known
+        to be held, the one the device cannot go on without."""
+        if self._inflight or self._lost:
+            unit = min([*self._inflight, *self._lost])
+            self._inflight.pop(unit, None)
+            self._lost.discard(unit)
+            return unit
+        group = self._next
+        if group < self._end():
+            for chunk in range(self._chunks(group)):
+                if chunk not in self._held:
+                    return (group, chunk)
+        # Everything is held (e.g. the ACCEPT is what got lost): poll with the last unit.
+        last = self._end() - 1
+        return (last, self._chunks(last) - 1) if last >= OFFER_SEGMENT else None
+
+    def _send_unit(self, unit: Unit, now: float, *, poll: bool) -> bytes:
+        prev = self._last_sent.get(unit)
+        poll = poll or self._since_poll + 1 >= self._poll_every or self._is_last(unit)
+        self._since_poll = 0 if poll else self._since_poll + 1
+        body = self._encode(unit, poll)
+        if unit[0] == OFFER_SEGMENT:
+            self._stats["offer_frames"] += 1
+        else:
+            self._stats["data_frames"] += 1
+            self._stats["data_payload_bytes"] += len(self._payload(unit))
+        if prev is not None:
+            self._stats["retransmits"] += 1
+        self._order += 1
+        rec = _Sent(self._order, now, prev.count + 1 if prev else 1)
+        self._inflight.pop(unit, None)
+        self._inflight[unit] = rec
+        self._last_sent[unit] = rec
+        if poll:
+            self._stats["polls"] += 1
+            self._polls[rec.order] = rec.time
+        return body
+
+    def _encode(self, unit: Unit, poll: bool) -> bytes:
+        payload = self._payload(unit)
+        if unit[0] == OFFER_SEGMENT:
+            return Offer(unit[1], len(self._parts), payload, poll).encode()
+        return Data(unit[0], unit[1], payload, poll).encode()
+
+    def _wait_base(self, now: float) -> float:
+        """Base of the retransmit deadline: when the oldest unanswered poll was
+        handed over (a STATUS is due one round trip later), else now."""
+        if self._polls:
+            return max(now, next(iter(self._polls.values())))
+        return now
+
+    # ------------------------------------------------------------ timing, progress
+
+    def _rtt_sample(self, rtt: float) -> None:
+        rtt = max(rtt, 0.0)
+        if self._srtt is None:
+            self._srtt = rtt
+            self._rttvar = rtt / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - rtt)
+            self._srtt = 0.875 * self._srtt + 0.125 * rtt
+        self._rto = min(max(self._srtt + 4 * self._rttvar, self._min_rto), self._max_rto)
+
+    def _report_progress(self) -> None:
+        if self._next >= self._n:
+            confirmed = self._prefix[-1]
+        else:
+            seg_len = len(self._segments[self._next])
+            cs = self.chunk_size
+            confirmed = self._prefix[self._next] + sum(
+                min(cs, seg_len - c * cs) for c in self._held
+            )
+        if confirmed != self._confirmed:
+            self._confirmed = confirmed
+            self._events.append(
+                Progress(confirmed, self._prefix[-1], min(self._next, self._n), self._n)
+            )
