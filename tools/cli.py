@@ -128,6 +128,18 @@ def cmd_linesim(args: argparse.Namespace) -> int:
     return linesim.main(args.rest)
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from . import linkcli
+
+    return linkcli.push(args)
+
+
+def cmd_device_run(args: argparse.Namespace) -> int:
+    from . import linkcli
+
+    return linkcli.device_run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -222,10 +234,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_device_boot)
+    d = dsub.add_parser("run", help="serve the link protocol on a port until killed")
+    d.add_argument("--port", required=True, help="pyserial URL or device path")
+    d.add_argument("--flash", required=True)
+    d.add_argument("--baud", type=int, default=115200)
+    d.add_argument("--mtu", type=int, default=1024, help="largest frame body (default 1024)")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_device_run)
     d = dsub.add_parser("info", help="slots, states, versions, security counter")
     d.add_argument("--flash", required=True)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_device_info)
+
+    s = sub.add_parser("push", help="push an update to a device over a serial line")
+    s.add_argument("--port", required=True, help="pyserial URL: /dev/ttyUSB0, socket://h:p, ...")
+    s.add_argument("--baud", type=int, default=115200)
+    s.add_argument("--window", type=int, help="frames in flight (default: from baud and mtu)")
+    s.add_argument("--mtu", type=int, default=1024, help="largest frame body (default 1024)")
+    s.add_argument("--rto", type=float, default=1.0, help="first retransmit timeout, s")
+    s.add_argument("--retries", type=int, default=8, help="silent timeouts before giving up")
+    s.add_argument("--json-progress", action="store_true", help="one JSON line per event")
+    s.add_argument(
+        "--no-full-fallback",
+        action="store_true",
+        help="with several artifacts: only a delta matching the device, never a full image",
+    )
+    s.add_argument(
+        "artifacts",
+        nargs="+",
+        metavar="OUT.ota",
+        help="one artifact, or several (deltas and full) to choose from",
+    )
+    s.set_defaults(func=cmd_push)
 
     s = sub.add_parser(
         "linesim",
@@ -237,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "bench",
-        help="benchmarks: 'bench delta DIR' (delta vs peers), 'bench artifact DIR' (full images)",
+        help="benchmarks: 'bench delta DIR', 'bench artifact DIR', 'bench link [IMAGE]'",
         add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER)
@@ -255,11 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import artifact, delta
+    from .bench import artifact, delta, link
 
-    benches = {"delta": delta.main, "artifact": artifact.main}
+    benches = {"delta": delta.main, "artifact": artifact.main, "link": link.main}
     if not args.rest or args.rest[0] not in benches:
-        print("usage: otaferry bench {delta,artifact} [DIR] [options]  (-h for each)")
+        print("usage: otaferry bench {delta,artifact,link} [ARGS] [options]  (-h for each)")
         return 2
     return benches[args.rest[0]](args.rest[1:])
 

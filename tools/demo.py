@@ -1,149 +1,234 @@
-"""``otaferry demo``: the main job on the embedded default, offline for now.
+"""``otaferry demo``: the main job on the embedded default.
 
-Keys, a simulated ESP32 flash running v1.0.0, a signed v1.1.0 build, an
-install cut by a power failure and resumed, a reboot into the new image as
-pending-verify, self-test and confirm; then a v1.2.0 that fails its self-test
-and rolls back by itself. Everything happens in a work folder (temporary
-unless ``--workdir``), through the same code the CLI commands use.
+A simulated ESP32 (its flash in a file, its firmware loop in its own process,
+``otaferry device run``) sits behind the line simulator: two real
+pseudo-terminals joined like a 115200-baud UART with 20 ms latency. The demo
+makes a vendor key, factory-flashes the device with v1.0.0, builds a signed
+full v1.1.0 and a delta v1.1.0 -> v1.2.0, pushes v1.1.0 across the line (cutting
+the device's power once on the way: it resumes where it stood), reboots it
+into the new image as pending-verify, self-tests and confirms; then pushes the
+v1.2.0 delta, whose self-test fails, and the device rolls back by itself. The
+summary gives bytes on the wire, time and efficiency.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from ..device_fw.device import Device
-from ..device_fw.flash import PowerCut
-from ..device_fw.installer import install_stream
-from ..protocol.artifact import build_full, inspect_artifact, open_artifact
+from ..protocol.artifact import build_delta, build_full
 from ..protocol.keys import write_keypair
+from ..protocol.session import Accepted, Completed, DeviceInfo, Event, Progress
+from ..transport.linesim import LineSim
+from ..transport.serial_link import SerialLink
+from ..transport.updater import PushOptions, Updater
 from .sample_fw import make_image
 
 HW = "otaferry-devkit-v1"
+BAUD = 115_200
+LATENCY_MS = 20
 
 
 def _say(step: str, text: str) -> None:
-    print(f"[{step:>7}] {text}")
+    print(f"[{step:>7}] {text}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.workdir:
         work = Path(args.workdir)
         work.mkdir(parents=True, exist_ok=True)
-        return _run(work, args)
+        return asyncio.run(_run(work, args))
     with tempfile.TemporaryDirectory(prefix="otaferry-demo-") as tmp:
-        return _run(Path(tmp), args)
+        return asyncio.run(_run(Path(tmp), args))
 
 
-def _install(flash: Path, artifact: Path, cut_at: int | None = None) -> dict[str, object] | None:
-    dev = Device(str(flash), cut_at=cut_at)
-    try:
-        with open(artifact, "rb") as stream:
-            return install_stream(dev, stream)
-    except PowerCut:
-        return None
-    finally:
-        dev.close()
+class _DeviceProcess:
+    """``otaferry device run`` on the B end of the line; kill() is a power cut."""
+
+    def __init__(self, flash: Path, port: Path) -> None:
+        exe = Path(sys.executable).with_name("otaferry")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "otaferry.tools.cli"]
+        self.proc = subprocess.Popen(
+            [
+                *cmd,
+                "device",
+                "run",
+                "--quiet",
+                "--port",
+                str(port),
+                "--flash",
+                str(flash),
+                "--baud",
+                str(BAUD),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+
+    def power_cut(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
-def _run(work: Path, args: argparse.Namespace) -> int:
+def _boot(flash: Path, self_test: bool) -> dict[str, object]:
+    with Device(str(flash)) as dev:
+        result = dev.power_on(self_test=self_test)
+        for line in result["log"]:  # type: ignore[attr-defined]
+            _say("boot", line)
+        return dev.info()  # type: ignore[no-any-return]
+
+
+async def _run(work: Path, args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     key_path = work / "vendor.key"
-    if key_path.exists():
-        key_path.unlink()
-        Path(str(key_path) + ".pub").unlink(missing_ok=True)
+    for p in (key_path, Path(f"{key_path}.pub")):
+        p.unlink(missing_ok=True)
     key = write_keypair(key_path)
-    _say(
-        "keys",
-        f"Ed25519 signing key {key.public.key_id.hex()} -> {key_path.name}, {key_path.name}.pub",
-    )
+    _say("keys", f"Ed25519 vendor key {key.public.key_id.hex()} -> {key_path.name}(.pub)")
 
-    old = make_image("1.0.0", secure_version=0, revision=0)
-    new = (
+    v100 = make_image("1.0.0", revision=0)
+    v110 = (
         Path(args.image).read_bytes()
         if args.image
-        else make_image("1.1.0", secure_version=1, revision=1)
+        else make_image("1.1.0", revision=1, secure_version=1)
     )
-    bad = make_image("1.2.0", secure_version=1, revision=2)
+    v120 = make_image("1.2.0", revision=2, secure_version=1)
     flash = work / "flash.bin"
-    dev = Device.create(
-        str(flash), hw=HW, chip="esp32", trusted_keys=[key.public.raw], image=old, version="1.0.0"
-    )
-    dev.close()
-    _say("flash", f"simulated ESP32 flash {flash.name}: 4 MiB, ota_0 runs v1.0.0 ({len(old)} B)")
+    Device.create(
+        str(flash), hw=HW, chip="esp32", trusted_keys=[key.public.raw], image=v100, version="1.0.0"
+    ).close()
+    _say("flash", f"simulated ESP32 {flash.name}: 4 MiB, ota_0 runs v1.0.0 ({len(v100)} B)")
 
-    art = work / "update-1.1.0.ota"
-    art.write_bytes(
-        build_full(new, key, hw=[HW], chip="esp32", version="1.1.0", security_counter=1)
-    )
-    info = inspect_artifact(str(art))
+    full = build_full(v110, key, hw=[HW], chip="esp32", version="1.1.0", security_counter=1)
+    delta = build_delta(v110, v120, key, hw=[HW], chip="esp32", version="1.2.0", security_counter=1)
+    (work / "v1.1.0.ota").write_bytes(full)
+    (work / "v1.2.0-delta.ota").write_bytes(delta)
     _say(
         "build",
-        f"{art.name}: {info['file_size']} B for a {info['target_size']} B image "
-        f"({100 * info['file_size'] / info['target_size']:.0f} %), {info['segments']} segments of "
-        f"{info['segment_size'] // 1024} KiB, "
-        f"device decode RAM {info['decoder_ram_bytes'] / 1024:.1f} KiB",
-    )
-    with open_artifact(str(art)) as reader:
-        reader.verify([key.public])
-        sum(1 for _ in reader.iter_segments())
-    _say("verify", "signature and every segment check out")
-
-    # An install cut by a power failure part-way, then resumed.
-    cut_at = max(4, info["segments"])  # about half-way: each segment is a few flash ops
-    assert _install(flash, art, cut_at=cut_at) is None
-    mid = Device(str(flash))
-    progress = mid.info().get("install") or {}
-    mid.close()
-    _say("install", f"power cut at flash op {cut_at}: {progress.get('next', 0)} segments were done")
-    result = _install(flash, art)
-    assert result is not None
-    _say(
-        "install",
-        f"rerun resumed: {result['skipped']} skipped, {result['decoded']} decoded into "
-        f"{result['slot']}; SHA-256 verified, set to boot once",
+        f"v1.1.0.ota: {len(full)} B (full image, {len(v110)} B); "
+        f"v1.2.0-delta.ota: {len(delta)} B (delta against v1.1.0)",
     )
 
-    dev = Device(str(flash))
-    boot = dev.power_on(self_test=True)
-    for line in boot["log"]:
-        _say("boot", line)
-    info1 = dev.info()
-    dev.close()
+    a, b = work / "gateway.tty", work / "device.tty"
+    payload = 0
+    t_push = 0.0
+    async with LineSim(str(a), str(b), baud=BAUD, latency_ms=LATENCY_MS, seed=1) as sim:
+        _say(
+            "line",
+            f"{a.name} <-> {b.name}: pseudo-terminals at {BAUD} baud, {LATENCY_MS} ms latency",
+        )
+        device = _DeviceProcess(flash, b)
+        try:
+            async with await SerialLink.open(str(a), BAUD, mtu=1024) as link:
+                up = Updater(
+                    link,
+                    PushOptions(line_rate=BAUD / 10, rtt=2 * LATENCY_MS / 1000, max_restarts=10),
+                )
+                cut_done = False
 
-    art2 = work / "update-1.2.0.ota"
-    art2.write_bytes(
-        build_full(bad, key, hw=[HW], chip="esp32", version="1.2.0", security_counter=1)
-    )
-    result2 = _install(flash, art2)
-    assert result2 is not None
-    _say("install", f"v1.2.0 installed into {result2['slot']}")
-    dev = Device(str(flash))
-    boot2 = dev.power_on(self_test=False)
-    for line in boot2["log"]:
-        _say("boot", line)
-    info2 = dev.info()
-    dev.close()
+                def on_event(ev: Event) -> None:
+                    nonlocal cut_done
+                    if isinstance(ev, DeviceInfo):
+                        resume = (
+                            f", holds segments up to {ev.resume_from}" if ev.resume_from else ""
+                        )
+                        _say("push", f"device runs {ev.info.running_version}{resume}")
+                    elif isinstance(ev, Accepted):
+                        _say(
+                            "push",
+                            f"device checked signature and compatibility; "
+                            f"data from segment {ev.next_segment}",
+                        )
+                    elif (
+                        isinstance(ev, Progress)
+                        and not cut_done
+                        and (ev.confirmed_bytes * 2 > ev.total_bytes)
+                    ):
+                        cut_done = True
+                        device.power_cut()
+                        _say(
+                            "power",
+                            f"device power cut at {ev.confirmed_bytes}/"
+                            f"{ev.total_bytes} B confirmed; restarting it",
+                        )
+                        restart.set()
 
-    running = info2["slots"][info2["running_slot"]]
-    confirmed = info1["slots"][info1["running_slot"]]["version"] == "1.1.0"
-    ok = confirmed and running["version"] == "1.1.0"
+                restart = asyncio.Event()
+
+                async def restarter() -> None:
+                    nonlocal device
+                    await restart.wait()
+                    await asyncio.sleep(0.3)
+                    device = _DeviceProcess(flash, b)
+
+                helper = asyncio.ensure_future(restarter())
+                t1 = time.monotonic()
+                done = await up.push(full, on_event)
+                t_push += time.monotonic() - t1
+                payload += done.total_bytes
+                helper.cancel()
+                _say(
+                    "push",
+                    f"v1.1.0 written, verified by the device, set to boot "
+                    f"({time.monotonic() - t1:.1f} s)",
+                )
+                device.stop()
+                info = _boot(flash, self_test=True)
+                confirmed = info["slots"][info["running_slot"]]["version"]  # type: ignore[index]
+
+                device = _DeviceProcess(flash, b)
+                t1 = time.monotonic()
+                done2: Completed = await up.push_best([delta, full], on_event=lambda e: None)
+                t_push += time.monotonic() - t1
+                payload += done2.total_bytes
+                _say(
+                    "push",
+                    f"v1.2.0 delta: {done2.total_bytes} B payload in {time.monotonic() - t1:.1f} s",
+                )
+                device.stop()
+                info2 = _boot(flash, self_test=False)
+        finally:
+            device.stop()
+        wire_out = sim.a_to_b.bytes_out
+        wire_back = sim.b_to_a.bytes_out
+
+    running = info2["slots"][info2["running_slot"]]  # type: ignore[index]
+    ok = confirmed == "1.1.0" and running["version"] == "1.1.0"
+    goodput = payload / max(t_push, 1e-9) / (BAUD / 10)
     print()
     print("summary")
     print(
-        f"  update 1.0.0 -> 1.1.0 : {'confirmed' if confirmed else 'FAILED'}"
-        ", survived a power cut mid-install"
+        f"  1.0.0 -> 1.1.0 (full)  : {'confirmed' if confirmed == '1.1.0' else 'FAILED'}, "
+        "resumed after a power cut mid-transfer"
     )
     print(
-        f"  update 1.1.0 -> 1.2.0 : self-test failed, rolled back to {running['version']} "
+        f"  1.1.0 -> 1.2.0 (delta) : self-test failed, rolled back to {running['version']} "
         f"in {running['label']} by itself"
     )
-    print(f"  security counter      : {info2['security_counter']}")
+    print(f"  security counter       : {info2['security_counter']}")
+    print(f"  payload carried        : {payload} B in {t_push:.1f} s of pushing")
     print(
-        f"  artifact              : {info['file_size']} B for {info['target_size']} B "
-        f"(zstd segments, Ed25519-signed)"
+        f"  bytes on the wire      : {wire_out} B to the device, {wire_back} B back "
+        f"({wire_out / max(payload, 1):.3f} wire bytes per payload byte)"
     )
-    print(f"  time                  : {time.monotonic() - t0:.1f} s   files in {work}")
+    print(
+        f"  efficiency             : {goodput:.2f} of the line rate ({BAUD // 10} B/s) "
+        "(the restart after the power cut included)"
+    )
+    print(f"  total time             : {time.monotonic() - t0:.1f} s; files in {work}")
     return 0 if ok else 1

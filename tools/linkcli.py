@@ -1,0 +1,168 @@
+"""``otaferry push`` and ``otaferry device run``: an update across a real serial line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..protocol.errors import OtaferryError, Reason
+from ..protocol.session import Accepted, Completed, DeviceInfo, Event, Progress
+from ..transport.serial_link import SerialLink
+from ..transport.updater import PushOptions, Updater
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise OtaferryError(f"cannot read {path}: {exc.strerror}", Reason.IO_ERROR) from exc
+
+
+class ProgressPrinter:
+    """One line of bytes / rate / ETA, redrawn in place on a terminal."""
+
+    def __init__(self, json_lines: bool) -> None:
+        self.json = json_lines
+        self.t0 = time.monotonic()
+        self.first_bytes: int | None = None
+        self.tty = sys.stderr.isatty()
+        self.last_line = -1.0
+
+    def __call__(self, event: Event) -> None:
+        now = time.monotonic() - self.t0
+        if self.json:
+            print(json.dumps(_event_dict(event, now)), flush=True)
+            return
+        if isinstance(event, DeviceInfo):
+            info = event.info
+            resume = f", resuming at segment {event.resume_from}" if event.resume_from else ""
+            print(
+                f"device {info.device_id.hex()} hw {info.hw} chip {info.chip} runs "
+                f"{info.running_version}{resume}",
+                file=sys.stderr,
+            )
+        elif isinstance(event, Accepted):
+            print(
+                f"accepted: signature and compatibility checked by the device, "
+                f"starting at segment {event.next_segment}",
+                file=sys.stderr,
+            )
+        elif isinstance(event, Progress):
+            if self.first_bytes is None:
+                self.first_bytes = event.confirmed_bytes
+                self.t_first = now
+            done = event.confirmed_bytes - self.first_bytes
+            rate = done / max(now - self.t_first, 1e-6)
+            left = event.total_bytes - event.confirmed_bytes
+            eta = left / rate if rate > 0 else float("inf")
+            pct = 100 * event.confirmed_bytes / max(1, event.total_bytes)
+            line = (
+                f"{pct:5.1f} %  {event.confirmed_bytes}/{event.total_bytes} B  "
+                f"{rate / 1024:6.1f} KiB/s  ETA {eta:5.0f} s  "
+                f"segment {event.segments_done}/{event.segments_total}"
+            )
+            print(
+                ("\r" + line) if self.tty else line,
+                end="" if self.tty else "\n",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif isinstance(event, Completed):
+            if self.tty:
+                print(file=sys.stderr)
+            print(
+                f"done in {now:.1f} s: {event.total_bytes} B written, verified by the device "
+                "and set to boot",
+                file=sys.stderr,
+            )
+
+
+def _event_dict(event: Event, t: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"event": type(event).__name__, "t": round(t, 3)}
+    if isinstance(event, DeviceInfo):
+        out.update(
+            device_id=event.info.device_id.hex(),
+            hw=event.info.hw,
+            chip=event.info.chip,
+            running_version=event.info.running_version,
+            resume_from=event.resume_from,
+        )
+    elif isinstance(event, Accepted):
+        out["next_segment"] = event.next_segment
+    elif isinstance(event, Progress):
+        out.update(
+            confirmed_bytes=event.confirmed_bytes,
+            total_bytes=event.total_bytes,
+            segments_done=event.segments_done,
+            segments_total=event.segments_total,
+        )
+    elif isinstance(event, Completed):
+        out.update(
+            total_bytes=event.total_bytes,
+            segments_total=event.segments_total,
+            resumed_from=event.resumed_from,
+        )
+    return out
+
+
+async def push_async(args: argparse.Namespace) -> Completed:
+    candidates = [_read(p) for p in args.artifacts]
+    options = PushOptions(
+        window=args.window,
+        line_rate=args.baud / 10,
+        rto=args.rto,
+        max_retries=args.retries,
+    )
+    printer = ProgressPrinter(args.json_progress)
+    async with await SerialLink.open(args.port, args.baud, mtu=args.mtu) as link:
+        up = Updater(link, options)
+        if len(candidates) == 1 and not args.no_full_fallback:
+            return await up.push(candidates[0], printer)
+        return await up.push_best(
+            candidates, allow_full=not args.no_full_fallback, on_event=printer
+        )
+
+
+def push(args: argparse.Namespace) -> int:
+    asyncio.run(push_async(args))
+    return 0
+
+
+def device_run(args: argparse.Namespace) -> int:
+    from ..device_fw.port import open_serial
+    from ..device_fw.serve import serve
+
+    stopping = []
+
+    def _stop(*_: object) -> None:
+        stopping.append(True)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        port = open_serial(args.port, args.baud)
+    except Exception as exc:  # pyserial raises SerialException / OSError / ValueError
+        raise OtaferryError(f"cannot open {args.port}: {exc}", Reason.IO_ERROR) from exc
+
+    def log(phase: str, stats: dict[str, int]) -> None:
+        if not args.quiet:
+            print(
+                f"device: {phase} (frames {stats['frames']}, bad {stats['bad_frames']}, "
+                f"segments {stats['segments']})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    if not args.quiet:
+        print(f"device: serving {args.flash} on {args.port}", file=sys.stderr, flush=True)
+    try:
+        serve(args.flash, port, mtu=args.mtu, stop=lambda: bool(stopping), on_event=log)
+    finally:
+        port.close()
+    return 0

@@ -1,0 +1,221 @@
+"""The async API: push a signed update to a device over any :class:`Link`.
+
+    async with await SerialLink.open("/dev/ttyUSB0", 115200, mtu=1024) as link:
+        async with Updater(link) as up:
+            async for event in up.events(Path("update.ota").read_bytes()):
+                print(event)            # DeviceInfo, Accepted, Progress ..., Completed
+
+``push()`` does the same and returns the :class:`Completed` event. Progress is
+what the device acknowledged, never what was merely sent. Failures leave as
+otaferry's own exceptions: :class:`RemoteError` (the device, or the sender's
+check of the device's hello, refused the update: ``.reason``),
+:class:`TimeoutError_` (the device went silent past the give-up limit),
+:class:`TransportError` / :class:`ClosedError` (the link broke). Cancelling
+the task that pushes sends an ABORT on a best-effort basis and re-raises.
+
+The driver is the thin loop of STYLE.md: feed received frames to the sans-IO
+:class:`Sender`, write what it returns, arm its one timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from ..protocol.errors import (
+    OtaferryError,
+    Reason,
+    RemoteError,
+    TimeoutError_,
+    TransportError,
+)
+from ..protocol.frames import HelloInfo
+from ..protocol.manifest import PAYLOAD_DELTA, Manifest
+from ..protocol.session import (
+    Completed,
+    DeviceInfo,
+    Event,
+    Failed,
+    Rejected,
+    Sender,
+    split_artifact,
+    window_for,
+)
+from .link import Link
+
+__all__ = ["PushOptions", "Updater", "choose_artifact"]
+
+
+@dataclass(frozen=True, slots=True)
+class PushOptions:
+    """Knobs of one push. ``window`` None: sized from ``line_rate`` and ``rtt``."""
+
+    window: int | None = None
+    line_rate: float = 11_520.0  # bytes/s: 115200 baud, 10 bits a byte
+    rtt: float = 0.06
+    rto: float = 1.0
+    max_retries: int = 8
+    max_restarts: int = 3
+
+
+def choose_artifact(
+    candidates: Sequence[bytes], info: HelloInfo, *, allow_full: bool = True
+) -> bytes:
+    """The artifact to send a device that said ``info``: the smallest delta whose
+    base is the image it runs, else (if allowed) the smallest full image.
+
+    Raises RemoteError(WRONG_BASE) when no delta fits and full images are not
+    allowed (metered links), or when there is nothing for this device at all.
+    """
+    deltas: list[tuple[int, bytes]] = []
+    fulls: list[tuple[int, bytes]] = []
+    for ota in candidates:
+        manifest_bytes, _sig, _segs = split_artifact(ota)
+        m = Manifest.decode(manifest_bytes)
+        if info.hw not in m.hw or m.chip != info.chip:
+            continue
+        if m.payload_kind == PAYLOAD_DELTA:
+            if m.base_sha256 == info.running_sha256 and m.codec in info.codecs:
+                deltas.append((len(ota), ota))
+        else:
+            fulls.append((len(ota), ota))
+    if deltas:
+        return min(deltas, key=lambda t: t[0])[1]
+    if fulls and allow_full:
+        return min(fulls, key=lambda t: t[0])[1]
+    if fulls:
+        raise RemoteError(
+            "no delta matches the device's running image and full images are not allowed "
+            "(--no-full-fallback)",
+            Reason.WRONG_BASE,
+        )
+    raise RemoteError(f"no artifact is for hw {info.hw} / chip {info.chip}", Reason.WRONG_HW)
+
+
+class Updater:
+    """Pushes updates over one link; see the module docstring."""
+
+    def __init__(
+        self,
+        link: Link,
+        options: PushOptions | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.link = link
+        self.options = options or PushOptions()
+        self._clock = clock
+        self.last_sender: Sender | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def _sender(self, ota: bytes) -> Sender:
+        manifest_bytes, signature, segments = split_artifact(ota)
+        o = self.options
+        window = o.window or window_for(o.line_rate, o.rtt, self.link.mtu)
+        return Sender(
+            manifest_bytes,
+            signature,
+            segments,
+            mtu=self.link.mtu,
+            window=window,
+            session_id=secrets.randbits(32) or 1,
+            rto=o.rto,
+            max_retries=o.max_retries,
+            max_restarts=o.max_restarts,
+        )
+
+    async def events(self, ota: bytes) -> AsyncIterator[Event]:
+        """Push ``ota`` (the .ota file's bytes), yielding every session event.
+
+        The last event is :class:`Completed`; a refusal or failure raises instead.
+        """
+        sender = self._sender(ota)
+        self.last_sender = sender
+        link = self.link
+        try:
+            while True:
+                for body in sender.datagrams_to_send(self._clock()):
+                    await link.send(body)
+                while (event := sender.next_event()) is not None:
+                    if isinstance(event, Rejected):
+                        raise RemoteError(event.message, event.reason, local=event.local)
+                    if isinstance(event, Failed):
+                        if event.reason == Reason.TIMEOUT:
+                            raise TimeoutError_(event.message)
+                        raise RemoteError(event.message, event.reason)
+                    yield event
+                    if isinstance(event, Completed):
+                        return
+                if sender.done:  # terminal without an event: should not happen
+                    raise OtaferryError("session ended without an outcome", Reason.BAD_STATE)
+                timer = sender.get_timer()
+                timeout = None if timer is None else max(0.0, timer - self._clock())
+                try:
+                    body = await asyncio.wait_for(link.receive(), timeout)
+                except TimeoutError:
+                    sender.handle_timer(self._clock())
+                    continue
+                sender.receive_frame(body, self._clock())
+        except (asyncio.CancelledError, GeneratorExit):
+            await self._abort_quietly(sender)
+            raise
+        except OSError as exc:  # a link that let an OS error through
+            raise TransportError(f"link failed: {exc}") from exc
+
+    async def _abort_quietly(self, sender: Sender) -> None:
+        if sender.done:
+            return
+        sender.abort()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            async with asyncio.timeout(1.0):
+                for body in sender.datagrams_to_send(self._clock()):
+                    await self.link.send(body)
+
+    async def push(self, ota: bytes, on_event: Callable[[Event], None] | None = None) -> Completed:
+        """Push ``ota``; call ``on_event`` for every event; return the Completed event."""
+        async for event in self.events(ota):
+            if on_event is not None:
+                on_event(event)
+            if isinstance(event, Completed):
+                return event
+        raise OtaferryError("session ended without an outcome", Reason.BAD_STATE)
+
+    async def hello(self, ota: bytes) -> HelloInfo:
+        """Ask the device who it is (one QUERY / HELLO exchange), sending no data."""
+        async for event in self.events(ota):
+            if isinstance(event, DeviceInfo):
+                if self.last_sender is not None:
+                    await self._abort_quietly(self.last_sender)
+                return event.info
+        raise OtaferryError("device did not answer", Reason.TIMEOUT)
+
+    async def push_best(
+        self,
+        candidates: Sequence[bytes],
+        *,
+        allow_full: bool = True,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> Completed:
+        """Pick the artifact for this device from its hello (delta if its base
+        matches, else full unless ``allow_full`` is False) and push it."""
+        if not candidates:
+            raise OtaferryError("no artifacts given", Reason.MALFORMED)
+        info = await self.hello(candidates[0])
+        chosen = choose_artifact(candidates, info, allow_full=allow_full)
+        return await self.push(chosen, on_event)
