@@ -75,7 +75,7 @@ def test_crc32_matches_zlib_and_continues(a: bytes, b: bytes) -> None:
 
 
 def test_encode_frame_golden() -> None:
-    # Frozen wire bytes (protocol/FRAMING.md): msgpack [0, 1] = 92 00 01,
+    # Frozen wire bytes (protocol/SPEC.md section 6): msgpack [0, 1] = 92 00 01,
     # CRC-32 76D1851A stored little-endian, COBS-stuffed, 0x00 on both sides.
     assert encode_frame(bytes.fromhex("920001")) == bytes.fromhex("00029206011a85d17600")
     assert encode_frame(b"123456789") == bytes.fromhex("000e3132333435363738392639f4cb00")

@@ -1,0 +1,499 @@
+"""The device side of the secure link (protocol/SPEC.md section 9).
+
+Byte-compatible with ``otaferry.protocol.secure`` (the reference); the tests
+run each side against the other and both against ``tests/vectors/secure/``.
+All cryptography goes through ``port`` (x25519, x25519_public, hmac_sha256,
+sha256, aes_ccm8_encrypt / aes_ccm8_decrypt), so a MicroPython port plugs in
+its own primitives and this file stays as it is.
+
+:class:`SecureEndpoint` is what the device loop puts between its link and its
+receiver: it answers handshakes, opens and seals frames, and applies the
+policy ``require_secure`` (default True: plaintext frames are refused and
+nothing goes out unsealed).
+"""
+
+from . import port
+from . import reasons as R
+from .reasons import DeviceError
+
+PROTOCOL_NAME = b"otaferry-link-v1_KK_25519_AESCCM8_SHA256"
+MSG1 = 0xE1
+MSG2 = 0xE2
+REJECT = 0xE3
+
+KEY_SIZE = 32
+AEAD_KEY_SIZE = 16
+TAG_SIZE = 8
+NONCE_SIZE = 13
+HEADER_SIZE = 2
+OVERHEAD = HEADER_SIZE + TAG_SIZE
+MSG1_SIZE = 2 + KEY_SIZE + TAG_SIZE
+MSG2_SIZE = 1 + KEY_SIZE + TAG_SIZE
+MAX_BODY = 0xFFFF
+
+COUNTER_MOD = 1 << 15
+MAX_GAP = COUNTER_MOD // 2
+EPOCH_FRAMES = COUNTER_MOD
+WINDOW = 64
+WINDOW_MASK = (1 << WINDOW) - 1
+COUNTER_LIMIT = 1 << 32
+
+DIR_I2R = 0x01
+DIR_R2I = 0x02
+_HS_NONCE = bytes(NONCE_SIZE)
+_RATCHET_LABEL = b"otaferry-link-v1 ratchet"
+_ZERO32 = bytes(32)
+
+STAT_NAMES = ("sealed", "opened", "malformed", "auth_failed", "replayed", "too_old", "exhausted")
+
+
+def record_kind(packet):
+    """'sealed', 'msg1', 'msg2', 'reject', 'plain' or 'unknown', from the first byte."""
+    if not packet:
+        return "unknown"
+    first = packet[0]
+    if first < 0x80:
+        return "sealed"
+    if 0x90 <= first <= 0x9F or first == 0xDC or first == 0xDD:
+        return "plain"
+    if first == MSG1:
+        return "msg1"
+    if first == MSG2:
+        return "msg2"
+    if first == REJECT:
+        return "reject"
+    return "unknown"
+
+
+def encode_reject(reason):
+    return bytes([REJECT, reason & 0xFF])
+
+
+def key_hint(public_raw):
+    """The 1-byte hint MSG1 carries: first byte of SHA-256 of the raw public key."""
+    return port.sha256(bytes(public_raw)).digest()[0]
+
+
+def _sha256(data):
+    return port.sha256(data).digest()
+
+
+def _hkdf2(chaining_key, ikm):
+    prk = port.hmac_sha256(chaining_key, ikm)
+    out1 = port.hmac_sha256(prk, b"\x01")
+    return out1, port.hmac_sha256(prk, out1 + b"\x02")
+
+
+def ratchet(key):
+    return port.hmac_sha256(key, _RATCHET_LABEL)[:AEAD_KEY_SIZE]
+
+
+def _nonce(direction, counter):
+    return bytes([direction]) + counter.to_bytes(NONCE_SIZE - 1, "little")
+
+
+def _dh(private, public, reason, what):
+    try:
+        shared = port.x25519(private, public)
+    except ValueError:
+        shared = None
+    if shared is None or shared == _ZERO32:
+        raise DeviceError(reason, "handshake: %s is a low-order X25519 point" % what)
+    return shared
+
+
+class _Symmetric:
+    """Noise's SymmetricState (ck, h, current handshake key); see the host module."""
+
+    def __init__(self, prologue, initiator_public, responder_public):
+        self.h = _sha256(PROTOCOL_NAME)
+        self.ck = self.h
+        self.k = b""
+        self.mix_hash(prologue)
+        self.mix_hash(initiator_public)
+        self.mix_hash(responder_public)
+
+    def mix_hash(self, data):
+        self.h = _sha256(self.h + bytes(data))
+
+    def mix_key(self, ikm):
+        self.ck, temp = _hkdf2(self.ck, ikm)
+        self.k = temp[:AEAD_KEY_SIZE]
+
+    def encrypt_and_hash(self, plaintext):
+        sealed = port.aes_ccm8_encrypt(self.k, _HS_NONCE, plaintext, self.h)
+        self.mix_hash(sealed)
+        return sealed
+
+    def decrypt_and_hash(self, sealed):
+        plain = port.aes_ccm8_decrypt(self.k, _HS_NONCE, sealed, self.h)
+        if plain is not None:
+            self.mix_hash(sealed)
+        return plain
+
+    def split(self):
+        k1, k2 = _hkdf2(self.ck, b"")
+        return k1[:AEAD_KEY_SIZE], k2[:AEAD_KEY_SIZE]
+
+
+def _ephemeral(value):
+    return bytes(value) if value is not None else port.random_bytes(KEY_SIZE)
+
+
+def _check_payload(payload):
+    payload = bytes(payload)
+    if len(payload) > MAX_BODY:
+        raise DeviceError(R.TOO_LARGE, "handshake payload of %d bytes" % len(payload))
+    return payload
+
+
+class Initiator:
+    """Sends MSG1 (a device that must speak first, e.g. a LoRa class A node).
+
+    ``static`` and ``ephemeral`` are raw 32-byte private keys (``ephemeral``
+    None: drawn from port.random_bytes), ``responder`` the raw public key of
+    the gateway. ``start()`` -> MSG1; ``receive(msg2)`` -> SecureChannel or
+    DeviceError (BAD_FRAME, BAD_SIGNATURE, BAD_STATE, or the peer's REJECT
+    reason).
+    """
+
+    def __init__(self, static, responder, ephemeral=None, prologue=b""):
+        self.static = bytes(static)
+        self.static_public = port.x25519_public(self.static)
+        self.peer = bytes(responder)
+        self.ephemeral = _ephemeral(ephemeral)
+        self.sym = _Symmetric(bytes(prologue), self.static_public, self.peer)
+        self.state = "new"
+        self.remote_payload = None
+
+    def start(self, payload=b""):
+        if self.state != "new":
+            raise DeviceError(R.BAD_STATE, "handshake already started")
+        self.state = "failed"
+        sym = self.sym
+        header = bytes([MSG1, key_hint(self.static_public)])
+        e_public = port.x25519_public(self.ephemeral)
+        sym.mix_hash(header)
+        sym.mix_hash(e_public)
+        sym.mix_key(_dh(self.ephemeral, self.peer, R.BAD_KEY, "the gateway key"))
+        sym.mix_key(_dh(self.static, self.peer, R.BAD_KEY, "the gateway key"))
+        sealed = sym.encrypt_and_hash(_check_payload(payload))
+        self.state = "sent"
+        return header + e_public + sealed
+
+    def receive(self, msg2):
+        if self.state != "sent":
+            raise DeviceError(R.BAD_STATE, "no MSG2 expected (%s)" % self.state)
+        self.state = "failed"
+        data = bytes(msg2)
+        if len(data) == 2 and data[0] == REJECT:
+            raise DeviceError(data[1], "gateway refused the handshake (%s)" % R.name(data[1]))
+        if len(data) < MSG2_SIZE or data[0] != MSG2:
+            raise DeviceError(R.BAD_FRAME, "handshake: not a MSG2")
+        remote_e = data[1 : 1 + KEY_SIZE]
+        sym = self.sym
+        sym.mix_hash(data[:1])
+        sym.mix_hash(remote_e)
+        sym.mix_key(_dh(self.ephemeral, remote_e, R.BAD_FRAME, "MSG2's ephemeral"))
+        sym.mix_key(_dh(self.static, remote_e, R.BAD_FRAME, "MSG2's ephemeral"))
+        payload = sym.decrypt_and_hash(data[1 + KEY_SIZE :])
+        if payload is None:
+            raise DeviceError(R.BAD_SIGNATURE, "handshake: MSG2 does not authenticate")
+        self.remote_payload = payload
+        self.state = "done"
+        send, recv = sym.split()
+        return SecureChannel(send, recv, True, sym.h)
+
+
+class Responder:
+    """Answers MSG1 for a list of accepted initiator (gateway) public keys.
+
+    ``receive(msg1)`` -> MSG2 and sets ``channel``, ``initiator`` (the raw key
+    that authenticated) and ``remote_payload``; or DeviceError with BAD_FRAME
+    (not a MSG1), BAD_KEY (hint matches no accepted key), BAD_SIGNATURE (no
+    candidate authenticates). MSG1 may be a replay: act on the channel only
+    once a frame from the initiator opened on it (``channel.confirmed``).
+    """
+
+    def __init__(self, static, accepted, ephemeral=None, prologue=b""):
+        self.static = bytes(static)
+        self.static_public = port.x25519_public(self.static)
+        self.accepted = [bytes(k) for k in accepted]
+        self.ephemeral = _ephemeral(ephemeral)
+        self.prologue = bytes(prologue)
+        self.state = "new"
+        self.channel = None
+        self.initiator = None
+        self.remote_payload = None
+
+    def receive(self, msg1, payload=b""):
+        if self.state != "new":
+            raise DeviceError(R.BAD_STATE, "handshake already answered")
+        self.state = "failed"
+        data = bytes(msg1)
+        payload = _check_payload(payload)
+        if len(data) < MSG1_SIZE or data[0] != MSG1:
+            raise DeviceError(R.BAD_FRAME, "handshake: not a MSG1")
+        candidates = [k for k in self.accepted if key_hint(k) == data[1]]
+        if not candidates:
+            raise DeviceError(
+                R.BAD_KEY, "handshake: key hint %02x matches no accepted gateway key" % data[1]
+            )
+        remote_e = data[2 : 2 + KEY_SIZE]
+        es = _dh(self.static, remote_e, R.BAD_FRAME, "MSG1's ephemeral")
+        found = None
+        for candidate in candidates:
+            try:
+                ss = _dh(self.static, candidate, R.BAD_KEY, "an accepted key")
+            except DeviceError:
+                continue
+            trial = _Symmetric(self.prologue, candidate, self.static_public)
+            trial.mix_hash(data[:2])
+            trial.mix_hash(remote_e)
+            trial.mix_key(es)
+            trial.mix_key(ss)
+            got = trial.decrypt_and_hash(data[2 + KEY_SIZE :])
+            if got is not None:
+                found = (candidate, trial, got)
+                break
+        if found is None:
+            raise DeviceError(R.BAD_SIGNATURE, "handshake: MSG1 does not authenticate")
+        key, sym, self.remote_payload = found
+        self.initiator = key
+        header = bytes([MSG2])
+        e_public = port.x25519_public(self.ephemeral)
+        sym.mix_hash(header)
+        sym.mix_hash(e_public)
+        sym.mix_key(_dh(self.ephemeral, remote_e, R.BAD_FRAME, "MSG1's ephemeral"))
+        sym.mix_key(_dh(self.ephemeral, key, R.BAD_KEY, "the gateway key"))
+        sealed = sym.encrypt_and_hash(payload)
+        recv, send = sym.split()
+        self.channel = SecureChannel(send, recv, False, sym.h)
+        self.state = "done"
+        return header + e_public + sealed
+
+
+class SecureChannel:
+    """Seal / open after a handshake: same records, counters and window as the host.
+
+    ``open`` returns the body or None (dropped, counted in ``stats`` by
+    reason); it never raises. ``seal`` raises DeviceError BAD_STATE once the
+    counter limit is reached (a new handshake is due).
+    """
+
+    def __init__(self, send_key, recv_key, initiator, handshake_hash=b"", limit=COUNTER_LIMIT):
+        if len(send_key) != AEAD_KEY_SIZE or len(recv_key) != AEAD_KEY_SIZE:
+            raise ValueError("channel keys are 16 bytes")
+        if not 1 <= limit <= COUNTER_LIMIT:
+            raise ValueError("bad counter limit")
+        if initiator:
+            self.send_dir, self.recv_dir = DIR_I2R, DIR_R2I
+        else:
+            self.send_dir, self.recv_dir = DIR_R2I, DIR_I2R
+        self.limit = limit
+        self.handshake_hash = handshake_hash
+        self.send_next = 0
+        self.send_epoch = 0
+        self.send_key = bytes(send_key)
+        self.top = -1
+        self.seen = 0
+        self.recv_epoch = 0
+        self.recv_key = bytes(recv_key)
+        self.prev_key = None
+        self.stats = {}
+        for name in STAT_NAMES:
+            self.stats[name] = 0
+
+    @property
+    def confirmed(self):
+        return self.stats["opened"] > 0
+
+    def seal(self, body):
+        body = bytes(body)
+        if len(body) > MAX_BODY:
+            raise DeviceError(R.TOO_LARGE, "frame body of %d bytes" % len(body))
+        n = self.send_next
+        if n >= self.limit:
+            raise DeviceError(R.BAD_STATE, "secure channel exhausted: handshake again")
+        epoch = n // EPOCH_FRAMES
+        if epoch != self.send_epoch:
+            self.send_key = ratchet(self.send_key)
+            self.send_epoch = epoch
+        header = bytes([n & 0x7F, (n >> 7) & 0xFF])
+        self.send_next = n + 1
+        self.stats["sealed"] += 1
+        return header + port.aes_ccm8_encrypt(self.send_key, _nonce(self.send_dir, n), body, header)
+
+    def open(self, data):
+        reason, body = self.try_open(data)
+        self.stats[reason] += 1
+        return body
+
+    def try_open(self, data):
+        """(reason, body): 'opened' and the body, or a drop reason and None.
+
+        Commits the counter only on success; counts nothing (``open`` does).
+        """
+        try:
+            record = bytes(data)
+        except (TypeError, ValueError):
+            return "malformed", None
+        if len(record) < OVERHEAD or record[0] >= 0x80:
+            return "malformed", None
+        short = record[0] | record[1] << 7
+        expected = self.top + 1
+        n = expected + ((short - expected + MAX_GAP) % COUNTER_MOD) - MAX_GAP
+        if n < 0:
+            return "too_old", None
+        if n >= self.limit:
+            return "exhausted", None
+        if n <= self.top:
+            age = self.top - n
+            if age >= WINDOW:
+                return "too_old", None
+            if self.seen >> age & 1:
+                return "replayed", None
+        epoch = n // EPOCH_FRAMES
+        if epoch == self.recv_epoch:
+            key = self.recv_key
+        elif epoch == self.recv_epoch + 1:
+            key = ratchet(self.recv_key)
+        elif epoch == self.recv_epoch - 1:
+            key = self.prev_key
+        else:  # pragma: no cover - unreachable while MAX_GAP < EPOCH_FRAMES
+            key = None
+        if key is None:
+            return "too_old", None
+        header = record[:HEADER_SIZE]
+        body = port.aes_ccm8_decrypt(key, _nonce(self.recv_dir, n), record[HEADER_SIZE:], header)
+        if body is None:
+            return "auth_failed", None
+        if n > self.top:
+            self.seen = ((self.seen << (n - self.top)) | 1) & WINDOW_MASK
+            self.top = n
+        else:
+            self.seen |= 1 << (self.top - n)
+        if epoch > self.recv_epoch:
+            self.prev_key = self.recv_key
+            self.recv_key = key
+            self.recv_epoch = epoch
+        if self.prev_key is not None and self.top - WINDOW + 1 >= self.recv_epoch * EPOCH_FRAMES:
+            self.prev_key = None
+        return "opened", body
+
+
+class SecureEndpoint:
+    """The device's link guard: handshakes, sealed frames and the plaintext policy.
+
+    ``static`` is the device's raw X25519 private key (from its store),
+    ``gateways`` the raw public keys it accepts. ``receive(packet)`` returns
+    ``(reply, body)``: ``reply`` is bytes to send back at once (a MSG2 or a
+    REJECT) or None, ``body`` a session frame for the receiver or None.
+
+    A new handshake does not replace the running channel at once: its channel
+    stays *pending* until a frame from the gateway opens on it. So a replayed
+    MSG1 (which nobody can complete) never cuts the running session, and the
+    device acts on no frame whose sender has not proven it holds the session
+    keys. A MSG1 equal to the last one answered gets the same MSG2 again
+    (a gateway retransmitting after a lost MSG2), with no new keys.
+
+    Plaintext frames (msgpack arrays) pass only with ``require_secure=False``
+    and only while no secure channel runs, so an attacker cannot slip a
+    plaintext frame into a secure session.
+    """
+
+    def __init__(self, static, gateways, require_secure=True, prologue=b"", random_bytes=None):
+        self.static = bytes(static)
+        self.gateways = [bytes(k) for k in gateways]
+        self.require_secure = require_secure
+        self.prologue = bytes(prologue)
+        self.random_bytes = random_bytes or port.random_bytes
+        self.channel = None
+        self.pending = None
+        self.gateway = None  # raw key of the gateway of the running channel
+        self._pending_gateway = None
+        self.last_error = None  # reason code of the last failed handshake
+        self._last = None  # (MSG1, MSG2) of the last handshake answered
+        self.stats = {
+            "handshakes": 0,
+            "handshake_failed": 0,
+            "repeats": 0,
+            "plain_refused": 0,
+            "plain_passed": 0,
+            "unexpected": 0,
+            "no_channel": 0,
+        }
+        for name in STAT_NAMES:
+            self.stats[name] = 0
+
+    @property
+    def secure(self):
+        return self.channel is not None
+
+    def receive(self, packet):
+        kind = record_kind(packet)
+        if kind == "msg1":
+            return self._handshake(packet), None
+        if kind == "sealed":
+            return None, self._open(packet)
+        if kind == "plain":
+            if self.require_secure or self.channel is not None:
+                self.stats["plain_refused"] += 1
+                return None, None
+            self.stats["plain_passed"] += 1
+            return None, bytes(packet)
+        self.stats["unexpected"] += 1
+        return None, None
+
+    def seal(self, body):
+        """The record to send for a session frame; DeviceError BAD_STATE if none may go."""
+        if self.channel is not None:
+            self.stats["sealed"] += 1
+            return self.channel.seal(body)
+        if self.require_secure:
+            raise DeviceError(R.BAD_STATE, "no secure channel and plaintext is refused")
+        return bytes(body)
+
+    def _handshake(self, msg1):
+        msg1 = bytes(msg1)
+        if self._last is not None and self._last[0] == msg1:
+            # The gateway repeats a MSG1 whose MSG2 it did not get (or an attacker
+            # replays it): the same answer again, no new keys. A fresh MSG2 here
+            # would leave a gateway that got the first one with keys we dropped.
+            self.stats["repeats"] += 1
+            return self._last[1]
+        responder = Responder(
+            self.static, self.gateways, self.random_bytes(KEY_SIZE), self.prologue
+        )
+        try:
+            msg2 = responder.receive(msg1)
+        except DeviceError as exc:
+            self.stats["handshake_failed"] += 1
+            self.last_error = exc.reason
+            return encode_reject(exc.reason)
+        self.stats["handshakes"] += 1
+        self._last = (msg1, msg2)
+        self.pending = responder.channel
+        self._pending_gateway = responder.initiator
+        return msg2
+
+    def _open(self, record):
+        if self.pending is not None:
+            reason, body = self.pending.try_open(record)
+            if body is not None:
+                self.pending.stats["opened"] += 1
+                self.channel, self.pending = self.pending, None
+                self.gateway = self._pending_gateway
+                self.stats["opened"] += 1
+                return body
+            if self.channel is None:
+                self.pending.stats[reason] += 1
+                self.stats[reason] += 1
+                return None
+        if self.channel is None:
+            self.stats["no_channel"] += 1
+            return None
+        reason, body = self.channel.try_open(record)
+        self.channel.stats[reason] += 1
+        self.stats[reason] += 1
+        return body

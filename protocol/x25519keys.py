@@ -1,0 +1,210 @@
+"""X25519 link keys (SPEC.md section 9 "Keys"): static identities and ephemerals.
+
+Each device and each gateway holds one static X25519 key pair for the link
+handshake (separate from the Ed25519 signing keys of SPEC section 1, which
+only the vendor holds). Files follow the Ed25519 convention: the private key
+as unencrypted PKCS#8 PEM in ``PATH`` (mode 0600), the public key as
+SubjectPublicKeyInfo PEM in ``PATH.pub``. A device's store and the gateway's
+device table hold raw 32-byte public keys.
+
+Bad key material raises :class:`KeyFileError` (``BAD_KEY``); no third-party
+key object or exception escapes. File I/O goes through the helpers of
+``keys.py`` (the one module of protocol/ allowed to touch key files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from .errors import KeyFileError, Reason
+from .keys import _read, _write_new
+
+KEY_SIZE = 32
+KEY_ID_SIZE = 8
+
+__all__ = [
+    "KEY_ID_SIZE",
+    "KEY_SIZE",
+    "LinkPrivateKey",
+    "LinkPublicKey",
+    "load_link_private_key",
+    "load_link_public_key",
+    "write_link_keypair",
+]
+
+
+def _raw_check(raw: object, what: str) -> bytes:
+    if not isinstance(raw, bytes | bytearray) or len(raw) != KEY_SIZE:
+        raise KeyFileError(f"a raw X25519 {what} key is {KEY_SIZE} bytes", Reason.BAD_KEY)
+    return bytes(raw)
+
+
+class LinkPublicKey:
+    """An X25519 public key. Compares and hashes by its raw 32 bytes."""
+
+    __slots__ = ("_key", "_raw")
+
+    def __init__(self, key: X25519PublicKey) -> None:
+        self._key = key
+        self._raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> LinkPublicKey:
+        data = _raw_check(raw, "public")
+        try:
+            return cls(X25519PublicKey.from_public_bytes(data))
+        except (ValueError, UnsupportedAlgorithm) as exc:  # pragma: no cover - any 32 B parse
+            raise KeyFileError(f"not an X25519 public key: {exc}", Reason.BAD_KEY) from exc
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> LinkPublicKey:
+        try:
+            key = serialization.load_pem_public_key(bytes(data))
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise KeyFileError(f"not a PEM public key: {exc}", Reason.BAD_KEY) from exc
+        if not isinstance(key, X25519PublicKey):
+            raise KeyFileError(
+                f"PEM public key is {type(key).__name__}, not X25519", Reason.BAD_KEY
+            )
+        return cls(key)
+
+    def to_pem(self) -> bytes:
+        return self._key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    @property
+    def raw(self) -> bytes:
+        return self._raw
+
+    @property
+    def key_id(self) -> bytes:
+        """First 8 bytes of SHA-256 of the raw key (as for Ed25519 keys, SPEC section 1)."""
+        return hashlib.sha256(self._raw).digest()[:KEY_ID_SIZE]
+
+    @property
+    def hint(self) -> int:
+        """The 1-byte key hint a handshake's first message carries: ``key_id[0]``."""
+        return self.key_id[0]
+
+    @property
+    def crypto_key(self) -> X25519PublicKey:
+        return self._key
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LinkPublicKey):
+            return NotImplemented
+        return self._raw == other._raw
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+    def __repr__(self) -> str:
+        return f"LinkPublicKey(key_id={self.key_id.hex()})"
+
+
+class LinkPrivateKey:
+    """An X25519 private key (static or ephemeral). ``repr`` shows only the key id."""
+
+    __slots__ = ("_key", "_public")
+
+    def __init__(self, key: X25519PrivateKey) -> None:
+        self._key = key
+        self._public = LinkPublicKey(key.public_key())
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> LinkPrivateKey:
+        """From 32 secret bytes (RFC 7748: any 32 bytes; clamping happens inside X25519)."""
+        return cls(X25519PrivateKey.from_private_bytes(_raw_check(raw, "private")))
+
+    @classmethod
+    def generate(cls) -> LinkPrivateKey:
+        return cls(X25519PrivateKey.generate())
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> LinkPrivateKey:
+        try:
+            key = serialization.load_pem_private_key(bytes(data), password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise KeyFileError(
+                f"not an unencrypted PEM private key: {exc}", Reason.BAD_KEY
+            ) from exc
+        if not isinstance(key, X25519PrivateKey):
+            raise KeyFileError(
+                f"PEM private key is {type(key).__name__}, not X25519", Reason.BAD_KEY
+            )
+        return cls(key)
+
+    def to_pem(self) -> bytes:
+        return self._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def raw(self) -> bytes:
+        """The 32 secret bytes (what a device store holds; handle with care)."""
+        return self._key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+
+    @property
+    def public(self) -> LinkPublicKey:
+        return self._public
+
+    def exchange(self, peer: LinkPublicKey) -> bytes | None:
+        """X25519(self, peer); None when the result is all zero (a low-order peer point)."""
+        try:
+            return self._key.exchange(peer.crypto_key)
+        except ValueError:  # cryptography refuses the all-zero shared secret
+            return None
+
+    def __repr__(self) -> str:
+        return f"LinkPrivateKey(key_id={self._public.key_id.hex()})"
+
+
+# --- key files ----------------------------------------------------------------------
+
+
+def write_link_keypair(path: str | os.PathLike[str]) -> LinkPrivateKey:
+    """Generate a key; write PATH (PKCS#8 PEM, 0600) and PATH.pub (SPKI PEM).
+
+    Refuses (``KeyFileError``) if either file exists, so a link identity is
+    never silently replaced.
+    """
+    private_path = Path(os.fspath(path))
+    public_path = Path(os.fspath(path) + ".pub")
+    for p in (private_path, public_path):
+        if p.exists() or p.is_symlink():
+            raise KeyFileError(f"{p}: already exists, not overwriting", Reason.BAD_KEY)
+    key = LinkPrivateKey.generate()
+    _write_new(private_path, key.to_pem(), 0o600)
+    _write_new(public_path, key.public.to_pem(), 0o644)
+    return key
+
+
+def load_link_private_key(path: str | os.PathLike[str]) -> LinkPrivateKey:
+    data = _read(path)
+    try:
+        return LinkPrivateKey.from_pem(data)
+    except KeyFileError as exc:
+        raise KeyFileError(f"{os.fspath(path)}: {exc.message}", Reason.BAD_KEY) from exc
+
+
+def load_link_public_key(path: str | os.PathLike[str]) -> LinkPublicKey:
+    """Load a public key PEM, or derive the public key from a private key PEM."""
+    data = _read(path)
+    try:
+        if b"PRIVATE KEY-----" in data:
+            return LinkPrivateKey.from_pem(data).public
+        return LinkPublicKey.from_pem(data)
+    except KeyFileError as exc:
+        raise KeyFileError(f"{os.fspath(path)}: {exc.message}", Reason.BAD_KEY) from exc
