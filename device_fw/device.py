@@ -14,8 +14,11 @@ State kept in the store (one msgpack map, rewritten whole on each change)::
     slots      {label: {sha256, size, version, security_counter}} for slots
                holding a verified image
     running    index of the slot that booted last
-    progress   {uid, slot, next, count} of the install in progress, or None
-    limits     {max_window_log, max_segment_payload}
+    progress   {uid, slot, next, done} of the install in progress, or None
+    limits     {max_window_log, max_segment_payload, ram_budget}
+    link_key   the device's static X25519 private key (raw 32 bytes)
+    gateways   raw X25519 public keys of the gateways it accepts
+    require_secure  refuse plaintext link frames (default True)
 """
 
 from . import boot as B
@@ -75,6 +78,7 @@ class Device:
         size=P.DEFAULT_FLASH_SIZE,
         device_id=None,
         limits=None,
+        gateways=None,
     ):
         """Factory-flash a device: table, state, ``image`` in the first OTA slot (VALID)."""
         parts = P.parse_csv(partitions_csv or P.DEFAULT_CSV, flash_size=size)
@@ -113,6 +117,9 @@ class Device:
                 "running": 0,
                 "progress": None,
                 "limits": dict(limits or DEFAULT_LIMITS),
+                "link_key": port.random_bytes(32),
+                "gateways": [bytes(k) for k in gateways or ()],
+                "require_secure": True,
             }
             nvs = [p for p in parts if p.type == P.TYPE_DATA and p.subtype == P.DATA_NVS]
             if not nvs:
@@ -155,6 +162,39 @@ class Device:
 
     def limits(self):
         return self.state["limits"]
+
+    # ------------------------------------------------------------ link identity
+
+    def link_key(self):
+        """The device's static X25519 private key, or None if never provisioned."""
+        return self.state.get("link_key")
+
+    def link_public(self):
+        key = self.link_key()
+        return None if key is None else port.x25519_public(key)
+
+    def gateways(self):
+        return [bytes(k) for k in self.state.get("gateways", [])]
+
+    def require_secure(self):
+        return self.state.get("require_secure", True)
+
+    def provision(self, gateways=None, new_key=False, require_secure=None):
+        """Set the link identity: a new static key if asked (or none yet), the
+        accepted gateway keys (replacing the list) and the plaintext policy."""
+        changes = {}
+        if new_key or self.link_key() is None:
+            changes["link_key"] = port.random_bytes(32)
+        if gateways is not None:
+            for key in gateways:
+                if len(key) != 32:
+                    raise DeviceError(R.BAD_KEY, "gateway keys must be raw 32-byte X25519 keys")
+            changes["gateways"] = [bytes(k) for k in gateways]
+        if require_secure is not None:
+            changes["require_secure"] = bool(require_secure)
+        if changes:
+            self._save(**changes)
+        return self.link_public()
 
     def trusted_key(self, key_id):
         for raw in self.state["trusted"]:
@@ -293,6 +333,9 @@ class Device:
             "next_boot_slot": self.otadata.boot_slot(),
             "security_counter": s["counter"],
             "trusted_key_ids": [_hex(port.sha256(k).digest()[:8]) for k in s["trusted"]],
+            "link_public_key": _hex(self.link_public()) if self.link_key() else None,
+            "gateways": [_hex(k) for k in self.gateways()],
+            "require_secure": self.require_secure(),
             "slots": slots,
             "install": install,
         }

@@ -435,7 +435,13 @@ class SecureEndpoint:
         if kind == "msg1":
             return self._handshake(packet), None
         if kind == "sealed":
-            return None, self._open(packet)
+            body = self._open(packet)
+            if body is None and self.channel is None and self.pending is None:
+                # No session at all (this device was reset): tell the gateway,
+                # so it runs a new handshake instead of timing out. Unsealed, so
+                # an attacker can forge it too: it can only cost a handshake.
+                return encode_reject(R.BAD_STATE), None
+            return None, body
         if kind == "plain":
             if self.require_secure or self.channel is not None:
                 self.stats["plain_refused"] += 1

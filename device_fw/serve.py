@@ -11,8 +11,11 @@ beyond ``now`` for the receiver's bookkeeping.
 from . import framing
 from .device import Device
 from .receiver import Receiver
+from .secure import OVERHEAD, SecureEndpoint
 
 READ_SIZE = 512
+# Bound into every handshake transcript; equal to transport/secure_link.PROLOGUE.
+LINK_PROLOGUE = b"otaferry/link/v1"
 
 
 def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None):
@@ -26,20 +29,44 @@ def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None):
 
         clock = time.monotonic
     device = Device(flash_path)
+    endpoint = None
+    if device.link_key() is not None:
+        endpoint = SecureEndpoint(
+            device.link_key(), device.gateways(), device.require_secure(), LINK_PROLOGUE
+        )
+        mtu -= OVERHEAD
     receiver = Receiver(device, mtu=mtu)
-    decoder = framing.FrameDecoder(max_frame=mtu)
+    decoder = framing.FrameDecoder(max_frame=mtu + (OVERHEAD if endpoint else 0))
     try:
-        for body in receiver.announce():
-            port.write(framing.encode_frame(body))
+        if endpoint is None or not endpoint.require_secure:
+            for body in receiver.announce():
+                port.write(framing.encode_frame(body))
         last_phase = receiver.phase
         while stop is None or not stop():
             data = port.read(READ_SIZE)
             if not data:
                 continue
-            for body in decoder.feed(data):
-                replies = receiver.receive_frame(body, clock())
-                if replies:
-                    port.write(b"".join(framing.encode_frame(r) for r in replies))
+            out = []
+            for packet in decoder.feed(data):
+                body = packet
+                if endpoint is not None:
+                    handshakes = endpoint.stats["handshakes"]
+                    reply, body = endpoint.receive(packet)
+                    if reply is not None:
+                        out.append(reply)
+                    if endpoint.stats["handshakes"] != handshakes and endpoint.pending:
+                        # A new channel: say at once who we are and where we stand
+                        # (session 0), so a sender whose session died with our last
+                        # power cut resumes now instead of after its backed-off timer.
+                        # Sealed: only the holder of the gateway static key can read it.
+                        for hello in receiver.announce():
+                            out.append(endpoint.pending.seal(hello))
+                    if body is None:
+                        continue
+                for r in receiver.receive_frame(body, clock()):
+                    out.append(endpoint.seal(r) if endpoint is not None else r)
+            if out:
+                port.write(b"".join(framing.encode_frame(r) for r in out))
             if on_event is not None and receiver.phase != last_phase:
                 on_event(receiver.phase, dict(receiver.stats))
                 last_phase = receiver.phase

@@ -23,12 +23,16 @@ from otaferry.protocol import errors
 from otaferry.protocol.artifact import build_delta, build_full
 from otaferry.protocol.keys import SigningKey
 from otaferry.protocol.session import Completed, DeviceInfo, Progress
+from otaferry.protocol.x25519keys import LinkPrivateKey, LinkPublicKey
 from otaferry.transport.linesim import LineSim
+from otaferry.transport.link import Link
+from otaferry.transport.secure_link import SecureLink
 from otaferry.transport.serial_link import SerialLink
 from otaferry.transport.updater import PushOptions, Updater
 from paths import ESP8266_V110, ESP8266_V194, SIMBA_SHELL_NEW, SIMBA_SHELL_OLD
 
 KEY = SigningKey.from_seed(hashlib.sha256(b"e2e serial").digest())
+GATEWAY = LinkPrivateKey.from_raw(hashlib.sha256(b"e2e gateway link key").digest())
 OTAFERRY = str(Path(sys.executable).with_name("otaferry"))
 FAST = PushOptions(rto=0.3, max_retries=30, max_restarts=100, line_rate=46_080.0)
 
@@ -36,9 +40,27 @@ FAST = PushOptions(rto=0.3, max_retries=30, max_restarts=100, line_rate=46_080.0
 def make_flash(tmp_path: Path, image: bytes) -> Path:
     path = tmp_path / "flash.bin"
     Device.create(
-        str(path), hw="hw", chip="chip", trusted_keys=[KEY.public.raw], image=image, version="old"
+        str(path),
+        hw="hw",
+        chip="chip",
+        trusted_keys=[KEY.public.raw],
+        image=image,
+        version="old",
+        gateways=[GATEWAY.public.raw],
     ).close()
     return path
+
+
+def device_public(flash: Path) -> LinkPublicKey:
+    with Device(str(flash)) as dev:
+        return LinkPublicKey.from_raw(dev.link_public())
+
+
+@asynccontextmanager
+async def gateway(a: Path, flash: Path) -> AsyncIterator[Link]:
+    """The gateway's end: a serial link with the secure channel on top."""
+    async with await SerialLink.open(str(a), 460_800, mtu=1024) as raw:
+        yield await SecureLink.connect(raw, GATEWAY, device_public(flash), rto=0.3, retries=20)
 
 
 def full(image: bytes, counter: int = 1) -> bytes:
@@ -76,6 +98,14 @@ def device_process(flash: Path, port: Path) -> Iterator[subprocess.Popen[bytes]]
         proc.wait(timeout=10)
 
 
+def restart(flash: Path, port: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [OTAFERRY, "device", "run", "--quiet", "--port", str(port), "--flash", str(flash),
+         "--baud", "460800"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 @asynccontextmanager
 async def line(tmp_path: Path, **faults: float) -> AsyncIterator[tuple[Path, Path]]:
     a, b = tmp_path / "A", tmp_path / "B"
@@ -90,10 +120,7 @@ async def test_clean_push_through_the_async_api(tmp_path: Path) -> None:
     events: list[object] = []
     async with line(tmp_path) as (a, b):
         with device_process(flash, b):
-            async with (
-                await SerialLink.open(str(a), 460_800, mtu=1024) as link,
-                Updater(link, FAST) as up,
-            ):
+            async with gateway(a, flash) as link, Updater(link, FAST) as up:
                 done = await up.push(full(new), events.append)
     assert isinstance(done, Completed) and done.resumed_from == 0
     assert isinstance(events[0], DeviceInfo) and events[0].info.running_version == "old"
@@ -115,10 +142,41 @@ async def test_rejection_reaches_the_api_with_its_reason(tmp_path: Path) -> None
     art = build_full(SIMBA_SHELL_NEW.read_bytes(), stranger, hw=["hw"], chip="chip", version="x")
     async with line(tmp_path) as (a, b):
         with device_process(flash, b):
-            async with await SerialLink.open(str(a), 460_800, mtu=1024) as link:
+            async with gateway(a, flash) as link:
                 with pytest.raises(errors.RemoteError) as exc:
                     await Updater(link, FAST).push(art)
     assert exc.value.reason == errors.Reason.UNKNOWN_KEY
+
+
+@pytest.mark.asyncio
+async def test_plaintext_only_when_the_device_allows_it(tmp_path: Path) -> None:
+    """The bench mode: no secure channel. A default device ignores plaintext."""
+    old, new = SIMBA_SHELL_OLD.read_bytes(), SIMBA_SHELL_NEW.read_bytes()
+    flash = make_flash(tmp_path, old)
+    strict = PushOptions(rto=0.2, max_retries=3, line_rate=46_080.0)
+    async with line(tmp_path) as (a, b):
+        with device_process(flash, b):
+            async with await SerialLink.open(str(a), 460_800, mtu=1024) as raw:
+                with pytest.raises(errors.TimeoutError_):
+                    await Updater(raw, strict).push(full(new))
+        with Device(str(flash)) as dev:
+            dev.provision(require_secure=False)
+        with device_process(flash, b):
+            async with await SerialLink.open(str(a), 460_800, mtu=1024) as raw:
+                done = await Updater(raw, FAST).push(full(new))
+    assert done.total_bytes > 0 and slot_bytes(flash, 1, len(new)) == new
+
+
+@pytest.mark.asyncio
+async def test_secure_channel_refuses_an_unknown_gateway(tmp_path: Path) -> None:
+    flash = make_flash(tmp_path, SIMBA_SHELL_OLD.read_bytes())
+    impostor = LinkPrivateKey.from_raw(bytes(range(32)))
+    async with line(tmp_path) as (a, b):
+        with device_process(flash, b):
+            async with await SerialLink.open(str(a), 460_800, mtu=1024) as raw:
+                with pytest.raises(errors.RemoteError) as exc:
+                    await SecureLink.connect(raw, impostor, device_public(flash), rto=0.3)
+    assert exc.value.reason == errors.Reason.BAD_KEY
 
 
 @pytest.mark.asyncio
@@ -127,18 +185,13 @@ async def test_push_cli_killed_then_rerun_resumes(tmp_path: Path) -> None:
     flash = make_flash(tmp_path, old)
     art = tmp_path / "new.ota"
     art.write_bytes(full(new))
+    (tmp_path / "gw.key").write_bytes(GATEWAY.to_pem())
+    (tmp_path / "dev.pub").write_bytes(device_public(flash).to_pem())
     cmd = [
-        OTAFERRY,
-        "push",
-        "--port",
-        "",
-        "--baud",
-        "460800",
-        "--rto",
-        "0.3",
-        "--json-progress",
+        OTAFERRY, "push", "--port", "", "--baud", "460800", "--rto", "0.3", "--json-progress",
+        "--link-key", str(tmp_path / "gw.key"), "--device-pub", str(tmp_path / "dev.pub"),
         str(art),
-    ]
+    ]  # fmt: skip
     async with line(tmp_path) as (a, b):
         cmd[3] = str(a)
         with device_process(flash, b):
@@ -174,21 +227,25 @@ async def test_device_power_cut_at_random_moments_until_done(tmp_path: Path) -> 
     flash = make_flash(tmp_path, old)
     rng = random.Random(int(os.environ.get("OTAFERRY_SEED", "1234")))
     kills = 0
-    a, b = tmp_path / "A", tmp_path / "B"
-    async with (
-        LineSim(str(a), str(b), baud=460_800, latency_ms=2, seed=7),
-        await SerialLink.open(str(a), 460_800, mtu=1024) as link,
-    ):
-        task = asyncio.ensure_future(Updater(link, FAST).push(full(new)))
-        for _ in range(6):
-            with device_process(flash, b) as proc:
-                await asyncio.wait([task], timeout=rng.uniform(0.3, 2.0))
-                if task.done():
-                    break
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-        with device_process(flash, b):
-            done = await asyncio.wait_for(task, 120)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        async with line(tmp_path) as (a, b):
+            procs.append(restart(flash, b))
+            async with gateway(a, flash) as link:  # the handshake needs a live device
+                task = asyncio.ensure_future(Updater(link, FAST).push(full(new)))
+                for _ in range(6):
+                    await asyncio.wait([task], timeout=rng.uniform(0.3, 2.0))
+                    if task.done():
+                        break
+                    procs[-1].send_signal(signal.SIGKILL)  # power cut at whatever flash op
+                    procs[-1].wait()
+                    kills += 1
+                    procs.append(restart(flash, b))
+                done = await asyncio.wait_for(task, 120)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
     assert isinstance(done, Completed)
     assert kills >= 3
     assert slot_bytes(flash, 0, len(old)) == old  # the active slot: never written
@@ -215,7 +272,7 @@ async def test_delta_push_picks_the_matching_delta(tmp_path: Path) -> None:
     events: list[object] = []
     async with line(tmp_path) as (a, b):
         with device_process(flash, b):
-            async with await SerialLink.open(str(a), 460_800, mtu=1024) as link:
+            async with gateway(a, flash) as link:
                 up = Updater(link, FAST)
                 with pytest.raises(errors.RemoteError) as exc:
                     await up.push_best([wrong, full(new)], allow_full=False)

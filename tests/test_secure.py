@@ -816,7 +816,8 @@ def test_endpoint_rejects_bad_handshakes_with_a_reason() -> None:
     assert ep.last_error == R.BAD_KEY and ep.stats["handshake_failed"] == 1
     assert ep.receive(b"\xe2" + bytes(40)) == (None, None)  # a MSG2 to a responder
     assert ep.receive(b"\xc0") == (None, None)
-    assert ep.receive(bytes(12)) == (None, None)  # sealed-looking, no channel
+    # sealed-looking with no channel at all: the gateway is told to handshake again
+    assert ep.receive(bytes(12)) == (H.encode_reject(Reason.BAD_STATE), None)
     assert ep.stats["unexpected"] == 2 and ep.stats["no_channel"] == 1
 
 

@@ -116,6 +116,12 @@ def cmd_device_boot(args: argparse.Namespace) -> int:
     return devicecli.boot(args)
 
 
+def cmd_device_provision(args: argparse.Namespace) -> int:
+    from . import devicecli
+
+    return devicecli.provision(args)
+
+
 def cmd_device_info(args: argparse.Namespace) -> int:
     from . import devicecli
 
@@ -156,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("keygen", help="create an Ed25519 signing key pair (KEYFILE, KEYFILE.pub)")
+    s = sub.add_parser(
+        "keygen", help="create a key pair: Ed25519 signing (default) or X25519 link (--link)"
+    )
+    s.add_argument("--link", action="store_true", help="an X25519 link key (gateway identity)")
     s.add_argument("keyfile")
     s.set_defaults(func=cmd_keygen)
 
@@ -213,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--size", default="4M", help="flash size (default 4M)")
     f.add_argument("--device-id", help="device id (hex, default random)")
+    f.add_argument("--gateway-pub", action="append", help="accepted gateway link key (repeatable)")
     f.add_argument("flash")
     f.set_defaults(func=cmd_flash_init)
 
@@ -241,6 +251,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mtu", type=int, default=1024, help="largest frame body (default 1024)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_device_run)
+    d = dsub.add_parser(
+        "provision", help="the device's link identity: X25519 key, accepted gateways, policy"
+    )
+    d.add_argument("--flash", required=True)
+    d.add_argument("--gateway-pub", action="append", help="accepted gateway key (replaces list)")
+    d.add_argument("--new-key", action="store_true", help="generate a new device key")
+    d.add_argument("--out", help="write the device's public key (PEM) here")
+    pol = d.add_mutually_exclusive_group()
+    pol.add_argument(
+        "--require-secure",
+        dest="require_secure",
+        action="store_true",
+        default=None,
+        help="refuse plaintext link frames (the default)",
+    )
+    pol.add_argument(
+        "--allow-plaintext",
+        dest="require_secure",
+        action="store_false",
+        help="also accept plaintext frames (bench only)",
+    )
+    d.set_defaults(func=cmd_device_provision)
     d = dsub.add_parser("info", help="slots, states, versions, security counter")
     d.add_argument("--flash", required=True)
     d.add_argument("--json", action="store_true")
@@ -254,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rto", type=float, default=1.0, help="first retransmit timeout, s")
     s.add_argument("--retries", type=int, default=8, help="silent timeouts before giving up")
     s.add_argument("--json-progress", action="store_true", help="one JSON line per event")
+    s.add_argument("--link-key", help="this gateway's X25519 link key (otaferry keygen --link)")
+    s.add_argument("--device-pub", help="the device's link public key (device provision --out)")
+    s.add_argument(
+        "--insecure-plaintext",
+        action="store_true",
+        help="no secure channel (bench only; the device must allow plaintext)",
+    )
     s.add_argument(
         "--no-full-fallback",
         action="store_true",

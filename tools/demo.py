@@ -26,7 +26,9 @@ from ..device_fw.device import Device
 from ..protocol.artifact import build_delta, build_full
 from ..protocol.keys import write_keypair
 from ..protocol.session import Accepted, Completed, DeviceInfo, Event, Progress
+from ..protocol.x25519keys import LinkPublicKey, write_link_keypair
 from ..transport.linesim import LineSim
+from ..transport.secure_link import SecureLink
 from ..transport.serial_link import SerialLink
 from ..transport.updater import PushOptions, Updater
 from .sample_fw import make_image
@@ -96,10 +98,16 @@ def _boot(flash: Path, self_test: bool) -> dict[str, object]:
 async def _run(work: Path, args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     key_path = work / "vendor.key"
-    for p in (key_path, Path(f"{key_path}.pub")):
+    gw_path = work / "gateway.key"
+    for p in (key_path, Path(f"{key_path}.pub"), gw_path, Path(f"{gw_path}.pub")):
         p.unlink(missing_ok=True)
     key = write_keypair(key_path)
-    _say("keys", f"Ed25519 vendor key {key.public.key_id.hex()} -> {key_path.name}(.pub)")
+    gw_key = write_link_keypair(gw_path)
+    _say(
+        "keys",
+        f"Ed25519 vendor key {key.public.key_id.hex()} -> {key_path.name}(.pub); "
+        f"X25519 gateway link key -> {gw_path.name}(.pub)",
+    )
 
     v100 = make_image("1.0.0", revision=0)
     v110 = (
@@ -109,10 +117,21 @@ async def _run(work: Path, args: argparse.Namespace) -> int:
     )
     v120 = make_image("1.2.0", revision=2, secure_version=1)
     flash = work / "flash.bin"
-    Device.create(
-        str(flash), hw=HW, chip="esp32", trusted_keys=[key.public.raw], image=v100, version="1.0.0"
-    ).close()
-    _say("flash", f"simulated ESP32 {flash.name}: 4 MiB, ota_0 runs v1.0.0 ({len(v100)} B)")
+    with Device.create(
+        str(flash),
+        hw=HW,
+        chip="esp32",
+        trusted_keys=[key.public.raw],
+        image=v100,
+        version="1.0.0",
+        gateways=[gw_key.public.raw],
+    ) as dev:
+        device_pub = LinkPublicKey.from_raw(dev.link_public())
+    _say(
+        "flash",
+        f"simulated ESP32 {flash.name}: 4 MiB, ota_0 runs v1.0.0 ({len(v100)} B); "
+        "provisioned with its own X25519 key, trusting the vendor and the gateway",
+    )
 
     full = build_full(v110, key, hw=[HW], chip="esp32", version="1.1.0", security_counter=1)
     delta = build_delta(v110, v120, key, hw=[HW], chip="esp32", version="1.2.0", security_counter=1)
@@ -134,7 +153,13 @@ async def _run(work: Path, args: argparse.Namespace) -> int:
         )
         device = _DeviceProcess(flash, b)
         try:
-            async with await SerialLink.open(str(a), BAUD, mtu=1024) as link:
+            async with await SerialLink.open(str(a), BAUD, mtu=1024) as raw:
+                link = await SecureLink.connect(raw, gw_key, device_pub)
+                _say(
+                    "secure",
+                    "handshake done (Noise KK, X25519): every frame now "
+                    "AES-CCM sealed, 10 bytes per frame",
+                )
                 up = Updater(
                     link,
                     PushOptions(line_rate=BAUD / 10, rtt=2 * LATENCY_MS / 1000, max_restarts=10),

@@ -12,6 +12,7 @@ from ..device_fw.installer import install_stream
 from ..protocol.errors import OtaferryError, Reason
 from ..protocol.espimage import parse_esp_image
 from ..protocol.keys import load_verify_key
+from ..protocol.x25519keys import LinkPublicKey, load_link_public_key
 
 
 def parse_size(text: str) -> int:
@@ -49,6 +50,7 @@ def flash_init(args: argparse.Namespace) -> int:
     csv = Path(args.partitions).read_text() if args.partitions else None
     trusted = [load_verify_key(p).raw for p in args.trust]
     device_id = bytes.fromhex(args.device_id) if args.device_id else None
+    gateways = [load_link_public_key(p).raw for p in args.gateway_pub or ()]
     dev = Device.create(
         args.flash,
         hw=args.hw,
@@ -60,6 +62,7 @@ def flash_init(args: argparse.Namespace) -> int:
         partitions_csv=csv,
         size=parse_size(args.size),
         device_id=device_id,
+        gateways=gateways,
     )
     info = dev.info()
     running = info["slots"][info["running_slot"]]
@@ -85,6 +88,31 @@ def install(args: argparse.Namespace) -> int:
     print(
         f"installed version {m['version']} into {slot}: {result['decoded']} segments "
         f"decoded{resumed}; image verified, set to boot once (pending verify)"
+    )
+    return 0
+
+
+def provision(args: argparse.Namespace) -> int:
+    with _open_device(args.flash) as dev:
+        gateways = (
+            [load_link_public_key(p).raw for p in args.gateway_pub] if args.gateway_pub else None
+        )
+        public = dev.provision(gateways, new_key=args.new_key, require_secure=args.require_secure)
+        info = dev.info()
+    if args.out:
+        try:
+            Path(args.out).write_bytes(LinkPublicKey.from_raw(public).to_pem())
+        except OSError as exc:
+            raise OtaferryError(
+                f"cannot write {args.out}: {exc.strerror}", Reason.IO_ERROR
+            ) from exc
+    print(
+        f"device {info['device_id']} link public key {public.hex()}"
+        + (f" (written to {args.out})" if args.out else "")
+    )
+    print(
+        f"accepts {len(info['gateways'])} gateway key(s); "
+        f"plaintext {'refused' if info['require_secure'] else 'allowed (bench only)'}"
     )
     return 0
 

@@ -13,6 +13,9 @@ from typing import Any
 
 from ..protocol.errors import OtaferryError, Reason
 from ..protocol.session import Accepted, Completed, DeviceInfo, Event, Progress
+from ..protocol.x25519keys import load_link_private_key, load_link_public_key
+from ..transport.link import Link
+from ..transport.secure_link import SecureLink
 from ..transport.serial_link import SerialLink
 from ..transport.updater import PushOptions, Updater
 
@@ -120,7 +123,21 @@ async def push_async(args: argparse.Namespace) -> Completed:
         max_retries=args.retries,
     )
     printer = ProgressPrinter(args.json_progress)
-    async with await SerialLink.open(args.port, args.baud, mtu=args.mtu) as link:
+    if not args.insecure_plaintext and not (args.link_key and args.device_pub):
+        raise OtaferryError(
+            "push is encrypted: give --link-key (otaferry keygen --link) and --device-pub "
+            "(otaferry device provision --out), or --insecure-plaintext on a bench",
+            Reason.BAD_KEY,
+        )
+    async with await SerialLink.open(args.port, args.baud, mtu=args.mtu) as raw:
+        link: Link = raw
+        if not args.insecure_plaintext:
+            link = await SecureLink.connect(
+                raw,
+                load_link_private_key(args.link_key),
+                load_link_public_key(args.device_pub),
+                rto=args.rto,
+            )
         up = Updater(link, options)
         if len(candidates) == 1 and not args.no_full_fallback:
             return await up.push(candidates[0], printer)

@@ -1,0 +1,153 @@
+"""A :class:`Link` whose frames cross inside the secure channel (SPEC.md section 9).
+
+    async with await SerialLink.open(port, 115200, mtu=1024) as raw:
+        link = await SecureLink.connect(raw, gateway_key, device_public)
+        await Updater(link).push(ota)
+
+The gateway is the handshake's initiator: ``connect`` sends MSG1 (again after
+``rto`` while no MSG2 comes, up to ``retries`` times) and returns once the
+channel is up. Afterwards every frame body is sealed (10 bytes: counter +
+AES-CCM-8 tag), so ``mtu`` is the inner link's minus 10. A device that lost
+the channel (it was reset) answers sealed frames with REJECT(BAD_STATE); the
+link then runs a fresh handshake by itself and the session above it resumes
+through its own device-driven resume. Any other REJECT ends the link with a
+:class:`RemoteError` carrying the device's reason. Frames that fail to open
+(tampered, replayed, stale) are dropped and counted in ``stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Self
+
+from ..protocol.errors import ClosedError, Reason, RemoteError, TimeoutError_
+from ..protocol.secure import OVERHEAD, Initiator, RecordKind, SecureChannel, record_kind
+from ..protocol.x25519keys import LinkPrivateKey, LinkPublicKey
+from .link import Link
+
+__all__ = ["PROLOGUE", "SecureLink"]
+
+PROLOGUE = b"otaferry/link/v1"
+
+
+class SecureLink(Link):
+    def __init__(
+        self,
+        inner: Link,
+        static: LinkPrivateKey,
+        device: LinkPublicKey,
+        *,
+        rto: float = 1.0,
+        retries: int = 8,
+        max_rehandshakes: int = 20,
+    ) -> None:
+        self.inner = inner
+        self.static = static
+        self.device = device
+        self.rto = rto
+        self.retries = retries
+        self.max_rehandshakes = max_rehandshakes
+        self.channel: SecureChannel | None = None
+        self.handshakes = 0
+        self.dropped_records = 0
+        # A re-handshake runs as its own task so that a caller's timeout
+        # (the Updater waits on receive() with its timer) cannot cut it in half.
+        self._hs_task: asyncio.Task[None] | None = None
+        self._established_at = float("-inf")
+
+    @classmethod
+    async def connect(
+        cls, inner: Link, static: LinkPrivateKey, device: LinkPublicKey, **kw: float | int
+    ) -> SecureLink:
+        link = cls(inner, static, device, **kw)  # type: ignore[arg-type]
+        await link.handshake()
+        return link
+
+    @property
+    def mtu(self) -> int:
+        return self.inner.mtu - OVERHEAD
+
+    async def handshake(self) -> None:
+        """Run the KK handshake (MSG1 -> MSG2); raises RemoteError / TimeoutError_."""
+        if self.handshakes > self.max_rehandshakes:
+            raise RemoteError("the device keeps losing the secure channel", Reason.BAD_STATE)
+        self.handshakes += 1
+        self.channel = None
+        initiator = Initiator(self.static, self.device, LinkPrivateKey.generate(), PROLOGUE)
+        msg1 = initiator.start()
+        for _attempt in range(self.retries + 1):
+            await self.inner.send(msg1)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.rto
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    packet = await asyncio.wait_for(self.inner.receive(), left)
+                except TimeoutError:
+                    break
+                kind = record_kind(packet)
+                if kind is RecordKind.MSG2:
+                    self.channel = initiator.receive(packet)
+                    self._established_at = loop.time()
+                    return
+                if kind is RecordKind.REJECT and packet[1:2] != bytes([Reason.BAD_STATE]):
+                    initiator.receive(packet)  # raises RemoteError with the device's reason
+                # plaintext hellos of a booting device, stale sealed records: not ours
+                self.dropped_records += 1
+        raise TimeoutError_(f"no handshake answer after {self.retries + 1} tries")
+
+    async def _settle(self) -> None:
+        """Wait for a re-handshake in progress (shielded from our caller's cancel)."""
+        task = self._hs_task
+        if task is not None:
+            try:
+                await asyncio.shield(task)
+            finally:
+                if task.done():
+                    self._hs_task = None
+        if self.channel is None:
+            raise ClosedError("secure link is not established")
+
+    async def send(self, frame: bytes) -> None:
+        await self._settle()
+        assert self.channel is not None
+        await self.inner.send(self.channel.seal(frame))
+
+    async def receive(self) -> bytes:
+        while True:
+            await self._settle()
+            assert self.channel is not None
+            packet = await self.inner.receive()
+            kind = record_kind(packet)
+            if kind is RecordKind.REJECT:
+                code = packet[1] if len(packet) > 1 else -1
+                if code == Reason.BAD_STATE:
+                    # The device was reset and lost the channel: new keys, same
+                    # session. REJECTs for frames that were in flight during the
+                    # last handshake are stale and ignored.
+                    if asyncio.get_running_loop().time() - self._established_at > self.rto:
+                        self._hs_task = asyncio.ensure_future(self.handshake())
+                    continue
+                reason = Reason(code) if code in Reason._value2member_map_ else Reason.ABORTED
+                raise RemoteError("device refused the secure channel", reason)
+            body = self.channel.open(packet)
+            if body is None:
+                self.dropped_records += 1
+                continue
+            return body
+
+    async def aclose(self) -> None:
+        if self._hs_task is not None:
+            self._hs_task.cancel()
+        await self.inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
