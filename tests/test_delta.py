@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 from otaferry.device_fw import reasons
@@ -17,14 +16,19 @@ from otaferry.protocol.delta import (
     encode_delta,
     ram_budget,
 )
+from paths import FIRMWARE
 
-FW = Path(__file__).resolve().parents[2] / "shared" / "firmware"
+FW = FIRMWARE
 PAIRS = [
-    ("micropython-esp8266/esp8266-20180511-v1.9.4.bin",
-     "micropython-esp8266/esp8266-20190125-v1.10.bin"),
+    (
+        "micropython-esp8266/esp8266-20180511-v1.9.4.bin",
+        "micropython-esp8266/esp8266-20190125-v1.10.bin",
+    ),
     ("micropython-pybv11/v1.10/firmware1.bin", "micropython-pybv11/1f5d945af-dirty/firmware1.bin"),
-    ("micropython-pybv11/1f5d945af/firmware1.bin",
-     "micropython-pybv11/1f5d945af-dirty/firmware1.bin"),
+    (
+        "micropython-pybv11/1f5d945af/firmware1.bin",
+        "micropython-pybv11/1f5d945af-dirty/firmware1.bin",
+    ),
     ("micropython-pybv11/v1.10/firmware0.bin", "micropython-pybv11/1f5d945af/firmware0.bin"),
     ("simba-shell-cortex-m4/old.bin", "simba-shell-cortex-m4/new.bin"),
     ("simba-synthesizer-cortex-m4/1.bin", "simba-synthesizer-cortex-m4/2.bin"),
@@ -55,6 +59,7 @@ def apply_all(old: bytes, new_size: int, res: DeltaResult, order: list[int] | No
     parts: dict[int, bytes] = {}
     for i in order if order is not None else range(n):
         sink = Sink()
+
         def read_old(off: int, ln: int) -> bytes:
             assert off >= 0 and off + ln <= len(old)
             return old[off : off + ln]

@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
     s.add_argument(
         "--image",
-        help="new firmware (default: a shared MicroPython image if present, else generated)",
+        help="firmware for the first update (default: a generated ESP32 app image v1.1.0)",
     )
     s.set_defaults(func=cmd_demo)
 

@@ -2,8 +2,8 @@
 
     python -m otaferry.tools.bench.artifact [FIRMWARE_DIR] [--json]
 
-For every ``*.bin`` under FIRMWARE_DIR (default ``../shared/firmware`` next to
-the checkout): the .ota file size against ``zstd -19`` and ``lzma -9e`` of the
+For every ``*.bin`` under FIRMWARE_DIR (default ``tests/firmware``, the copies
+of ``../shared/firmware``): the .ota file size against ``zstd -19`` and ``lzma -9e`` of the
 raw image (whole-image compressors: the floor a segmented, device-decodable
 format pays against), then an offline install on the simulated device:
 throughput (image bytes per second of wall time, flash file I/O included) and
@@ -32,7 +32,8 @@ from ...protocol.artifact import build_full, inspect_artifact
 from ...protocol.keys import SigningKey
 from ...protocol.payload import BLOCK_MAX, ENTROPY_TABLE_BYTES
 
-DEFAULT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "firmware"
+# the copies in tests/firmware (the same files as ../shared/firmware, see SOURCES.md)
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "tests" / "firmware"
 
 
 def bench_image(path: Path, key: SigningKey, work: Path) -> dict[str, object]:

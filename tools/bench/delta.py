@@ -28,7 +28,8 @@ import zstandard
 from ...device_fw.delta_apply import apply_segment
 from ...protocol.delta import DEFAULT_SEGMENT_SIZE, encode_delta, ram_budget
 
-DEFAULT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "firmware"
+# the copies in tests/firmware (the same files as ../shared/firmware, see SOURCES.md)
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "tests" / "firmware"
 
 PAIRS = [
     (

@@ -3,7 +3,8 @@
     otaferry bench link [IMAGE] [--baud 115200] [--latency-ms 20] [--losses 0,1,5] [--json]
 
 The image (default: MicroPython ESP8266 v1.10 from tests/firmware) is built
-into a full-image artifact and pushed by the Updater over a SerialLink, through
+into a full-image artifact and pushed by the Updater over a SerialLink (plain,
+and inside the secure channel: 10 more bytes a frame), through
 the line simulator (two real pseudo-terminals paced like a UART, 10 bits per
 byte), to ``otaferry device run`` in its own process. Frame loss comes from
 byte errors: for a target loss L the byte-error rate is chosen so a full data
@@ -32,7 +33,10 @@ from ...device_fw.device import Device
 from ...protocol.artifact import build_full
 from ...protocol.framing import max_wire_size
 from ...protocol.keys import SigningKey
+from ...protocol.x25519keys import LinkPrivateKey, LinkPublicKey
 from ...transport.linesim import LineSim
+from ...transport.link import Link
+from ...transport.secure_link import SecureLink
 from ...transport.serial_link import SerialLink
 from ...transport.updater import PushOptions, Updater
 
@@ -42,19 +46,24 @@ MTU = 1024
 
 
 async def one_run(
-    image: bytes, loss: float, baud: int, latency_ms: int, work: Path, seed: int
+    image: bytes, loss: float, baud: int, latency_ms: int, work: Path, seed: int, secure: bool
 ) -> dict[str, object]:
     key = SigningKey.from_seed(hashlib.sha256(b"bench link").digest())
+    gateway = LinkPrivateKey.from_raw(hashlib.sha256(b"bench gateway").digest())
     art = build_full(image, key, hw=["bench"], chip="bench", version="1")
     flash = work / "flash.bin"
-    Device.create(
+    with Device.create(
         str(flash),
         hw="bench",
         chip="bench",
         trusted_keys=[key.public.raw],
         image=b"\0" * 4096,
         version="0",
-    ).close()
+        gateways=[gateway.public.raw],
+    ) as dev:
+        if not secure:
+            dev.provision(require_secure=False)
+        device_pub = LinkPublicKey.from_raw(dev.link_public())
     frame_wire = max_wire_size(MTU)
     byte_error = 1 - (1 - loss) ** (1 / frame_wire) if loss > 0 else 0.0
     a, b = work / "A", work / "B"
@@ -80,7 +89,10 @@ async def one_run(
         )
         try:
             await asyncio.sleep(0.3)
-            async with await SerialLink.open(str(a), baud, mtu=MTU) as link:
+            async with await SerialLink.open(str(a), baud, mtu=MTU) as raw:
+                link: Link = raw
+                if secure:
+                    link = await SecureLink.connect(raw, gateway, device_pub)
                 up = Updater(
                     link,
                     PushOptions(line_rate=baud / 10, rtt=2 * latency_ms / 1000, max_retries=20),
@@ -97,6 +109,7 @@ async def one_run(
         corrupted = sim.a_to_b.corrupted
     payload = done.total_bytes
     return {
+        "secure": secure,
         "target_frame_loss": loss,
         "byte_error_rate": byte_error,
         "artifact_bytes": len(art),
@@ -126,26 +139,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-ms", type=int, default=20)
     ap.add_argument("--losses", default="0,1,5", help="target frame-loss percentages")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--modes", default="plain,secure", help="plain, secure or both")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     image = Path(args.image).read_bytes()
     rows = []
     for pct in (float(x) for x in args.losses.split(",")):
-        with tempfile.TemporaryDirectory() as tmp:
-            rows.append(
-                asyncio.run(
-                    one_run(image, pct / 100, args.baud, args.latency_ms, Path(tmp), args.seed)
+        for mode in args.modes.split(","):
+            with tempfile.TemporaryDirectory() as tmp:
+                rows.append(
+                    asyncio.run(
+                        one_run(
+                            image,
+                            pct / 100,
+                            args.baud,
+                            args.latency_ms,
+                            Path(tmp),
+                            args.seed,
+                            mode == "secure",
+                        )
+                    )
                 )
-            )
-        if not args.json:
-            r = rows[-1]
-            print(
-                f"loss {pct:4.1f} %: goodput/line {r['goodput_over_line_rate']:.3f}  "
-                f"wire/artifact {r['wire_over_artifact']:.3f}  {r['seconds']} s  "
-                f"retransmits {r['retransmits']}/{r['data_frames']} data frames  "
-                f"(byte error rate {r['byte_error_rate']:.2e})",
-                flush=True,
-            )
+            if not args.json:
+                r = rows[-1]
+                print(
+                    f"{mode:>6} loss {pct:4.1f} %: goodput/line "
+                    f"{r['goodput_over_line_rate']:.3f}  wire/artifact "
+                    f"{r['wire_over_artifact']:.3f}  {r['seconds']} s  retransmits "
+                    f"{r['retransmits']}/{r['data_frames']} data frames  "
+                    f"(byte error rate {r['byte_error_rate']:.2e})",
+                    flush=True,
+                )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
