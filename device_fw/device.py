@@ -179,10 +179,20 @@ class Device:
     def require_secure(self):
         return self.state.get("require_secure", True)
 
-    def provision(self, gateways=None, new_key=False, require_secure=None):
+    def provision(self, gateways=None, new_key=False, require_secure=None, revoke=None):
         """Set the link identity: a new static key if asked (or none yet), the
-        accepted gateway keys (replacing the list) and the plaintext policy."""
+        accepted gateway keys (replacing the list) and the plaintext policy;
+        ``revoke``: signing key ids (8 bytes) whose artifacts are refused from
+        now on (REVOKED_KEY), even if the key is still in the trusted list."""
         changes = {}
+        if revoke:
+            revoked = [bytes(k) for k in self.state.get("revoked", [])]
+            for key_id in revoke:
+                if len(key_id) != 8:
+                    raise DeviceError(R.BAD_KEY, "a key id is 8 bytes (16 hex digits)")
+                if bytes(key_id) not in revoked:
+                    revoked.append(bytes(key_id))
+            changes["revoked"] = revoked
         if new_key or self.link_key() is None:
             changes["link_key"] = port.random_bytes(32)
         if gateways is not None:
@@ -333,6 +343,7 @@ class Device:
             "next_boot_slot": self.otadata.boot_slot(),
             "security_counter": s["counter"],
             "trusted_key_ids": [_hex(port.sha256(k).digest()[:8]) for k in s["trusted"]],
+            "revoked_key_ids": [_hex(k) for k in s.get("revoked", [])],
             "link_public_key": _hex(self.link_public()) if self.link_key() else None,
             "gateways": [_hex(k) for k in self.gateways()],
             "require_secure": self.require_secure(),

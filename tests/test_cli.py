@@ -273,3 +273,69 @@ def test_demo_runs_as_a_command(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rolled back to 1.1.0" in proc.stdout
     assert (tmp_path / "flash.bin").is_file()
+
+
+def test_provision_and_revocation(
+    tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flash, art = tmp_path / "flash.bin", tmp_path / "new.ota"
+    gw = tmp_path / "gw.key"
+    assert run(capsys, "keygen", "--link", str(gw))[0] == 0
+    assert (
+        run(
+            capsys,
+            "flash",
+            "init",
+            "--hw",
+            "b1",
+            "--chip",
+            "esp8266",
+            "--trust",
+            f"{keys}.pub",
+            "--image",
+            str(ESP8266_V194),
+            "--version",
+            "1",
+            str(flash),
+        )[0]
+        == 0
+    )
+    code, out, _ = run(
+        capsys,
+        "device",
+        "provision",
+        "--flash",
+        str(flash),
+        "--gateway-pub",
+        f"{gw}.pub",
+        "--out",
+        str(tmp_path / "dev.pub"),
+    )
+    assert code == 0 and "plaintext refused" in out and (tmp_path / "dev.pub").is_file()
+    code, out, _ = run(capsys, "device", "info", "--json", "--flash", str(flash))
+    info = json.loads(out)
+    assert len(info["gateways"]) == 1 and info["require_secure"] is True
+    assert out.count(info["link_public_key"]) == 1 and len(info["link_public_key"]) == 64
+
+    assert (
+        run(
+            capsys,
+            "build",
+            "--key",
+            str(keys),
+            "--hw",
+            "b1",
+            "--chip",
+            "esp8266",
+            "--version",
+            "2",
+            str(ESP8266_V110),
+            "-o",
+            str(art),
+        )[0]
+        == 0
+    )
+    key_id = json.loads(run(capsys, "inspect", "--json", str(art))[1])["key_id"]
+    assert run(capsys, "device", "provision", "--flash", str(flash), "--revoke", key_id)[0] == 0
+    code, _, err = run(capsys, "device", "install", "--flash", str(flash), str(art))
+    assert code == 1 and "error[REVOKED_KEY]" in err

@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 from otaferry.protocol.errors import ClosedError, Reason, TransportError
 from otaferry.protocol.framing import FrameDecoder, encode_frame
+from otaferry.protocol.secure import OVERHEAD, Responder, SecureChannel
+from otaferry.protocol.x25519keys import LinkPrivateKey, LinkPublicKey
 from otaferry.transport.linesim import LineSim
 from otaferry.transport.link import FrameInbox, Link, check_frame, memory_pair
+from otaferry.transport.secure_link import PROLOGUE, SecureLink
 from otaferry.transport.serial_link import SerialLink
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.filterwarnings("error")]
@@ -113,6 +116,57 @@ async def pty_links() -> AsyncIterator[Pair]:
         os.close(slave)
 
 
+class ResponderLink(Link):
+    """The device's end of a SecureLink for the conformance suite (test helper):
+    answers MSG1 with MSG2, then opens and seals like the device's endpoint."""
+
+    def __init__(self, inner: Link, static: LinkPrivateKey, gateway: LinkPublicKey) -> None:
+        self.inner = inner
+        self.responder = Responder(
+            static, [gateway], LinkPrivateKey.from_raw(bytes(range(32))), PROLOGUE
+        )
+        self.channel: SecureChannel | None = None
+
+    @property
+    def mtu(self) -> int:
+        return self.inner.mtu - OVERHEAD
+
+    async def accept(self) -> None:
+        await self.inner.send(self.responder.receive(await self.inner.receive()))
+        self.channel = self.responder.channel
+
+    async def send(self, frame: bytes) -> None:
+        check_frame(frame, self.mtu)
+        assert self.channel is not None
+        await self.inner.send(self.channel.seal(frame))
+
+    async def receive(self) -> bytes:
+        assert self.channel is not None
+        while (body := self.channel.open(await self.inner.receive())) is None:
+            pass
+        return body
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@contextlib.asynccontextmanager
+async def secure_links() -> AsyncIterator[Pair]:
+    """SecureLink (gateway) over an in-memory pair, against ResponderLink."""
+    inner_a, inner_b = memory_pair(mtu=MTU + OVERHEAD)
+    gw = LinkPrivateKey.from_raw(bytes(range(1, 33)))
+    dev = LinkPrivateKey.from_raw(bytes(range(2, 34)))
+    b = ResponderLink(inner_b, dev, gw.public)
+    accepting = asyncio.ensure_future(b.accept())
+    a = await SecureLink.connect(inner_a, gw, dev.public)
+    await accepting
+    try:
+        yield a, b
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
 def linesim_links(tmp_path: Path) -> PairFactory:
     @contextlib.asynccontextmanager
     async def factory() -> AsyncIterator[Pair]:
@@ -130,10 +184,12 @@ def linesim_links(tmp_path: Path) -> PairFactory:
     return factory
 
 
-@pytest.fixture(params=["memory", "pty", "linesim"])
+@pytest.fixture(params=["memory", "pty", "linesim", "secure"])
 def make_pair(request: pytest.FixtureRequest, tmp_path: Path) -> PairFactory:
     if request.param == "memory":
         return memory_links
+    if request.param == "secure":
+        return secure_links
     if request.param == "pty":
         return pty_links
     return linesim_links(tmp_path)
@@ -366,3 +422,9 @@ async def test_serial_link_closes_cleanly(tmp_path: Path) -> None:
     assert asyncio.all_tasks() == {asyncio.current_task()}
     assert _open_fds() == before
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_device_and_gateway_bind_the_same_prologue() -> None:
+    from otaferry.device_fw.serve import LINK_PROLOGUE
+
+    assert LINK_PROLOGUE == PROLOGUE

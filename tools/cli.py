@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from ..device_fw.reasons import DeviceError
@@ -20,15 +19,6 @@ from ..device_fw.reasons import name as reason_name
 from ..protocol.errors import OtaferryError
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class CliError(Exception):
-    """A failure the CLI reports with a reason name (e.g. IO_ERROR)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 def _print_json(obj: Any) -> None:
@@ -39,6 +29,15 @@ def _print_json(obj: Any) -> None:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    if args.link:
+        from ..protocol.x25519keys import write_link_keypair
+
+        link = write_link_keypair(args.keyfile)
+        print(
+            f"wrote {args.keyfile} (X25519 link key, private) and {args.keyfile}.pub; "
+            f"public {link.public.raw.hex()}"
+        )
+        return 0
     from ..protocol.keys import write_keypair
 
     key = write_keypair(args.keyfile)
@@ -46,13 +45,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         f"wrote {args.keyfile} (private) and {args.keyfile}.pub; key id {key.public.key_id.hex()}"
     )
     return 0
-
-
-def _read_file(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise CliError("IO_ERROR", f"cannot read {path}: {exc.strerror}") from exc
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -257,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--flash", required=True)
     d.add_argument("--gateway-pub", action="append", help="accepted gateway key (replaces list)")
     d.add_argument("--new-key", action="store_true", help="generate a new device key")
+    d.add_argument(
+        "--revoke",
+        action="append",
+        metavar="KEYID",
+        help="refuse artifacts signed by this key id (16 hex digits; repeatable)",
+    )
     d.add_argument("--out", help="write the device's public key (PEM) here")
     pol = d.add_mutually_exclusive_group()
     pol.add_argument(
@@ -360,8 +358,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"otaferry: error[{exc.reason.name}]: {exc.message}", file=sys.stderr)
     except DeviceError as exc:
         print(f"otaferry: error[{reason_name(exc.reason)}]: {exc.message}", file=sys.stderr)
-    except CliError as exc:
-        print(f"otaferry: error[{exc.reason}]: {exc.message}", file=sys.stderr)
     except KeyboardInterrupt:
         print("otaferry: interrupted", file=sys.stderr)
         return 130

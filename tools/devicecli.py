@@ -97,7 +97,13 @@ def provision(args: argparse.Namespace) -> int:
         gateways = (
             [load_link_public_key(p).raw for p in args.gateway_pub] if args.gateway_pub else None
         )
-        public = dev.provision(gateways, new_key=args.new_key, require_secure=args.require_secure)
+        try:
+            revoke = [bytes.fromhex(k) for k in args.revoke or ()]
+        except ValueError:
+            raise OtaferryError("--revoke takes a key id in hex", Reason.BAD_KEY) from None
+        public = dev.provision(
+            gateways, new_key=args.new_key, require_secure=args.require_secure, revoke=revoke
+        )
         info = dev.info()
     if args.out:
         try:

@@ -24,7 +24,7 @@ from typing import Self
 from ..protocol.errors import ClosedError, Reason, RemoteError, TimeoutError_
 from ..protocol.secure import OVERHEAD, Initiator, RecordKind, SecureChannel, record_kind
 from ..protocol.x25519keys import LinkPrivateKey, LinkPublicKey
-from .link import Link
+from .link import Link, check_frame
 
 __all__ = ["PROLOGUE", "SecureLink"]
 
@@ -109,6 +109,7 @@ class SecureLink(Link):
             raise ClosedError("secure link is not established")
 
     async def send(self, frame: bytes) -> None:
+        check_frame(frame, self.mtu)
         await self._settle()
         assert self.channel is not None
         await self.inner.send(self.channel.seal(frame))
