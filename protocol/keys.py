@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -21,8 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .errors import KeyFileError, Reason, SignatureError
+
+_T = TypeVar("_T")
 
 SEED_SIZE = 32
 PUBLIC_KEY_SIZE = 32
@@ -76,20 +81,10 @@ class VerifyKey:
     @classmethod
     def from_pem(cls, data: bytes) -> VerifyKey:
         """Parse a SubjectPublicKeyInfo PEM holding an Ed25519 key."""
-        try:
-            key = serialization.load_pem_public_key(bytes(data))
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise KeyFileError(f"not a PEM public key: {exc}", Reason.BAD_KEY) from exc
-        if not isinstance(key, Ed25519PublicKey):
-            raise KeyFileError(
-                f"PEM public key is {type(key).__name__}, not Ed25519", Reason.BAD_KEY
-            )
-        return cls(key)
+        return cls(pem_public(data, Ed25519PublicKey, "Ed25519"))
 
     def to_pem(self) -> bytes:
-        return self._key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return public_to_pem(self._key)
 
     @property
     def raw(self) -> bytes:
@@ -150,32 +145,14 @@ class SigningKey:
     @classmethod
     def from_pem(cls, data: bytes) -> SigningKey:
         """Parse an unencrypted PKCS#8 PEM holding an Ed25519 private key."""
-        try:
-            key = serialization.load_pem_private_key(bytes(data), password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise KeyFileError(
-                f"not an unencrypted PEM private key: {exc}", Reason.BAD_KEY
-            ) from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise KeyFileError(
-                f"PEM private key is {type(key).__name__}, not Ed25519", Reason.BAD_KEY
-            )
-        return cls(key)
+        return cls(pem_private(data, Ed25519PrivateKey, "Ed25519"))
 
     def to_pem(self) -> bytes:
-        return self._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return private_to_pem(self._key)
 
     def seed(self) -> bytes:
         """The raw 32-byte secret (for tests and key escrow; handle with care)."""
-        return self._key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
+        return private_to_raw(self._key)
 
     @property
     def public(self) -> VerifyKey:
@@ -188,7 +165,71 @@ class SigningKey:
         return f"SigningKey(key_id={self._public.key_id.hex()})"
 
 
-# --- file helpers (the only file I/O in protocol/ besides artifact.open_artifact) ---
+# --- PEM and file helpers, shared with x25519keys.py ---------------------------
+# (the only file I/O in protocol/ besides artifact.open_artifact)
+
+def pem_private(data: bytes, kind: type[object], name: str) -> Any:
+    """Parse an unencrypted PKCS#8 PEM private key of type ``kind``."""
+    try:
+        key = serialization.load_pem_private_key(bytes(data), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"not an unencrypted PEM private key: {exc}", Reason.BAD_KEY) from exc
+    if not isinstance(key, kind):
+        raise KeyFileError(f"PEM private key is {type(key).__name__}, not {name}", Reason.BAD_KEY)
+    return key
+
+
+def pem_public(data: bytes, kind: type[object], name: str) -> Any:
+    """Parse a SubjectPublicKeyInfo PEM public key of type ``kind``."""
+    try:
+        key = serialization.load_pem_public_key(bytes(data))
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"not a PEM public key: {exc}", Reason.BAD_KEY) from exc
+    if not isinstance(key, kind):
+        raise KeyFileError(f"PEM public key is {type(key).__name__}, not {name}", Reason.BAD_KEY)
+    return key
+
+
+def private_to_pem(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def private_to_raw(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+
+
+def public_to_pem(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def write_pem_pair(path: str | os.PathLike[str], private_pem: bytes, public_pem: bytes) -> None:
+    """Write PATH (mode 0600) and PATH.pub; refuse if either exists."""
+    private_path = Path(os.fspath(path))
+    public_path = _pub_path(path)
+    for p in (private_path, public_path):
+        if p.exists() or p.is_symlink():
+            raise KeyFileError(f"{p}: already exists, not overwriting", Reason.BAD_KEY)
+    _write_new(private_path, private_pem, 0o600)
+    _write_new(public_path, public_pem, 0o644)
+
+
+def load_key_file(path: str | os.PathLike[str], parse: Callable[[bytes], _T]) -> _T:
+    """Read a key file and parse it; errors name the file."""
+    data = _read(path)
+    try:
+        return parse(data)
+    except KeyFileError as exc:
+        raise KeyFileError(f"{os.fspath(path)}: {exc.message}", Reason.BAD_KEY) from exc
 
 
 def _pub_path(path: str | os.PathLike[str]) -> Path:
@@ -212,14 +253,8 @@ def write_keypair(path: str | os.PathLike[str]) -> SigningKey:
     Refuses (``KeyFileError``) if either file already exists, so a signing key
     is never silently replaced.
     """
-    private_path = Path(os.fspath(path))
-    public_path = _pub_path(path)
-    for p in (private_path, public_path):
-        if p.exists() or p.is_symlink():
-            raise KeyFileError(f"{p}: already exists, not overwriting", Reason.BAD_KEY)
     key = SigningKey.generate()
-    _write_new(private_path, key.to_pem(), 0o600)
-    _write_new(public_path, key.public.to_pem(), 0o644)
+    write_pem_pair(path, key.to_pem(), key.public.to_pem())
     return key
 
 
@@ -234,19 +269,15 @@ def _read(path: str | os.PathLike[str]) -> bytes:
 
 
 def load_signing_key(path: str | os.PathLike[str]) -> SigningKey:
-    data = _read(path)
-    try:
-        return SigningKey.from_pem(data)
-    except KeyFileError as exc:
-        raise KeyFileError(f"{os.fspath(path)}: {exc.message}", Reason.BAD_KEY) from exc
+    return load_key_file(path, SigningKey.from_pem)
+
+
+def _verify_key_from(data: bytes) -> VerifyKey:
+    if b"PRIVATE KEY-----" in data:
+        return SigningKey.from_pem(data).public
+    return VerifyKey.from_pem(data)
 
 
 def load_verify_key(path: str | os.PathLike[str]) -> VerifyKey:
     """Load a public key PEM, or derive the public key from a private key PEM."""
-    data = _read(path)
-    try:
-        if b"PRIVATE KEY-----" in data:
-            return SigningKey.from_pem(data).public
-        return VerifyKey.from_pem(data)
-    except KeyFileError as exc:
-        raise KeyFileError(f"{os.fspath(path)}: {exc.message}", Reason.BAD_KEY) from exc
+    return load_key_file(path, _verify_key_from)

@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .errors import KeyFileError, Reason
-from .keys import _read, _write_new
+from .keys import (
+    load_key_file,
+    pem_private,
+    pem_public,
+    private_to_pem,
+    private_to_raw,
+    public_to_pem,
+    write_pem_pair,
+)
 
 KEY_SIZE = 32
 KEY_ID_SIZE = 8
@@ -64,20 +71,10 @@ class LinkPublicKey:
 
     @classmethod
     def from_pem(cls, data: bytes) -> LinkPublicKey:
-        try:
-            key = serialization.load_pem_public_key(bytes(data))
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise KeyFileError(f"not a PEM public key: {exc}", Reason.BAD_KEY) from exc
-        if not isinstance(key, X25519PublicKey):
-            raise KeyFileError(
-                f"PEM public key is {type(key).__name__}, not X25519", Reason.BAD_KEY
-            )
-        return cls(key)
+        return cls(pem_public(data, X25519PublicKey, "X25519"))
 
     def to_pem(self) -> bytes:
-        return self._key.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        return public_to_pem(self._key)
 
     @property
     def raw(self) -> bytes:
@@ -129,32 +126,14 @@ class LinkPrivateKey:
 
     @classmethod
     def from_pem(cls, data: bytes) -> LinkPrivateKey:
-        try:
-            key = serialization.load_pem_private_key(bytes(data), password=None)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise KeyFileError(
-                f"not an unencrypted PEM private key: {exc}", Reason.BAD_KEY
-            ) from exc
-        if not isinstance(key, X25519PrivateKey):
-            raise KeyFileError(
-                f"PEM private key is {type(key).__name__}, not X25519", Reason.BAD_KEY
-            )
-        return cls(key)
+        return cls(pem_private(data, X25519PrivateKey, "X25519"))
 
     def to_pem(self) -> bytes:
-        return self._key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return private_to_pem(self._key)
 
     def raw(self) -> bytes:
         """The 32 secret bytes (what a device store holds; handle with care)."""
-        return self._key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
+        return private_to_raw(self._key)
 
     @property
     def public(self) -> LinkPublicKey:
@@ -180,31 +159,21 @@ def write_link_keypair(path: str | os.PathLike[str]) -> LinkPrivateKey:
     Refuses (``KeyFileError``) if either file exists, so a link identity is
     never silently replaced.
     """
-    private_path = Path(os.fspath(path))
-    public_path = Path(os.fspath(path) + ".pub")
-    for p in (private_path, public_path):
-        if p.exists() or p.is_symlink():
-            raise KeyFileError(f"{p}: already exists, not overwriting", Reason.BAD_KEY)
     key = LinkPrivateKey.generate()
-    _write_new(private_path, key.to_pem(), 0o600)
-    _write_new(public_path, key.public.to_pem(), 0o644)
+    write_pem_pair(path, key.to_pem(), key.public.to_pem())
     return key
 
 
 def load_link_private_key(path: str | os.PathLike[str]) -> LinkPrivateKey:
-    data = _read(path)
-    try:
-        return LinkPrivateKey.from_pem(data)
-    except KeyFileError as exc:
-        raise KeyFileError(f"{os.fspath(path)}: {exc.message}", Reason.BAD_KEY) from exc
+    return load_key_file(path, LinkPrivateKey.from_pem)
+
+
+def _link_public_from(data: bytes) -> LinkPublicKey:
+    if b"PRIVATE KEY-----" in data:
+        return LinkPrivateKey.from_pem(data).public
+    return LinkPublicKey.from_pem(data)
 
 
 def load_link_public_key(path: str | os.PathLike[str]) -> LinkPublicKey:
     """Load a public key PEM, or derive the public key from a private key PEM."""
-    data = _read(path)
-    try:
-        if b"PRIVATE KEY-----" in data:
-            return LinkPrivateKey.from_pem(data).public
-        return LinkPublicKey.from_pem(data)
-    except KeyFileError as exc:
-        raise KeyFileError(f"{os.fspath(path)}: {exc.message}", Reason.BAD_KEY) from exc
+    return load_key_file(path, _link_public_from)
