@@ -110,7 +110,7 @@ def _check(kind, name, value):
 def parse_manifest(data):
     """Decode and validate manifest bytes; return a dict keyed by field name."""
     try:
-        raw = mpack.decode_all(data)
+        raw = mpack.decode_all(data, canonical=True)
     except DeviceError as exc:
         if exc.reason == R.TRUNCATED:
             raise DeviceError(R.TRUNCATED, "manifest: " + exc.message)
@@ -134,8 +134,6 @@ def parse_manifest(data):
     for spec in FIELDS.values():
         if spec[2] and spec[0] not in out:
             raise _bad("missing %s" % spec[0])
-    if mpack.encode(raw) != bytes(data):
-        raise _bad("not canonically encoded")
     kind = out["payload_kind"]
     if kind == PAYLOAD_DELTA:
         if "base_sha256" not in out or "base_size" not in out:

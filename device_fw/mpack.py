@@ -110,10 +110,23 @@ _SIZED = {
 }
 
 
+# Canonical (shortest-form) checks: the smallest value each wide form may hold.
+# Non-negative integers are unsigned forms, negative ones signed forms, as
+# msgpack's own packers write them.
+_MIN_UNSIGNED = {0xCC: 0x80, 0xCD: 0x100, 0xCE: 0x10000, 0xCF: 0x100000000}
+_MAX_SIGNED = {0xD0: -33, 0xD1: -129, 0xD2: -32769, 0xD3: -(1 << 31) - 1}
+_MIN_LENGTH = {
+    0xD9: 32, 0xDA: 0x100, 0xDB: 0x10000,  # str8/16/32
+    0xC4: 0, 0xC5: 0x100, 0xC6: 0x10000,  # bin8/16/32
+    0xDC: 16, 0xDD: 0x10000, 0xDE: 16, 0xDF: 0x10000,  # array16/32, map16/32
+}
+
+
 class _Reader:
-    def __init__(self, data, max_depth):
+    def __init__(self, data, max_depth, canonical=False):
         self.data = data
         self.max_depth = max_depth
+        self.canonical = canonical
 
     def take(self, pos, n):
         if n > len(self.data) - pos:
@@ -138,7 +151,12 @@ class _Reader:
         if c in _SCALARS:
             fmt, size = _SCALARS[c]
             stop = self.take(end, size)
-            return struct.unpack_from(fmt, self.data, end)[0], stop
+            v = struct.unpack_from(fmt, self.data, end)[0]
+            if self.canonical and (
+                v < _MIN_UNSIGNED[c] if c in _MIN_UNSIGNED else v > _MAX_SIGNED[c]
+            ):
+                raise _bad("integer %d at offset %d not in its shortest form" % (v, pos), pos)
+            return v, stop
         if 0xA0 <= c <= 0xBF:
             kind, n = "str", c & 0x1F
         elif 0x90 <= c <= 0x9F:
@@ -150,6 +168,8 @@ class _Reader:
             start = end
             end = self.take(end, size)
             n = struct.unpack_from(fmt, self.data, start)[0]
+            if self.canonical and n < _MIN_LENGTH[c]:
+                raise _bad("length %d at offset %d not in its shortest form" % (n, pos), pos)
         else:
             raise _bad("unsupported msgpack type byte 0x%02x" % c, pos)
         if kind == "str" or kind == "bin":
@@ -184,14 +204,19 @@ class _Reader:
         return result, end
 
 
-def decode(data, pos=0, max_depth=MAX_DEPTH):
-    """Decode one value at ``pos``; returns (value, end offset)."""
-    return _Reader(data, max_depth).value(pos, 0)
+def decode(data, pos=0, max_depth=MAX_DEPTH, canonical=False):
+    """Decode one value at ``pos``; returns (value, end offset).
+
+    ``canonical``: refuse (MALFORMED) any integer or length header wider than
+    needed, so that ``encode(value) == data`` holds for maps whose keys come in
+    the encoder's order, without re-encoding (which costs RAM on a device).
+    """
+    return _Reader(data, max_depth, canonical).value(pos, 0)
 
 
-def decode_all(data, max_depth=MAX_DEPTH):
+def decode_all(data, max_depth=MAX_DEPTH, canonical=False):
     """Decode exactly one value filling ``data``; trailing bytes are MALFORMED."""
-    value, end = decode(data, 0, max_depth)
+    value, end = decode(data, 0, max_depth, canonical)
     if end != len(data):
         raise _bad("%d trailing bytes after msgpack value" % (len(data) - end), end)
     return value

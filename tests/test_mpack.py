@@ -45,13 +45,33 @@ def test_decode_matches_msgpack(v):
 @pytest.mark.parametrize(
     "value, first",
     [
-        (0, "00"), (127, "7f"), (128, "cc80"), (255, "ccff"), (256, "cd0100"),
-        (65535, "cdffff"), (65536, "ce00010000"), (2**32, "cf0000000100000000"),
-        (-1, "ff"), (-32, "e0"), (-33, "d0df"), (-128, "d080"), (-129, "d1ff7f"),
-        (-32769, "d2ffff7fff"), (-(2**31) - 1, "d3ffffffff7fffffff"),
-        ("", "a0"), ("a" * 31, "bf"), ("a" * 32, "d920"), ("a" * 256, "da0100"),
-        (b"", "c400"), (b"\x00" * 256, "c50100"), ([], "90"), (list(range(16)), "dc0010"),
-        ({}, "80"), ({i: i for i in range(16)}, "de0010"), (None, "c0"), (True, "c3"),
+        (0, "00"),
+        (127, "7f"),
+        (128, "cc80"),
+        (255, "ccff"),
+        (256, "cd0100"),
+        (65535, "cdffff"),
+        (65536, "ce00010000"),
+        (2**32, "cf0000000100000000"),
+        (-1, "ff"),
+        (-32, "e0"),
+        (-33, "d0df"),
+        (-128, "d080"),
+        (-129, "d1ff7f"),
+        (-32769, "d2ffff7fff"),
+        (-(2**31) - 1, "d3ffffffff7fffffff"),
+        ("", "a0"),
+        ("a" * 31, "bf"),
+        ("a" * 32, "d920"),
+        ("a" * 256, "da0100"),
+        (b"", "c400"),
+        (b"\x00" * 256, "c50100"),
+        ([], "90"),
+        (list(range(16)), "dc0010"),
+        ({}, "80"),
+        ({i: i for i in range(16)}, "de0010"),
+        (None, "c0"),
+        (True, "c3"),
         (False, "c2"),
     ],
 )
@@ -115,8 +135,12 @@ def test_garbage_never_crashes(data):
 
 def test_length_checked_before_allocating():
     # declared 4 GiB str / bin and a 4-billion-element array with 3 bytes of input
-    for data in (b"\xdb\xff\xff\xff\xff", b"\xc6\xff\xff\xff\xff", b"\xdd\xff\xff\xff\xff\x01",
-                 b"\xdf\xff\xff\xff\xff\x01\x01"):
+    for data in (
+        b"\xdb\xff\xff\xff\xff",
+        b"\xc6\xff\xff\xff\xff",
+        b"\xdd\xff\xff\xff\xff\x01",
+        b"\xdf\xff\xff\xff\xff\x01\x01",
+    ):
         with pytest.raises(DeviceError) as ei:
             mpack.decode_all(data)
         assert ei.value.reason == TRUNCATED
@@ -162,3 +186,32 @@ def test_unencodable(value):
     with pytest.raises(DeviceError) as ei:
         mpack.encode(value)
     assert ei.value.reason == MALFORMED
+
+
+@given(values)
+def test_canonical_mode_accepts_what_msgpack_writes(v):
+    data = msgpack.packb(v, use_bin_type=True)
+    assert mpack.decode_all(data, canonical=True) == msgpack.unpackb(
+        data, raw=False, strict_map_key=False
+    )
+
+
+@pytest.mark.parametrize(
+    "wide",
+    [
+        b"\xcc\x05",  # uint8 for a fixint
+        b"\xcd\x00\x10",  # uint16 for a value that fits uint8
+        b"\xd0\x05",  # int8 for a positive value
+        b"\xd0\xf0",  # int8 for -16, a negative fixint
+        b"\xd1\xff\x9c",  # int16 for -100, which fits int8
+        b"\xd9\x03abc",  # str8 for a 3-byte string
+        b"\xc5\x00\x01x",  # bin16 for 1 byte
+        b"\xdc\x00\x01\x01",  # array16 for 1 element
+        b"\xde\x00\x01\x01\x01",  # map16 for 1 pair
+    ],
+)
+def test_canonical_mode_refuses_wide_forms(wide):
+    mpack.decode_all(wide)  # the lenient mode takes it
+    with pytest.raises(DeviceError) as exc:
+        mpack.decode_all(wide, canonical=True)
+    assert exc.value.reason == MALFORMED
