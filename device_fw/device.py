@@ -296,8 +296,18 @@ class Device:
             else:
                 log.append("app %s: stopped before confirming (still PENDING_VERIFY)" % version)
                 self._save(running=result.slot)
-        elif result.slot != self.state["running"]:
-            self._save(running=result.slot)
+        else:
+            # A VALID image whose counter the store does not have yet: power
+            # failed between confirming and saving the counter. Catch up now,
+            # as ESP-IDF's bootloader does for secure_version, or a downgrade
+            # to the old counter would pass.
+            rec = self.state["slots"].get(result.label) or {}
+            counter = max(self.state["counter"], rec.get("security_counter", 0))
+            if result.state == OD.VALID and counter != self.state["counter"]:
+                self._save(running=result.slot, counter=counter)
+                log.append("security counter raised to %d (confirmed image)" % counter)
+            elif result.slot != self.state["running"]:
+                self._save(running=result.slot)
         self._protect_active()
         slot = self.slots[result.slot]
         rec = self.state["slots"].get(slot.label) or {}

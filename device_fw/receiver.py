@@ -359,7 +359,7 @@ class Receiver:
             return self._out_of_step(poll, lambda: self._status(echo))
         inst = self._installer
         nxt = inst.next_segment
-        if self.phase == DONE or segment != nxt:
+        if self.phase == DONE or segment != nxt or self._bits is None:
             if segment < nxt:
                 self.stats["duplicates"] += 1
             else:
@@ -370,7 +370,13 @@ class Receiver:
         start = chunk * cs
         if chunk >= bits.n or len(payload) != min(cs, self._seg_len - start):
             self.stats["bad_frames"] += 1
-            return self._status_if(poll, echo)
+            if poll:
+                # A sender chunking differently from the session this device
+                # runs (another gateway took over, or a replay did): STATUS
+                # would keep it alive forever without progress, so tell it to
+                # start its session again.
+                return [F.abort(R.BAD_STATE, "chunk does not fit this session's chunking")]
+            return []
         gap = chunk > bits.highest + 1
         if not bits.set(chunk):
             self.stats["duplicates"] += 1

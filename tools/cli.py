@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "bench",
-        help="benchmarks: 'bench delta DIR', 'bench artifact DIR', 'bench link [IMAGE]'",
+        help="benchmarks: 'bench delta|artifact DIR', 'bench link [IMAGE]', 'bench campaign'",
         add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER)
@@ -332,11 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import artifact, delta, link
+    from .bench import artifact, campaign, delta, link
 
-    benches = {"delta": delta.main, "artifact": artifact.main, "link": link.main}
+    benches = {
+        "delta": delta.main,
+        "artifact": artifact.main,
+        "link": link.main,
+        "campaign": campaign.main,
+    }
     if not args.rest or args.rest[0] not in benches:
-        print("usage: otaferry bench {delta,artifact,link} [ARGS] [options]  (-h for each)")
+        print(f"usage: otaferry bench {{{','.join(benches)}}} [ARGS] [options]  (-h for each)")
         return 2
     return benches[args.rest[0]](args.rest[1:])
 
