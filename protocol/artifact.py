@@ -100,6 +100,42 @@ def assemble(manifest: Manifest, segments: Sequence[bytes], key: SigningKey) -> 
     return b"".join([header, manifest_bytes, signature, *map(bytes, segments)])
 
 
+def _manifest(
+    image: bytes,
+    key: SigningKey,
+    hw: Sequence[str],
+    chip: str,
+    version: str,
+    security_counter: int,
+    project: str | None,
+    *,
+    payload_kind: int,
+    codec: str,
+    window_log: int,
+    segment_size: int,
+    segments: Sequence[bytes],
+    base_sha256: bytes | None = None,
+    base_size: int | None = None,
+) -> Manifest:
+    return Manifest(
+        hw=tuple(hw),
+        chip=chip,
+        version=version,
+        security_counter=security_counter,
+        target_size=len(image),
+        target_sha256=hashlib.sha256(image).digest(),
+        payload_kind=payload_kind,
+        codec=codec,
+        window_log=window_log,
+        segment_size=segment_size,
+        segments=build_segment_table(segments),
+        key_id=key.public.key_id,
+        base_sha256=base_sha256,
+        base_size=base_size,
+        project=project,
+    )
+
+
 def build_full(
     image: bytes,
     key: SigningKey,
@@ -117,21 +153,11 @@ def build_full(
     if not image:
         raise DecodeError("cannot build an artifact for an empty image")
     segments = compress_segments(image, segment_size, level)
-    manifest = Manifest(
-        hw=tuple(hw),
-        chip=chip,
-        version=version,
-        security_counter=security_counter,
-        target_size=len(image),
-        target_sha256=hashlib.sha256(image).digest(),
-        payload_kind=PAYLOAD_FULL,
-        codec=CODEC_ZSTD,
-        window_log=window_log_for(segment_size),
-        segment_size=segment_size,
-        segments=build_segment_table(segments),
-        key_id=key.public.key_id,
-        project=project,
-    )
+    manifest = _manifest(
+        image, key, hw, chip, version, security_counter, project,
+        payload_kind=PAYLOAD_FULL, codec=CODEC_ZSTD, window_log=window_log_for(segment_size),
+        segment_size=segment_size, segments=segments,
+    )  # fmt: skip
     return assemble(manifest, segments, key)
 
 
@@ -160,23 +186,12 @@ def build_delta(
     if not image:
         raise DecodeError("cannot build an artifact for an empty image")
     result = encode_delta(base, image, segment_size or DELTA_SEGMENT_SIZE)
-    manifest = Manifest(
-        hw=tuple(hw),
-        chip=chip,
-        version=version,
-        security_counter=security_counter,
-        target_size=len(image),
-        target_sha256=hashlib.sha256(image).digest(),
-        payload_kind=PAYLOAD_DELTA,
-        codec=result.codec,
-        window_log=result.window_log,
-        segment_size=result.segment_size,
-        segments=build_segment_table(result.segments),
-        key_id=key.public.key_id,
-        base_sha256=hashlib.sha256(base).digest(),
-        base_size=len(base),
-        project=project,
-    )
+    manifest = _manifest(
+        image, key, hw, chip, version, security_counter, project,
+        payload_kind=PAYLOAD_DELTA, codec=result.codec, window_log=result.window_log,
+        segment_size=result.segment_size, segments=result.segments,
+        base_sha256=hashlib.sha256(base).digest(), base_size=len(base),
+    )  # fmt: skip
     return assemble(manifest, result.segments, key)
 
 

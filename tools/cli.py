@@ -9,6 +9,7 @@ and a non-zero exit status (1), usage errors exit 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -87,61 +88,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- device
+# ---------------------------------------------------------------- device, link, demo
 
 
-def cmd_flash_init(args: argparse.Namespace) -> int:
-    from . import devicecli
+def _lazy(module: str, func: str) -> Handler:
+    """A handler importing ``otaferry.tools.<module>`` only when its command runs."""
 
-    return devicecli.flash_init(args)
+    def run(args: argparse.Namespace) -> int:
+        handler: Handler = getattr(importlib.import_module(f"{__package__}.{module}"), func)
+        return handler(args)
 
-
-def cmd_device_install(args: argparse.Namespace) -> int:
-    from . import devicecli
-
-    return devicecli.install(args)
-
-
-def cmd_device_boot(args: argparse.Namespace) -> int:
-    from . import devicecli
-
-    return devicecli.boot(args)
-
-
-def cmd_device_provision(args: argparse.Namespace) -> int:
-    from . import devicecli
-
-    return devicecli.provision(args)
-
-
-def cmd_device_info(args: argparse.Namespace) -> int:
-    from . import devicecli
-
-    return devicecli.info(args)
+    return run
 
 
 def cmd_linesim(args: argparse.Namespace) -> int:
     from ..transport import linesim
 
     return linesim.main(args.rest)
-
-
-def cmd_push(args: argparse.Namespace) -> int:
-    from . import linkcli
-
-    return linkcli.push(args)
-
-
-def cmd_device_run(args: argparse.Namespace) -> int:
-    from . import linkcli
-
-    return linkcli.device_run(args)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
-
-    return demo.run(args)
 
 
 # ---------------------------------------------------------------- parser
@@ -216,14 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device-id", help="device id (hex, default random)")
     f.add_argument("--gateway-pub", action="append", help="accepted gateway link key (repeatable)")
     f.add_argument("flash")
-    f.set_defaults(func=cmd_flash_init)
+    f.set_defaults(func=_lazy("devicecli", "flash_init"))
 
     s = sub.add_parser("device", help="act as the simulated device")
     dsub = s.add_subparsers(dest="device_command", required=True, metavar="SUBCOMMAND")
     d = dsub.add_parser("install", help="install an artifact into the passive slot (offline)")
     d.add_argument("--flash", required=True)
     d.add_argument("artifact")
-    d.set_defaults(func=cmd_device_install)
+    d.set_defaults(func=_lazy("devicecli", "install"))
     d = dsub.add_parser("boot", help="reset the device: bootloader, then the app's self-test")
     d.add_argument("--flash", required=True)
     d.add_argument(
@@ -235,14 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the app dies before it confirms (no self-test verdict)",
     )
     d.add_argument("--json", action="store_true")
-    d.set_defaults(func=cmd_device_boot)
+    d.set_defaults(func=_lazy("devicecli", "boot"))
     d = dsub.add_parser("run", help="serve the link protocol on a port until killed")
     d.add_argument("--port", required=True, help="pyserial URL or device path")
     d.add_argument("--flash", required=True)
     d.add_argument("--baud", type=int, default=115200)
     d.add_argument("--mtu", type=int, default=1024, help="largest frame body (default 1024)")
     d.add_argument("--quiet", action="store_true")
-    d.set_defaults(func=cmd_device_run)
+    d.set_defaults(func=_lazy("linkcli", "device_run"))
     d = dsub.add_parser(
         "provision", help="the device's link identity: X25519 key, accepted gateways, policy"
     )
@@ -270,11 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="also accept plaintext frames (bench only)",
     )
-    d.set_defaults(func=cmd_device_provision)
+    d.set_defaults(func=_lazy("devicecli", "provision"))
     d = dsub.add_parser("info", help="slots, states, versions, security counter")
     d.add_argument("--flash", required=True)
     d.add_argument("--json", action="store_true")
-    d.set_defaults(func=cmd_device_info)
+    d.set_defaults(func=_lazy("devicecli", "info"))
 
     s = sub.add_parser("push", help="push an update to a device over a serial line")
     s.add_argument("--port", required=True, help="pyserial URL: /dev/ttyUSB0, socket://h:p, ...")
@@ -302,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT.ota",
         help="one artifact, or several (deltas and full) to choose from",
     )
-    s.set_defaults(func=cmd_push)
+    s.set_defaults(func=_lazy("linkcli", "push"))
 
     s = sub.add_parser(
         "linesim",
@@ -326,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--image",
         help="firmware for the first update (default: a generated ESP32 app image v1.1.0)",
     )
-    s.set_defaults(func=cmd_demo)
+    s.set_defaults(func=_lazy("demo", "run"))
 
     return p
 
