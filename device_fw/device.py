@@ -223,6 +223,10 @@ class Device:
         (esp_ota_get_next_update_partition)."""
         return self.slots[(self.state["running"] + 1) % len(self.slots)]
 
+    def running_pending(self):
+        """True while the running image is PENDING_VERIFY (booted, not confirmed)."""
+        return self.otadata.state_of(self.state["running"]) == OD.PENDING_VERIFY
+
     def running_image(self):
         return self.state["slots"].get(self.active_slot().label)
 

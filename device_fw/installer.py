@@ -78,6 +78,14 @@ class Installer:
                 "security counter %d is below the device's %d"
                 % (m["security_counter"], ident["security_counter"]),
             )
+        if dev.running_pending():
+            # The other slot holds the last image that confirmed itself: the
+            # only way back. ESP-IDF's esp_ota_begin refuses here too.
+            raise DeviceError(
+                R.BAD_STATE,
+                "the running image has not confirmed itself yet (pending verify): "
+                "confirm it or roll back before installing another update",
+            )
         slot = dev.passive_slot()
         if m["target_size"] > slot.size:
             raise DeviceError(

@@ -436,10 +436,11 @@ class SecureEndpoint:
             return self._handshake(packet), None
         if kind == "sealed":
             body = self._open(packet)
-            if body is None and self.channel is None and self.pending is None:
-                # No session at all (this device was reset): tell the gateway,
-                # so it runs a new handshake instead of timing out. Unsealed, so
-                # an attacker can forge it too: it can only cost a handshake.
+            if body is None and self.channel is None:
+                # No running session (this device was reset, or a replayed MSG1
+                # left a pending one nobody can open): tell the gateway, so it
+                # runs a new handshake instead of timing out. Unsealed, so an
+                # attacker can forge it too: it can only cost a handshake.
                 return encode_reject(R.BAD_STATE), None
             return None, body
         if kind == "plain":

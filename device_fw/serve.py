@@ -29,15 +29,15 @@ def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None):
 
         clock = time.monotonic
     device = Device(flash_path)
-    endpoint = None
-    if device.link_key() is not None:
-        endpoint = SecureEndpoint(
-            device.link_key(), device.gateways(), device.require_secure(), LINK_PROLOGUE
-        )
-        mtu -= OVERHEAD
-    receiver = Receiver(device, mtu=mtu)
-    decoder = framing.FrameDecoder(max_frame=mtu + (OVERHEAD if endpoint else 0))
     try:
+        endpoint = None
+        if device.link_key() is not None:
+            endpoint = SecureEndpoint(
+                device.link_key(), device.gateways(), device.require_secure(), LINK_PROLOGUE
+            )
+            mtu -= OVERHEAD
+        receiver = Receiver(device, mtu=mtu)
+        decoder = framing.FrameDecoder(max_frame=mtu + (OVERHEAD if endpoint else 0))
         if endpoint is None or not endpoint.require_secure:
             for body in receiver.announce():
                 port.write(framing.encode_frame(body))
@@ -54,10 +54,16 @@ def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None):
                     reply, body = endpoint.receive(packet)
                     if reply is not None:
                         out.append(reply)
-                    if endpoint.stats["handshakes"] != handshakes and endpoint.pending:
-                        # A new channel: say at once who we are and where we stand
-                        # (session 0), so a sender whose session died with our last
-                        # power cut resumes now instead of after its backed-off timer.
+                    if (
+                        endpoint.stats["handshakes"] != handshakes
+                        and endpoint.pending
+                        and endpoint.channel is None
+                    ):
+                        # A new channel after a reset (none was running): say at once
+                        # who we are and where we stand (session 0), so a sender whose
+                        # session died with our power cut resumes now instead of after
+                        # its backed-off timer. With a channel running, a MSG1 may be a
+                        # replay or forgery: the session goes on untouched.
                         # Sealed: only the holder of the gateway static key can read it.
                         for hello in receiver.announce():
                             out.append(endpoint.pending.seal(hello))

@@ -316,3 +316,22 @@ def test_power_cut_during_boot_and_confirm_always_leaves_a_bootable_image(tmp_pa
             boot = dev.power_on(self_test=True)
         assert (boot["label"], boot["version"]) in (("ota_0", "old"), ("ota_1", "new")), cut
         assert boot["state"] == "VALID"
+
+
+def test_no_install_while_the_running_image_is_unconfirmed(
+    tmp_path: Path, old_image: bytes, new_artifact: bytes
+) -> None:
+    """The other slot then holds the only image that ever confirmed: writing it
+    would leave no way back (a review found this; ESP-IDF refuses the same)."""
+    flash = make_device(tmp_path, old_image)
+    install(flash, new_artifact)
+    with Device(str(flash)) as dev:
+        assert dev.power_on(self_test=None)["state"] == "PENDING_VERIFY"
+    before = slot_bytes(flash, 0)
+    with pytest.raises(DeviceError) as exc:
+        install(flash, build(old_image, counter=2, version="third"))
+    assert exc.value.reason == R.BAD_STATE
+    assert slot_bytes(flash, 0) == before
+    with Device(str(flash)) as dev:
+        dev.power_on(self_test=True)  # the unconfirmed image is aborted: back on ota_0
+    assert install(flash, build(old_image, counter=2, version="third"))["slot"] == "ota_1"

@@ -18,6 +18,7 @@ through its own device-driven resume. Any other REJECT ends the link with a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import TracebackType
 from typing import Self
 
@@ -55,6 +56,9 @@ class SecureLink(Link):
         # (the Updater waits on receive() with its timer) cannot cut it in half.
         self._hs_task: asyncio.Task[None] | None = None
         self._established_at = float("-inf")
+        # handshakes since a record last opened: a link that lives across many
+        # device reboots must not run out of re-handshakes
+        self._in_a_row = 0
 
     @classmethod
     async def connect(
@@ -70,9 +74,10 @@ class SecureLink(Link):
 
     async def handshake(self) -> None:
         """Run the KK handshake (MSG1 -> MSG2); raises RemoteError / TimeoutError_."""
-        if self.handshakes > self.max_rehandshakes:
+        if self._in_a_row > self.max_rehandshakes:
             raise RemoteError("the device keeps losing the secure channel", Reason.BAD_STATE)
         self.handshakes += 1
+        self._in_a_row += 1
         self.channel = None
         initiator = Initiator(self.static, self.device, LinkPrivateKey.generate(), PROLOGUE)
         msg1 = initiator.start()
@@ -82,7 +87,8 @@ class SecureLink(Link):
             deadline = loop.time() + self.rto
             while (left := deadline - loop.time()) > 0:
                 try:
-                    packet = await asyncio.wait_for(self.inner.receive(), left)
+                    async with asyncio.timeout(left):
+                        packet = await self.inner.receive()
                 except TimeoutError:
                     break
                 kind = record_kind(packet)
@@ -135,11 +141,15 @@ class SecureLink(Link):
             if body is None:
                 self.dropped_records += 1
                 continue
+            self._in_a_row = 0
             return body
 
     async def aclose(self) -> None:
-        if self._hs_task is not None:
-            self._hs_task.cancel()
+        task, self._hs_task = self._hs_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task  # retrieve its outcome: no "exception never retrieved"
         await self.inner.aclose()
 
     async def __aenter__(self) -> Self:

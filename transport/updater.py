@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -140,7 +140,7 @@ class Updater:
             max_restarts=o.max_restarts,
         )
 
-    async def events(self, ota: bytes) -> AsyncIterator[Event]:
+    async def events(self, ota: bytes) -> AsyncGenerator[Event, None]:
         """Push ``ota`` (the .ota file's bytes), yielding every session event.
 
         The last event is :class:`Completed`; a refusal or failure raises instead.
@@ -167,7 +167,10 @@ class Updater:
                 timer = sender.get_timer()
                 timeout = None if timer is None else max(0.0, timer - self._clock())
                 try:
-                    body = await asyncio.wait_for(link.receive(), timeout)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow
+                    # a cancel that lands with the frame it was waiting for.
+                    async with asyncio.timeout(timeout):
+                        body = await link.receive()
                 except TimeoutError:
                     sender.handle_timer(self._clock())
                     continue
@@ -189,20 +192,24 @@ class Updater:
 
     async def push(self, ota: bytes, on_event: Callable[[Event], None] | None = None) -> Completed:
         """Push ``ota``; call ``on_event`` for every event; return the Completed event."""
-        async for event in self.events(ota):
-            if on_event is not None:
-                on_event(event)
-            if isinstance(event, Completed):
-                return event
+        # aclosing: if on_event raises, the session is aborted now, not whenever
+        # the generator happens to be finalised (maybe inside the next push).
+        async with contextlib.aclosing(self.events(ota)) as events:
+            async for event in events:
+                if on_event is not None:
+                    on_event(event)
+                if isinstance(event, Completed):
+                    return event
         raise OtaferryError("session ended without an outcome", Reason.BAD_STATE)
 
     async def hello(self, ota: bytes) -> HelloInfo:
         """Ask the device who it is (one QUERY / HELLO exchange), sending no data."""
-        async for event in self.events(ota):
-            if isinstance(event, DeviceInfo):
-                if self.last_sender is not None:
-                    await self._abort_quietly(self.last_sender)
-                return event.info
+        async with contextlib.aclosing(self.events(ota)) as events:
+            async for event in events:
+                if isinstance(event, DeviceInfo):
+                    if self.last_sender is not None:
+                        await self._abort_quietly(self.last_sender)
+                    return event.info
         raise OtaferryError("device did not answer", Reason.TIMEOUT)
 
     async def push_best(
