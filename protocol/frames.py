@@ -194,6 +194,13 @@ class Accept:
         return bitmap_chunks(self.base, self.bitmap, count)
 
 
+def _check_reason_frame(frame: Reject | Abort) -> None:
+    if isinstance(frame.reason, Reason):  # store the plain number, as decoding does
+        object.__setattr__(frame, "reason", int(frame.reason))
+    _int("reason", frame.reason, 0, 255)
+    _str("message", frame.message)
+
+
 @dataclass(frozen=True, slots=True)
 class Reject:
     """``[5, reason, message]`` — the installer refused (a device_fw reason code)."""
@@ -202,10 +209,7 @@ class Reject:
     message: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.reason, Reason):  # store the plain number, as decoding does
-            object.__setattr__(self, "reason", int(self.reason))
-        _int("reason", self.reason, 0, 255)
-        _str("message", self.message)
+        _check_reason_frame(self)
 
     def encode(self) -> bytes:
         return _pack([FrameType.REJECT, self.reason, self.message])
@@ -295,10 +299,7 @@ class Abort:
     message: str = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.reason, Reason):  # store the plain number, as decoding does
-            object.__setattr__(self, "reason", int(self.reason))
-        _int("reason", self.reason, 0, 255)
-        _str("message", self.message)
+        _check_reason_frame(self)
 
     def encode(self) -> bytes:
         return _pack([FrameType.ABORT, self.reason, self.message])

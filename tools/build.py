@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from pathlib import Path
 
 from ..protocol.artifact import build_delta, build_full
 from ..protocol.errors import OtaferryError, Reason
 from ..protocol.espimage import parse_esp_image
 from ..protocol.keys import load_signing_key
 from ..protocol.payload import DEFAULT_SEGMENT_SIZE
-
-
-def _read(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise OtaferryError(f"cannot read {path}: {exc.strerror}", Reason.IO_ERROR) from exc
+from .files import read_file, write_file
 
 
 def build_from_args(args: argparse.Namespace) -> str:
     key = load_signing_key(args.key)
-    image = _read(args.image)
+    image = read_file(args.image)
     esp = parse_esp_image(image)
 
     chip = args.chip or (esp.chip if esp else None)
@@ -45,16 +38,13 @@ def build_from_args(args: argparse.Namespace) -> str:
     segment_size = args.segment_size or DEFAULT_SEGMENT_SIZE
     common = dict(hw=args.hw, chip=chip, version=version, security_counter=counter, project=project)
     if args.base:
-        base = _read(args.base)
+        base = read_file(args.base)
         data = build_delta(base, image, key, segment_size=args.segment_size, **common)
         kind = f"delta against {args.base} (sha256 {hashlib.sha256(base).hexdigest()[:16]}…)"
     else:
         data = build_full(image, key, segment_size=segment_size, level=args.level, **common)
         kind = "full image"
-    try:
-        Path(args.output).write_bytes(data)
-    except OSError as exc:
-        raise OtaferryError(f"cannot write {args.output}: {exc.strerror}", Reason.IO_ERROR) from exc
+    write_file(args.output, data)
     return (
         f"wrote {args.output}: {len(data)} bytes, {kind}, {len(image)}-byte image "
         f"({100 * len(data) / max(1, len(image)):.1f} %), version {version}, chip {chip}, "

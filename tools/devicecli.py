@@ -13,6 +13,7 @@ from ..protocol.errors import OtaferryError, Reason
 from ..protocol.espimage import parse_esp_image
 from ..protocol.keys import load_verify_key
 from ..protocol.x25519keys import LinkPublicKey, load_link_public_key
+from .files import read_file, write_file
 
 
 def parse_size(text: str) -> int:
@@ -28,13 +29,6 @@ def parse_size(text: str) -> int:
         raise OtaferryError(f"bad size {text!r}", Reason.MALFORMED) from None
 
 
-def _read(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise OtaferryError(f"cannot read {path}: {exc.strerror}", Reason.IO_ERROR) from exc
-
-
 def _open_device(path: str) -> Device:
     if not Path(path).is_file():
         raise OtaferryError(
@@ -44,7 +38,7 @@ def _open_device(path: str) -> Device:
 
 
 def flash_init(args: argparse.Namespace) -> int:
-    image = _read(args.image)
+    image = read_file(args.image)
     esp = parse_esp_image(image)
     version = args.fw_version or (esp.version if esp and esp.version else "factory")
     csv = Path(args.partitions).read_text() if args.partitions else None
@@ -106,12 +100,7 @@ def provision(args: argparse.Namespace) -> int:
         )
         info = dev.info()
     if args.out:
-        try:
-            Path(args.out).write_bytes(LinkPublicKey.from_raw(public).to_pem())
-        except OSError as exc:
-            raise OtaferryError(
-                f"cannot write {args.out}: {exc.strerror}", Reason.IO_ERROR
-            ) from exc
+        write_file(args.out, LinkPublicKey.from_raw(public).to_pem())
     print(
         f"device {info['device_id']} link public key {public.hex()}"
         + (f" (written to {args.out})" if args.out else "")

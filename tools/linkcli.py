@@ -8,7 +8,6 @@ import json
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from ..protocol.errors import OtaferryError, Reason
@@ -18,13 +17,7 @@ from ..transport.link import Link
 from ..transport.secure_link import SecureLink
 from ..transport.serial_link import SerialLink
 from ..transport.updater import PushOptions, Updater
-
-
-def _read(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise OtaferryError(f"cannot read {path}: {exc.strerror}", Reason.IO_ERROR) from exc
+from .files import read_file
 
 
 class ProgressPrinter:
@@ -115,7 +108,7 @@ def _event_dict(event: Event, t: float) -> dict[str, Any]:
 
 
 async def push_async(args: argparse.Namespace) -> Completed:
-    candidates = [_read(p) for p in args.artifacts]
+    candidates = [read_file(p) for p in args.artifacts]
     options = PushOptions(
         window=args.window,
         line_rate=args.baud / 10,

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from types import TracebackType
-from typing import Self
 
 from ..protocol.errors import ClosedError, Reason, RemoteError, TimeoutError_
 from ..protocol.secure import OVERHEAD, Initiator, RecordKind, SecureChannel, record_kind
@@ -151,14 +149,3 @@ class SecureLink(Link):
             with contextlib.suppress(BaseException):
                 await task  # retrieve its outcome: no "exception never retrieved"
         await self.inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+from ..protocol.artifact import ArtifactReader
 from ..protocol.errors import (
     OtaferryError,
     Reason,
@@ -36,7 +38,7 @@ from ..protocol.errors import (
     TransportError,
 )
 from ..protocol.frames import HelloInfo
-from ..protocol.manifest import PAYLOAD_DELTA, Manifest
+from ..protocol.manifest import PAYLOAD_DELTA
 from ..protocol.session import (
     Completed,
     DeviceInfo,
@@ -76,8 +78,7 @@ def choose_artifact(
     deltas: list[tuple[int, bytes]] = []
     fulls: list[tuple[int, bytes]] = []
     for ota in candidates:
-        manifest_bytes, _sig, _segs = split_artifact(ota)
-        m = Manifest.decode(manifest_bytes)
+        m = ArtifactReader(io.BytesIO(ota)).manifest  # the header only: no segment hashing
         if info.hw not in m.hw or m.chip != info.chip:
             continue
         if m.payload_kind == PAYLOAD_DELTA:
