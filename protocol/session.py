@@ -23,9 +23,13 @@ before the echoed one and not held by the device is lost and goes to the front
 of the queue. A retransmit timer (RFC 6298 estimator, Karn's rule, doubling
 backoff) covers lost statuses and a silent device; after ``max_retries``
 expiries in a row with no valid frame from the device, the session fails with
-``TIMEOUT``. Acknowledgements only accumulate: within a session the device never
-gives up a chunk it reported (a segment that fails its signed check ends the
-session with REJECT), so a stale STATUS can never make the sender go back.
+``TIMEOUT``. Within a session the device never gives up a chunk it reported (a
+segment that fails its signed check ends the session with REJECT), so a stale
+STATUS never makes the sender go back; but a STATUS made after a claim that
+lacks what the claim said is held proves the claim false, and the sender sends
+those chunks again (SPEC 8.3 "Claims are reconciled"). A progress watchdog
+bounds every session: ``max_stalls`` rounds in a row without a newly held unit
+end it with ``TIMEOUT``, however alive the link looks.
 
 Errors never escape :meth:`receive_frame`: a body that does not decode, or a
 frame that makes no sense now (stale, duplicate, out of range) is counted in
@@ -181,6 +185,8 @@ class SenderStats:
     ignored_frames: int = 0
     timeouts: int = 0
     restarts: int = 0
+    false_claims: int = 0
+    stalls: int = 0
     srtt: float | None = None
 
 
@@ -189,6 +195,7 @@ class _Sent:
     order: int
     time: float
     count: int
+    first: int  # order of the unit's first transmission
 
 
 # --- helpers -------------------------------------------------------------------
@@ -294,6 +301,9 @@ class Sender:
     ``rto``: the first retransmit timeout (s), before any round trip is measured.
     ``max_retries``: timer expiries in a row without a valid frame from the
     device before the session fails with ``TIMEOUT``.
+    ``max_stalls``: rounds in a row without a newly held unit (a fresh STATUS
+    that adds nothing, or an expiry) before the session fails with ``TIMEOUT``,
+    however alive the link looks; default ``2 * max_retries + 4``.
     ``max_restarts``: how often the device may lose the session (reset, power
     cut) and have it re-established from its HELLO, within this Sender.
     ``precheck``: refuse locally (``Rejected(local=True)``) what the HELLO shows
@@ -316,6 +326,7 @@ class Sender:
         min_rto: float = 0.05,
         max_rto: float = 60.0,
         max_retries: int = 8,
+        max_stalls: int | None = None,
         max_restarts: int = 3,
         precheck: bool = True,
         check_segments: bool = True,
@@ -343,7 +354,12 @@ class Sender:
             raise ProtocolError(f"lookahead {lookahead} must be >= 0", Reason.MALFORMED)
         if chunk_size is not None and chunk_size < 1:
             raise ProtocolError(f"chunk_size {chunk_size} must be >= 1", Reason.MALFORMED)
-        if not 0 < min_rto <= rto <= max_rto or max_retries < 0 or max_restarts < 0:
+        if (
+            not 0 < min_rto <= rto <= max_rto
+            or max_retries < 0
+            or max_restarts < 0
+            or (max_stalls is not None and max_stalls < 1)
+        ):
             raise ProtocolError("need 0 < min_rto <= rto <= max_rto", Reason.MALFORMED)
         self.mtu = mtu
         self.window = window
@@ -359,6 +375,7 @@ class Sender:
         self._min_rto = min_rto
         self._max_rto = max_rto
         self._max_retries = max_retries
+        self._max_stalls = 2 * max_retries + 4 if max_stalls is None else max_stalls
         self._max_restarts = max_restarts
         self._precheck = precheck
         self._poll_every = max(1, (window + 1) // 2)
@@ -377,6 +394,7 @@ class Sender:
         self._rttvar = 0.0
         self._deadline: float | None = None
         self._retries = 0
+        self._stalls = 0
         self._restarts = 0
         self._control: bytes | None = None  # QUERY / COMMIT / ABORT to send next
         self._hello: dict[int, bytes] = {}
@@ -389,6 +407,8 @@ class Sender:
         self._last_sent: dict[Unit, _Sent] = {}
         self._lost: set[Unit] = set()
         self._held: set[int] = set()  # chunks of group self._next the device holds
+        self._held_at: dict[int, int] = {}  # chunk -> self._order when it was claimed
+        self._next_at = 0  # self._order when self._next was last moved by a status
         self._next = OFFER_SEGMENT  # the group the device is filling (-1: the offer)
         self._cursor: Unit | None = None  # next unit never sent yet
         self._probe: Unit | None = None
@@ -471,6 +491,9 @@ class Sender:
         elif self.phase is Phase.COMMIT:
             self._control = Commit().encode()
         else:
+            self._stall("the timer expired")
+            if self.phase not in _ACTIVE:
+                return
             self._polls.clear()  # overdue: the probe is the poll to wait for now
             if self._probe is None:
                 self._probe = self._probe_unit()
@@ -488,7 +511,7 @@ class Sender:
         elif isinstance(frame, Hello):
             self._on_hello(frame, now)
         elif isinstance(frame, Status):
-            self._on_status(frame, now)
+            self._on_status(frame, len(body), now)
         elif isinstance(frame, Accept):
             self._on_accept(frame, now)
         elif isinstance(frame, Reject):
@@ -587,6 +610,7 @@ class Sender:
         self._reset_units(nxt)
         if nxt < self._n:
             self._held = frame.held(self._chunks(nxt))
+            self._held_at = dict.fromkeys(self._held, self._order)
             self._cursor = (nxt, 0)
         self._events.append(Accepted(nxt))
         self._report_progress()
@@ -594,59 +618,122 @@ class Sender:
         if nxt == self._n:
             self._enter_commit()
 
-    def _on_status(self, st: Status, now: float) -> None:
+    def _on_status(self, st: Status, size: int, now: float) -> None:
         group = st.segment
+        # The echo dates the status. Only a status newer than every one applied
+        # ("fresh") may declare losses and give an RTT sample; an older one
+        # (reordered, or echoing the first copy of a chunk since resent) may
+        # only add what it says is held. A status whose echoed unit was first
+        # sent after a claim was applied was made after that claim, whatever
+        # the links reorder: it may correct the claim (``after``).
+        fresh: _Sent | None = None
+        after = -1
+        if st.echo is not None:
+            rec = self._last_sent.get(st.echo)
+            if rec is not None:
+                after = rec.first
+                if rec.order >= self._echo_floor:
+                    fresh = rec
         if self.phase is Phase.OFFER:
             valid = group == OFFER_SEGMENT
         elif self.phase is Phase.DATA:
             top = self._cursor[0] if self._cursor is not None else self._n
-            valid = self._next <= group <= top
+            # Below the segment we believe the device is on: only a status made
+            # after the claim that moved us here may say so; the claim was false.
+            valid = self._next <= group <= top or (
+                0 <= group < self._next and self._next_at < after
+            )
         else:
             valid = False
         if not valid:
             self._ignore()
             return
         self._alive(now)
-        # The echo dates the status. Only a status newer than every one applied
-        # may declare losses (and give an RTT sample); an older one (reordered,
-        # or echoing the first copy of a chunk since resent) still adds what it
-        # says is held: within a session the device never gives a chunk up.
-        echo_order: int | None = None
         progressed = False
-        if st.echo is not None:
-            rec = self._last_sent.get(st.echo)
-            if rec is not None and rec.order >= self._echo_floor:
-                self._echo_floor = rec.order
-                echo_order = rec.order
-                if rec.count == 1:
-                    self._rtt_sample(now - rec.time)
-                while self._polls and next(iter(self._polls)) <= echo_order:
-                    del self._polls[next(iter(self._polls))]  # answered (or overtaken)
-                progressed = True
-        if group > self._next:
+        if fresh is not None:
+            self._echo_floor = fresh.order
+            if fresh.count == 1:
+                self._rtt_sample(now - fresh.time)
+            while self._polls and next(iter(self._polls)) <= fresh.order:
+                del self._polls[next(iter(self._polls))]  # answered (or overtaken)
+        if group < self._next:
+            self._rewind_to(group)
+        elif group > self._next:
             self._advance_to(group)
             progressed = True
-        count = self._chunks(group) if group < self._n else 0
-        new = st.held(count) - self._held
+        count = self._chunks(group) if group < self._end() else 0
+        claimed = st.held(count)
+        if count and after >= 0:
+            self._reconcile(group, claimed, st, count, after, complete=self._complete(size))
+        new = claimed - self._held
         if new:
             self._held |= new
+            self._held_at.update(dict.fromkeys(new, self._order))
             progressed = True
             for chunk in new:
                 self._inflight.pop((group, chunk), None)
                 self._lost.discard((group, chunk))
-        if echo_order is not None:
+        if fresh is not None:
             for unit, rec in list(self._inflight.items()):
-                if rec.order > echo_order:
+                if rec.order > fresh.order:
                     break
                 if not self._is_held(unit):
                     del self._inflight[unit]
                     self._lost.add(unit)
         if progressed:
+            self._stalls = 0
             self._deadline = self._wait_base(now) + self._rto
+        elif fresh is not None:
+            self._stall("the device's statuses show nothing new")
+            if self.phase not in _ACTIVE:
+                return
         if self.phase is Phase.DATA:
             self._report_progress()
             if self._next == self._n:
                 self._enter_commit()
+
+    def _complete(self, size: int) -> bool:
+        """Whether a STATUS of ``size`` bytes carries its segment's whole bitmap:
+        the device cuts the bitmap only to fit its frame, so a status shorter
+        than the device's largest frame was not cut."""
+        return self.info is not None and size < self.info.max_frame
+
+    def _reconcile(
+        self, group: int, claimed: set[int], st: Status, count: int, after: int, *, complete: bool
+    ) -> None:
+        """Drop what an earlier status claimed and this fresh one contradicts.
+
+        A genuine device never gives up a chunk within a session, so a status
+        made after a claim (its echo first sent after the claim was applied)
+        that lacks the chunk shows that the claim was false (a forged frame on
+        a plaintext link): that chunk is sent again. Only the span the status
+        covers is judged: all of the segment when its bitmap was not cut, else
+        up to its bitmap's end.
+        """
+        span = count if complete else min(count, st.base + 8 * len(st.bitmap))
+        false = {
+            c for c in self._held if c < span and c not in claimed and self._held_at[c] < after
+        }
+        if not false:
+            return
+        self._stats["false_claims"] += len(false)
+        self._held -= false
+        for chunk in false:
+            del self._held_at[chunk]
+        for chunk in false:
+            self._lost.add((group, chunk))
+
+    def _stall(self, why: str) -> None:
+        """A round (a fresh status, or a timer expiry) with no newly held unit:
+        the progress watchdog. Any other frame keeps the link alive, but only
+        progress keeps the session alive."""
+        self._stalls += 1
+        self._stats["stalls"] += 1
+        if self._stalls > self._max_stalls:
+            self._fail(
+                Reason.TIMEOUT,
+                f"no progress in {self._stalls} rounds (in phase {self.phase.value}): {why}",
+            )
 
     def _on_reject(self, frame: Reject) -> None:
         if self.phase is Phase.HANDSHAKE:
@@ -720,7 +807,9 @@ class Sender:
         self._last_sent = {}
         self._lost = set()
         self._held = set()
+        self._held_at = {}
         self._next = group
+        self._next_at = self._order
         self._cursor = None
         self._probe = None
         self._echo_floor = -1
@@ -757,9 +846,21 @@ class Sender:
             for chunk in range(self._chunks(old)):
                 self._last_sent.pop((old, chunk), None)
         self._next = group
+        self._next_at = self._order
         self._held = set()
+        self._held_at = {}
         if self._cursor is not None and self._cursor < (group, 0):
             self._cursor = (group, 0) if group < self._end() else None
+
+    def _rewind_to(self, group: int) -> None:
+        """A status made after the claim that moved the sender past ``group``
+        shows the device still on it: the claim was false; resume from there."""
+        self._stats["false_claims"] += 1
+        self._next = group
+        self._held = set()
+        self._held_at = {}
+        self._lost = {u for u in self._lost if u[0] >= group}
+        self._cursor = (group, 0)
 
     def _pick(self) -> Unit | None:
         """The next unit to send: the lowest lost one, else the next never sent;
@@ -820,7 +921,9 @@ class Sender:
         if prev is not None:
             self._stats["retransmits"] += 1
         self._order += 1
-        rec = _Sent(self._order, now, prev.count + 1 if prev else 1)
+        rec = _Sent(
+            self._order, now, prev.count + 1 if prev else 1, prev.first if prev else self._order
+        )
         self._inflight.pop(unit, None)
         self._inflight[unit] = rec
         self._last_sent[unit] = rec

@@ -36,7 +36,7 @@ from otaferry.protocol.frames import (
     Status,
     decode_frame,
 )
-from otaferry.protocol.session import Completed, Progress
+from otaferry.protocol.session import Accepted, Completed, Failed, Progress
 from otaferry.tools.bench import campaign as C
 from test_frames import frames as any_frame
 
@@ -165,6 +165,64 @@ def test_frames_at_any_point_of_a_session(
         assert again.of(Completed), C.outcome(again.events)
         assert C.slot_bytes(dev, 1, len(prog.new)) == prog.new
         assert audit.stray == []
+
+
+FORGED_STATUS = bytes.fromhex("940700ccffc400")  # STATUS segment 0, "chunks 0..254 held"
+
+
+def test_a_forged_claim_is_reconciled_and_the_session_completes(
+    tmp_path: Path, fuzz_device: Path
+) -> None:
+    """Issue [E] 1: this one plaintext frame, six steps into a session, once made the
+    Sender believe segment 0 held and loop for ever (220,038 frames, 0 timeouts).
+    A later status made after the claim contradicts it; the chunks go again."""
+    assert decode_frame(FORGED_STATUS) == Status(0, 255, b"")
+    prog = C.firmware("programmer")
+    work = tmp_path / "f.bin"
+    shutil.copy(fuzz_device, work)
+    with Device(str(work)) as dev:
+        link = C.Link(C.make_sender(prog.full, mtu=64, window=8, session_id=77),
+                      RX.Receiver(dev, mtu=64))  # fmt: skip
+        for _ in range(6):
+            link.step()
+        link.to_sender(FORGED_STATUS)
+        link.run(5000)
+        assert not link.stalled and link.of(Completed), C.outcome(link.events)
+        assert link.sender.stats.false_claims > 0
+        assert link.sender.stats.frames_sent < 2 * len(prog.full) // 40
+        assert C.slot_bytes(dev, 1, len(prog.new)) == prog.new
+
+
+def test_a_device_that_answers_but_never_stores_ends_the_session_in_bounded_rounds(
+    tmp_path: Path, fuzz_device: Path
+) -> None:
+    """The progress watchdog: a device that answers every poll (so the link looks
+    alive and the give-up count keeps restarting) but never stores a chunk. The
+    session must fail with TIMEOUT after a bounded number of rounds."""
+    prog = C.firmware("programmer")
+    work = tmp_path / "f.bin"
+    shutil.copy(fuzz_device, work)
+    with Device(str(work)) as dev:
+        rx = RX.Receiver(dev, mtu=64)
+        sender = C.make_sender(prog.full, mtu=64, window=8, session_id=77)
+        link = C.Link(sender, rx)
+        while not link.of(Accepted):
+            assert link.step()
+        link.rx = None  # from now on the "device" below answers
+
+        def answer_without_storing(body: bytes) -> None:
+            frame = decode_frame(body)
+            if isinstance(frame, Data) and frame.poll:
+                link.to_sender(Status(frame.segment, 0, b"", (frame.segment, frame.chunk)).encode())
+
+        link.to_device = answer_without_storing  # type: ignore[method-assign]
+        link.run(50_000)
+        assert not link.stalled
+        failed = link.of(Failed)
+        assert failed and failed[0].reason == Reason.TIMEOUT, C.outcome(link.events)
+        assert "no progress" in failed[0].message
+        assert sender.stats.timeouts == 0  # the link never went silent: the watchdog ended it
+        assert sender.stats.stalls > 0 and sender.stats.frames_sent < 2000
 
 
 # ------------------------------------------------------------------ secure layer

@@ -28,6 +28,7 @@ from .mutations import (
 MUTATIONS = {
     "bitflip": 20, "truncate": 8, "extend": 5, "splice": 8, "field": 25,
     "random_array": 15, "replay": 8, "reflect": 3, "random_bytes": 5, "blob": 3,
+    "claim": 6,
 }  # fmt: skip
 
 
@@ -88,7 +89,23 @@ class Mutator:
             return kind, [rng.choice(own.down if up else own.up)]
         if kind == "random_bytes":
             return kind, [rng.randbytes(rng.randrange(80))]
+        if kind == "claim":
+            return kind, [self._claim()] if not up else [rng.choice(pool)]
         return kind, self._offer(session_id, mtu) if up else self._hello(session_id, mtu)
+
+    def _claim(self) -> bytes:
+        """A well-formed STATUS that claims what the device may not hold: chunks
+        of a segment near the session's (all below ``base``, or a bitmap), with
+        or without an echo. The sender must not believe it for ever (issue [E]:
+        one such frame once kept a session running without end)."""
+        rng = self.rng
+        segment = rng.choice([-1, 0, 0, 1, 2, rng.randrange(8)])
+        base = rng.choice([0, 8, 64, 255, 0xFFFF, rng.randrange(300)])
+        bitmap = bytes(
+            rng.choice([0xFF, 0xF0, rng.randrange(256)]) for _ in range(rng.randrange(12))
+        )
+        echo = [] if rng.random() < 0.5 else [segment, rng.randrange(300)]
+        return pack([DF.STATUS, segment, base, bitmap, *echo])
 
     def _mutated(self, blob: bytes, rounds: int) -> bytes:
         """A msgpack array (a frame, a HELLO or OFFER blob) after ``rounds`` field changes."""
