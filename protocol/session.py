@@ -43,17 +43,15 @@ import hashlib
 import io
 import math
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from .artifact import ArtifactReader
-from .errors import DecodeError, IntegrityError, ProtocolError, Reason
+from .errors import DecodeError, ProtocolError, Reason
 from .frames import (
     NO_SESSION,
     OFFER_SEGMENT,
-    SIGNATURE_SIZE,
     Abort,
     Accept,
     Commit,
@@ -62,7 +60,6 @@ from .frames import (
     Hello,
     HelloInfo,
     Offer,
-    OfferBlob,
     Query,
     Reject,
     Status,
@@ -72,7 +69,8 @@ from .frames import (
     split_blob,
     truncate_message,
 )
-from .manifest import PAYLOAD_DELTA, PAYLOAD_FULL, Manifest, segment_check
+from .manifest import PAYLOAD_DELTA, PAYLOAD_FULL, Manifest
+from .shared_artifact import Artifact
 
 __all__ = [
     "MIN_MTU",
@@ -108,6 +106,9 @@ class DeviceInfo:
 
     info: HelloInfo
     resume_from: int | None
+    update_id: bytes = field(default=b"", compare=False)
+    device_id: bytes | None = field(default=None, compare=False)
+    job_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,9 @@ class Accepted:
     """The device verified the signed manifest and will take data from ``next_segment``."""
 
     next_segment: int
+    update_id: bytes = field(default=b"", compare=False)
+    device_id: bytes | None = field(default=None, compare=False)
+    job_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,9 @@ class Progress:
     total_bytes: int
     segments_done: int
     segments_total: int
+    update_id: bytes = field(default=b"", compare=False)
+    device_id: bytes | None = field(default=None, compare=False)
+    job_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +142,9 @@ class Rejected:
     reason: Reason
     message: str
     local: bool = False
+    update_id: bytes = field(default=b"", compare=False)
+    device_id: bytes | None = field(default=None, compare=False)
+    job_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +154,9 @@ class Completed:
     total_bytes: int
     segments_total: int
     resumed_from: int
+    update_id: bytes = field(default=b"", compare=False)
+    device_id: bytes | None = field(default=None, compare=False)
+    job_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +165,14 @@ class Failed:
 
     reason: Reason
     message: str
+    update_id: bytes = field(default=b"", compare=False)
+    device_id: bytes | None = field(default=None, compare=False)
+    job_id: str | None = field(default=None, compare=False)
 
 
+# Every event also names its session: ``update_id`` (the update's id), ``device_id``
+# (once the device said HELLO) and ``job_id`` (when the caller gave one). They do
+# not take part in ``==``, so an event compares by what it says.
 Event: TypeAlias = DeviceInfo | Accepted | Progress | Rejected | Completed | Failed
 
 
@@ -307,15 +326,13 @@ class Sender:
     ``max_restarts``: how often the device may lose the session (reset, power
     cut) and have it re-established from its HELLO, within this Sender.
     ``precheck``: refuse locally (``Rejected(local=True)``) what the HELLO shows
-    the device would refuse. ``check_segments``: hash every segment against the
-    manifest first (off only to test the device's own check).
+    the device would refuse. ``job_id``: the caller's name for the job, carried
+    by every event (with the update id, and the device id once it said HELLO).
     """
 
     def __init__(
         self,
-        manifest_bytes: bytes,
-        signature: bytes,
-        segments: Sequence[bytes],
+        artifact: Artifact,
         *,
         mtu: int,
         window: int,
@@ -329,23 +346,19 @@ class Sender:
         max_stalls: int | None = None,
         max_restarts: int = 3,
         precheck: bool = True,
-        check_segments: bool = True,
+        job_id: str | None = None,
+        paced: bool = False,
     ) -> None:
-        self.manifest_bytes = bytes(manifest_bytes)
-        self.manifest = Manifest.decode(self.manifest_bytes)
-        self.signature = bytes(signature)
-        if len(self.signature) != SIGNATURE_SIZE:
-            raise DecodeError(f"signature has {len(self.signature)} bytes, expected 64")
-        self._segments = [bytes(s) for s in segments]
-        if len(self._segments) != self.manifest.segment_count:
-            raise ProtocolError(
-                f"{len(self._segments)} segments given, manifest lists "
-                f"{self.manifest.segment_count}",
-                Reason.MALFORMED,
-            )
-        for i, (seg, entry) in enumerate(zip(self._segments, self.manifest.segments, strict=True)):
-            if len(seg) != entry.length or (check_segments and segment_check(seg) != entry.check):
-                raise IntegrityError(f"segment {i} does not match the manifest", index=i)
+        if not isinstance(artifact, Artifact):
+            raise TypeError("Sender takes an Artifact (Artifact.parse(ota_bytes), shared)")
+        self.artifact = artifact
+        self.manifest_bytes = artifact.manifest_bytes
+        self.manifest = artifact.manifest
+        self.signature = artifact.signature
+        self._segments = artifact.segments
+        self.job_id = job_id
+        self._paced = paced
+        self._pending: deque[_Sent | None] = deque()
         if mtu < MIN_MTU:
             raise ProtocolError(f"mtu {mtu} is below the minimum {MIN_MTU}", Reason.RESOURCE_LIMIT)
         if window < 1:
@@ -363,7 +376,7 @@ class Sender:
             raise ProtocolError("need 0 < min_rto <= rto <= max_rto", Reason.MALFORMED)
         self.mtu = mtu
         self.window = window
-        self.uid = hashlib.sha256(self.manifest_bytes).digest()[:16]
+        self.uid = artifact.update_id
         if session_id is None:
             seed = b"otaferry/session\x00%s%d,%d,%d" % (self.uid, mtu, window, chunk_size or 0)
             session_id = int.from_bytes(hashlib.sha256(seed).digest()[:4], "little") or 1
@@ -379,11 +392,10 @@ class Sender:
         self._max_restarts = max_restarts
         self._precheck = precheck
         self._poll_every = max(1, (window + 1) // 2)
+        self._loss = 0.0
         self._lookahead = lookahead
         self._n = self.manifest.segment_count
-        self._prefix = [0]
-        for seg in self._segments:
-            self._prefix.append(self._prefix[-1] + len(seg))
+        self._prefix = artifact.prefix
 
         self.phase = Phase.HANDSHAKE
         self.info: HelloInfo | None = None
@@ -430,11 +442,18 @@ class Sender:
         """True once the session is over (completed, rejected or failed)."""
         return self.phase not in _ACTIVE
 
+    def _ids(self) -> dict[str, Any]:
+        """The session's names that every event carries."""
+        device = self.info.device_id if self.info is not None else None
+        return {"update_id": self.uid, "device_id": device, "job_id": self.job_id}
+
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        return self._deadline if self.phase in _ACTIVE else None
+        if self._pending or self.phase not in _ACTIVE:
+            return None
+        return self._deadline
 
     def abort(self, reason: Reason = Reason.ABORTED, message: str = "aborted by the host") -> None:
         """End the session now: an ABORT goes out with the next datagrams."""
@@ -442,9 +461,13 @@ class Sender:
             self._fail(reason, message)
 
     def datagrams_to_send(self, now: float) -> list[bytes]:
+        """The frames to send now, in order. With ``paced``, report each one's
+        departure with :meth:`departed` once the medium has let it go."""
         out: list[bytes] = []
+        recs: list[_Sent | None] = []
         if self._control is not None:
             out.append(self._control)
+            recs.append(None)
             self._control = None
             if self.phase in _ACTIVE:
                 self._deadline = now + self._rto
@@ -453,11 +476,13 @@ class Sender:
             if self._probe is not None:
                 last, self._probe = self._probe, None
                 out.append(self._send_unit(last, now, poll=True))
+                recs.append(self._inflight[last])
             while len(self._inflight) < self.window:
                 picked = self._pick()
                 if picked is None:
                     break
                 out.append(self._send_unit(picked, now, poll=False))
+                recs.append(self._inflight[picked])
                 last = picked
             if last is not None and self._inflight[last].order not in self._polls:
                 # The newest frame in flight always asks for an answer: then a
@@ -468,9 +493,38 @@ class Sender:
                 self._polls[self._inflight[last].order] = self._inflight[last].time
             if last is not None or self._deadline is None:
                 self._deadline = self._wait_base(now) + self._rto
+        if self._paced:
+            self._pending.extend(recs)
         self._stats["frames_sent"] += len(out)
         self._stats["bytes_sent"] += sum(map(len, out))
         return out
+
+    def departed(self, now: float) -> None:
+        """(``paced``) The oldest frame handed out and not yet reported left at ``now``.
+
+        Its send time, for round-trip samples and for the retransmit deadline, is
+        this departure, not the handover: time spent waiting for the medium's
+        budget (air time, a busy line) is neither round trip nor loss. While any
+        frame waits to leave there is no timer: nothing sent is overdue yet.
+        """
+        if not self._pending:
+            return
+        rec = self._pending.popleft()
+        if self.phase not in _ACTIVE:
+            return
+        if rec is None:  # QUERY / COMMIT / ABORT
+            self._deadline = now + self._rto
+            return
+        rec.time = now
+        if rec.order in self._polls:
+            self._polls[rec.order] = now
+        if self.phase in (Phase.OFFER, Phase.DATA):
+            self._deadline = self._wait_base(now) + self._rto
+
+    @property
+    def waiting_to_leave(self) -> int:
+        """Frames handed out that the driver has not reported departed."""
+        return len(self._pending)
 
     def handle_timer(self, now: float) -> None:
         if self._deadline is None or now < self._deadline or self.phase not in _ACTIVE:
@@ -567,7 +621,7 @@ class Sender:
     def _on_info(self, info: HelloInfo, now: float) -> None:
         self.info = info
         resume = info.resume_next if info.resume_uid == self.uid else None
-        self._events.append(DeviceInfo(info, resume))
+        self._events.append(DeviceInfo(info, resume, **self._ids()))
         if self._precheck:
             problem = precheck(self.manifest, info)
             if problem is not None:
@@ -581,7 +635,7 @@ class Sender:
         if size < 1:
             self._reject_locally(Reason.RESOURCE_LIMIT, f"no DATA frame fits a {mtu}-byte mtu")
             return
-        blob = OfferBlob(size, self.manifest_bytes, self.signature).encode()
+        blob = self.artifact.offer_blob(size)
         if self._precheck and len(blob) > info.max_offer:
             self._reject_locally(
                 Reason.RESOURCE_LIMIT,
@@ -612,7 +666,7 @@ class Sender:
             self._held = frame.held(self._chunks(nxt))
             self._held_at = dict.fromkeys(self._held, self._order)
             self._cursor = (nxt, 0)
-        self._events.append(Accepted(nxt))
+        self._events.append(Accepted(nxt, **self._ids()))
         self._report_progress()
         self._deadline = now + self._rto
         if nxt == self._n:
@@ -674,12 +728,15 @@ class Sender:
                 self._inflight.pop((group, chunk), None)
                 self._lost.discard((group, chunk))
         if fresh is not None:
+            lost = 0
             for unit, rec in list(self._inflight.items()):
                 if rec.order > fresh.order:
                     break
                 if not self._is_held(unit):
                     del self._inflight[unit]
                     self._lost.add(unit)
+                    lost += 1
+            self._adapt_cadence(lost, len(new))
         if progressed:
             self._stalls = 0
             self._deadline = self._wait_base(now) + self._rto
@@ -691,6 +748,22 @@ class Sender:
             self._report_progress()
             if self._next == self._n:
                 self._enter_commit()
+
+    def _adapt_cadence(self, lost: int, acked: int) -> None:
+        """Ask for statuses more often as loss rises: each status repairs the
+        holes before it, and a lost poll costs a whole timeout. Lossless: every
+        half window (SPEC 8.3); the interval shrinks to a quarter of that at
+        >= 25 % loss (an EWMA over statuses of the units each one judged)."""
+        judged = lost + acked
+        if judged:
+            self._loss = 0.8 * self._loss + 0.2 * (lost / judged)
+        half = max(1, (self.window + 1) // 2)
+        self._poll_every = max(1, round(half * (1 - min(0.75, 3 * self._loss))))
+
+    @property
+    def loss_estimate(self) -> float:
+        """The sender's running estimate of the fraction of frames lost."""
+        return self._loss
 
     def _complete(self, size: int) -> bool:
         """Whether a STATUS of ``size`` bytes carries its segment's whole bitmap:
@@ -742,7 +815,7 @@ class Sender:
         reason, prefix = _reason(frame.reason)
         self.phase = Phase.REJECTED
         self._deadline = None
-        self._events.append(Rejected(reason, prefix + frame.message))
+        self._events.append(Rejected(reason, prefix + frame.message, **self._ids()))
 
     def _on_done(self) -> None:
         if self.phase is not Phase.COMMIT:
@@ -750,7 +823,7 @@ class Sender:
             return
         self.phase = Phase.DONE
         self._deadline = None
-        self._events.append(Completed(self._prefix[-1], self._n, self._resumed_from))
+        self._events.append(Completed(self._prefix[-1], self._n, self._resumed_from, **self._ids()))
 
     def _on_abort(self, frame: Abort, now: float) -> None:
         if frame.reason == Reason.BAD_STATE:
@@ -786,14 +859,14 @@ class Sender:
         self.phase = Phase.REJECTED
         self._deadline = None
         self._control = self._abort_frame(reason, message)
-        self._events.append(Rejected(reason, message, local=True))
+        self._events.append(Rejected(reason, message, local=True, **self._ids()))
 
     def _fail(self, reason: Reason, message: str, *, send_abort: bool = True) -> None:
         self.phase = Phase.FAILED
         self._deadline = None
         self._probe = None
         self._control = self._abort_frame(reason, message) if send_abort else None
-        self._events.append(Failed(reason, message))
+        self._events.append(Failed(reason, message, **self._ids()))
 
     def _abort_frame(self, reason: Reason, message: str) -> bytes:
         limit = self.mtu if self.info is None else min(self.mtu, self.info.max_frame)
@@ -969,5 +1042,7 @@ class Sender:
         if confirmed != self._confirmed:
             self._confirmed = confirmed
             self._events.append(
-                Progress(confirmed, self._prefix[-1], min(self._next, self._n), self._n)
+                Progress(
+                    confirmed, self._prefix[-1], min(self._next, self._n), self._n, **self._ids()
+                )
             )

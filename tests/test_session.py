@@ -59,6 +59,7 @@ from otaferry.protocol.session import (
     split_artifact,
     window_for,
 )
+from otaferry.protocol.shared_artifact import Artifact
 from paths import (
     ESP8266_V110,
     ESP8266_V194,
@@ -269,7 +270,7 @@ def sender_for(artifact: bytes, **kw: Any) -> Sender:
     kw.setdefault("mtu", 1024)
     kw.setdefault("window", 8)
     kw.setdefault("rto", 0.5)
-    return Sender(manifest, signature, segments, **kw)
+    return Sender(Artifact.from_parts(manifest, signature, segments), **kw)
 
 
 def passive_bytes(path: Path, size: int) -> bytes:
@@ -635,13 +636,14 @@ def test_corrupt_segment_is_rejected_by_the_device(tmp_path: Path, pristine: Pat
     manifest, signature, segments = split_artifact(art)
     bad = [segments[0], _flip(segments[1], 100), segments[2]]
     with pytest.raises(IntegrityError):  # the sender checks what it is given ...
-        Sender(manifest, signature, bad, mtu=1024, window=4)
+        Sender(Artifact.from_parts(manifest, signature, bad), mtu=1024, window=4)
     flash = fresh(pristine, tmp_path / "f.bin")  # ... unless told not to; the device checks too
     up, down = lines()
     decoded: list[int] = []
     with Device(str(flash)) as dev:
         rx = RX.Receiver(dev, decode_hook=decoded.append)
-        sender = Sender(manifest, signature, bad, mtu=1024, window=4, check_segments=False)
+        unchecked = Artifact.from_parts(manifest, signature, bad, check_segments=False)
+        sender = Sender(unchecked, mtu=1024, window=4)
         sim = Sim(sender, rx, up, down).run()
         assert dev.info()["next_boot_slot"] == 0
     assert [r.reason for r in sim.of(Rejected)] == [Reason.SEGMENT_CORRUPT]
@@ -896,3 +898,56 @@ def _measure() -> None:  # pragma: no cover - run by hand: python tests/test_ses
 
 if __name__ == "__main__":  # pragma: no cover
     _measure()
+
+
+# --- pacing: a frame's send time is when it leaves -------------------------------
+
+
+def test_paced_sender_times_frames_from_their_departure(tmp_path: Path, pristine: Path,
+                                                        programmer: Firmware) -> None:
+    """Frames that wait for air time are neither round trip nor loss: no timer runs
+    while any frame waits to leave, the deadline counts from the departure, and
+    the RTT sample excludes the wait (issue [E] 3)."""
+    _old, _new, art = programmer
+    with Device(str(fresh(pristine, tmp_path / "f.bin"))) as dev:
+        rx = RX.Receiver(dev, mtu=1024)
+        sender = sender_for(art, window=4, paced=True, rto=0.5)
+        now = 0.0
+        for body in sender.datagrams_to_send(now):  # QUERY
+            sender.departed(now)
+            for reply in rx.receive_frame(body, now):
+                sender.receive_frame(reply, now)
+        while sender.phase is not Phase.DATA:
+            for body in sender.datagrams_to_send(now):
+                sender.departed(now)
+                for reply in rx.receive_frame(body, now):
+                    sender.receive_frame(reply, now)
+        batch = sender.datagrams_to_send(now)
+        assert len(batch) >= 2 and sender.waiting_to_leave == len(batch)
+        assert sender.get_timer() is None  # nothing has left: nothing is overdue
+        replies = []
+        for i, body in enumerate(batch):  # the medium lets one frame go every 100 s
+            leave = now + 100.0 * (i + 1)
+            sender.departed(leave)
+            replies += [(leave + 0.01, r) for r in rx.receive_frame(body, leave)]
+        assert sender.waiting_to_leave == 0
+        assert sender.get_timer() == pytest.approx(100.0 * len(batch) + 0.5)
+        for t, reply in replies:
+            sender.receive_frame(reply, t)
+        assert sender.stats.srtt is not None and sender.stats.srtt < 0.1
+        assert sender.stats.timeouts == 0
+
+
+def test_events_name_the_update_the_device_and_the_job(tmp_path: Path, pristine: Path,
+                                                       programmer: Firmware) -> None:
+    _old, _new, art = programmer
+    with Device(str(fresh(pristine, tmp_path / "f.bin"))) as dev:
+        up, down = lines()
+        sim = Sim(sender_for(art, job_id="job-7"), RX.Receiver(dev), up, down).run()
+        device_id = dev.info()["device_id"]
+    assert sim.of(Completed)
+    uid = hashlib.sha256(split_artifact(art)[0]).digest()[:16]
+    for event in sim.events:
+        assert event.update_id == uid and event.job_id == "job-7"
+        assert event.device_id is not None and event.device_id.hex() == device_id
+    assert sim.of(Accepted)[0] == Accepted(0)  # the names take no part in ==

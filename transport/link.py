@@ -5,6 +5,8 @@ stream: delimiting, checking and dropping damaged frames happen below it. The
 contract, checked for every implementation by ``tests/test_links.py``:
 
 - ``mtu``: the largest frame body ``send`` accepts, in bytes.
+- ``pacing``: the medium's budget (``protocol/pacing.py``): ``send`` returns
+  once the frame has left as the budget allows, so a caller stamps departures.
 - ``await send(frame)``: queue one frame of 1..mtu bytes for the peer. It may
   wait for room (flow control) but not for the peer to receive it. A frame is
   delivered whole or not at all; links may lose frames (UART noise, LoRa) but
@@ -28,11 +30,16 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Generic, Self, TypeVar
 
 from ..protocol.errors import ClosedError, Reason, TransportError
+from ..protocol.pacing import Pacing, Unlimited
 
 ErrorFactory = Callable[[], TransportError]
+T = TypeVar("T")
+
+
+_UNLIMITED = Unlimited()
 
 
 class Link(abc.ABC):
@@ -42,6 +49,12 @@ class Link(abc.ABC):
     @abc.abstractmethod
     def mtu(self) -> int:
         """Largest frame body, in bytes, that :meth:`send` accepts."""
+
+    @property
+    def pacing(self) -> Pacing:
+        """The medium's budget (``protocol/pacing.py``); ``send`` already obeys it,
+        this says how fast the medium is (window sizing, first timeouts)."""
+        return _UNLIMITED
 
     @abc.abstractmethod
     async def send(self, frame: bytes) -> None: ...
@@ -81,8 +94,9 @@ def check_frame(frame: bytes, mtu: int) -> bytes:
     return data
 
 
-class FrameInbox:
-    """Frames waiting to be received, and the error that ends the wait.
+class Inbox(Generic[T]):
+    """Items (frames; for a hub, (peer, frame) pairs) waiting to be received,
+    and the error that ends the wait.
 
     Any number of coroutines may wait in :meth:`get`. :meth:`fail` ends the
     inbox: with ``drain=True`` (the peer went away) frames already queued are
@@ -92,7 +106,7 @@ class FrameInbox:
     """
 
     def __init__(self) -> None:
-        self._frames: deque[bytes] = deque()
+        self._frames: deque[T] = deque()
         self._error: ErrorFactory | None = None
         self._drain = True
         self._changed = asyncio.Event()
@@ -104,7 +118,7 @@ class FrameInbox:
     def failed(self) -> bool:
         return self._error is not None
 
-    def put(self, frame: bytes) -> None:
+    def put(self, frame: T) -> None:
         if self._error is None:
             self._frames.append(frame)
             self._changed.set()
@@ -118,7 +132,7 @@ class FrameInbox:
             self._frames.clear()
         self._changed.set()
 
-    async def get(self) -> bytes:
+    async def get(self) -> T:
         while True:
             if self._frames:
                 return self._frames.popleft()
@@ -126,6 +140,10 @@ class FrameInbox:
                 raise self._error()
             self._changed.clear()
             await self._changed.wait()
+
+
+class FrameInbox(Inbox[bytes]):
+    """An inbox of frame bodies."""
 
 
 class MemoryLink(Link):

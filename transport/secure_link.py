@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 
 from ..protocol.errors import ClosedError, Reason, RemoteError, TimeoutError_
+from ..protocol.pacing import Pacing
 from ..protocol.secure import OVERHEAD, Initiator, RecordKind, SecureChannel, record_kind
 from ..protocol.x25519keys import LinkPrivateKey, LinkPublicKey
 from .link import Link, check_frame
@@ -69,6 +70,10 @@ class SecureLink(Link):
     @property
     def mtu(self) -> int:
         return self.inner.mtu - OVERHEAD
+
+    @property
+    def pacing(self) -> Pacing:
+        return self.inner.pacing
 
     async def handshake(self) -> None:
         """Run the KK handshake (MSG1 -> MSG2); raises RemoteError / TimeoutError_."""

@@ -26,9 +26,10 @@ import serial_asyncio
 
 from ..protocol.errors import ClosedError, Reason, TransportError
 from ..protocol.framing import DecoderStats, FrameDecoder, encode_frame, max_wire_size
+from ..protocol.pacing import LineRate, Pacing, Unlimited
 from .link import ErrorFactory, FrameInbox, Link, check_frame
 
-DEFAULT_MTU = 240
+DEFAULT_MTU = 1024
 CLOSE_TIMEOUT = 2.0
 """Seconds a graceful close may spend flushing before the port is aborted."""
 
@@ -178,7 +179,10 @@ class SerialLink(Link):
         *,
         port: str,
         mtu: int,
+        pacing: Pacing,
     ) -> None:
+        self._pacing = pacing
+        self._tx = asyncio.Lock()
         self._transport = transport
         self._protocol = protocol
         self._inbox = inbox
@@ -193,9 +197,16 @@ class SerialLink(Link):
         baudrate: int = 115200,
         *,
         mtu: int = DEFAULT_MTU,
+        pace: bool = True,
         **serial_options: Any,
     ) -> SerialLink:
         """Open ``url`` (any pyserial URL) at ``baudrate``; extra options go to pyserial.
+
+        ``mtu``: the largest frame body (default 1024, what the CLI and the device
+        use). ``pace``: hand frames to the port no faster than ``baudrate`` (8N1:
+        ten bits a byte) carries them, one frame ahead of the wire, so ``send``
+        returns about when a frame starts on the line and the sender's send times
+        are departures; off for ports that pace themselves.
 
         Failures (no such port, permission, bad settings) raise
         :class:`TransportError` naming the port.
@@ -229,7 +240,14 @@ class SerialLink(Link):
             transport = serial_transport
         else:
             transport = _ThreadedPort(ser, protocol, loop, url)
-        return cls(transport, protocol, inbox, port=url, mtu=mtu)
+        pacing: Pacing = Unlimited()
+        if pace:
+            pacing = LineRate(
+                baudrate / 10,
+                burst=max_wire_size(mtu),
+                overhead=lambda n: max_wire_size(n) - n,
+            )
+        return cls(transport, protocol, inbox, port=url, mtu=mtu, pacing=pacing)
 
     def __repr__(self) -> str:
         return f"SerialLink({self._port!r}, mtu={self._mtu})"
@@ -241,6 +259,10 @@ class SerialLink(Link):
     @property
     def port(self) -> str:
         return self._port
+
+    @property
+    def pacing(self) -> Pacing:
+        return self._pacing
 
     @property
     def stats(self) -> DecoderStats:
@@ -256,7 +278,13 @@ class SerialLink(Link):
         data = check_frame(frame, self._mtu)
         if self._protocol.error is not None:
             raise self._protocol.error()
-        self._transport.write(encode_frame(data))
+        async with self._tx:  # one frame at a time through the budget
+            loop = asyncio.get_running_loop()
+            wait = self._pacing.delay(len(data), loop.time())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._transport.write(encode_frame(data))
+            self._pacing.spend(len(data), loop.time())
         await self._protocol.drain()
         if self._closed:
             raise self._closed_error()

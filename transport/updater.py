@@ -46,9 +46,9 @@ from ..protocol.session import (
     Failed,
     Rejected,
     Sender,
-    split_artifact,
     window_for,
 )
+from ..protocol.shared_artifact import Artifact
 from .link import Link
 
 __all__ = ["PushOptions", "Updater", "choose_artifact"]
@@ -56,10 +56,12 @@ __all__ = ["PushOptions", "Updater", "choose_artifact"]
 
 @dataclass(frozen=True, slots=True)
 class PushOptions:
-    """Knobs of one push. ``window`` None: sized from ``line_rate`` and ``rtt``."""
+    """Knobs of one push. ``window`` None: sized from the line rate and ``rtt``;
+    ``line_rate`` None: the link's own (``link.pacing.line_rate``: a SerialLink
+    knows its baud rate), else 11,520 bytes/s (115200 baud, 10 bits a byte)."""
 
     window: int | None = None
-    line_rate: float = 11_520.0  # bytes/s: 115200 baud, 10 bits a byte
+    line_rate: float | None = None
     rtt: float = 0.06
     rto: float = 1.0
     max_retries: int = 8
@@ -67,25 +69,28 @@ class PushOptions:
 
 
 def choose_artifact(
-    candidates: Sequence[bytes], info: HelloInfo, *, allow_full: bool = True
-) -> bytes:
+    candidates: Sequence[bytes | Artifact], info: HelloInfo, *, allow_full: bool = True
+) -> bytes | Artifact:
     """The artifact to send a device that said ``info``: the smallest delta whose
     base is the image it runs, else (if allowed) the smallest full image.
 
     Raises RemoteError(WRONG_BASE) when no delta fits and full images are not
     allowed (metered links), or when there is nothing for this device at all.
     """
-    deltas: list[tuple[int, bytes]] = []
-    fulls: list[tuple[int, bytes]] = []
+    deltas: list[tuple[int, bytes | Artifact]] = []
+    fulls: list[tuple[int, bytes | Artifact]] = []
     for ota in candidates:
-        m = ArtifactReader(io.BytesIO(ota)).manifest  # the header only: no segment hashing
+        if isinstance(ota, Artifact):
+            m, size = ota.manifest, ota.payload_size
+        else:  # the header only: no segment hashing
+            m, size = ArtifactReader(io.BytesIO(ota)).manifest, len(ota)
         if info.hw not in m.hw or m.chip != info.chip:
             continue
         if m.payload_kind == PAYLOAD_DELTA:
             if m.base_sha256 == info.running_sha256 and m.codec in info.codecs:
-                deltas.append((len(ota), ota))
+                deltas.append((size, ota))
         else:
-            fulls.append((len(ota), ota))
+            fulls.append((size, ota))
     if deltas:
         return min(deltas, key=lambda t: t[0])[1]
     if fulls and allow_full:
@@ -125,34 +130,46 @@ class Updater:
     ) -> None:
         return None
 
-    def _sender(self, ota: bytes) -> Sender:
-        manifest_bytes, signature, segments = split_artifact(ota)
+    def window(self) -> int:
+        """The window for this link: the option, else sized from the line rate."""
         o = self.options
-        window = o.window or window_for(o.line_rate, o.rtt, self.link.mtu)
+        if o.window is not None:
+            return o.window
+        pacing = self.link.pacing
+        rate = o.line_rate or pacing.line_rate or 11_520.0
+        return window_for(rate, max(o.rtt, pacing.rtt_floor), self.link.mtu)
+
+    def _sender(self, ota: bytes | Artifact, job_id: str | None) -> Sender:
+        o = self.options
         return Sender(
-            manifest_bytes,
-            signature,
-            segments,
+            Artifact.of(ota),
             mtu=self.link.mtu,
-            window=window,
+            window=self.window(),
             session_id=secrets.randbits(32) or 1,
             rto=o.rto,
             max_retries=o.max_retries,
             max_restarts=o.max_restarts,
+            job_id=job_id,
+            paced=True,
         )
 
-    async def events(self, ota: bytes) -> AsyncGenerator[Event, None]:
-        """Push ``ota`` (the .ota file's bytes), yielding every session event.
+    async def events(
+        self, ota: bytes | Artifact, *, job_id: str | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """Push ``ota`` (an :class:`Artifact`, shared by any number of pushes, or
+        the .ota file's bytes), yielding every session event; each names the
+        update, the device (once it said HELLO) and ``job_id``.
 
         The last event is :class:`Completed`; a refusal or failure raises instead.
         """
-        sender = self._sender(ota)
+        sender = self._sender(ota, job_id)
         self.last_sender = sender
         link = self.link
         try:
             while True:
                 for body in sender.datagrams_to_send(self._clock()):
-                    await link.send(body)
+                    await link.send(body)  # returns once the frame has left
+                    sender.departed(self._clock())
                 while (event := sender.next_event()) is not None:
                     if isinstance(event, Rejected):
                         raise RemoteError(event.message, event.reason, local=event.local)
@@ -190,12 +207,19 @@ class Updater:
             async with asyncio.timeout(1.0):
                 for body in sender.datagrams_to_send(self._clock()):
                     await self.link.send(body)
+                    sender.departed(self._clock())
 
-    async def push(self, ota: bytes, on_event: Callable[[Event], None] | None = None) -> Completed:
+    async def push(
+        self,
+        ota: bytes | Artifact,
+        on_event: Callable[[Event], None] | None = None,
+        *,
+        job_id: str | None = None,
+    ) -> Completed:
         """Push ``ota``; call ``on_event`` for every event; return the Completed event."""
         # aclosing: if on_event raises, the session is aborted now, not whenever
         # the generator happens to be finalised (maybe inside the next push).
-        async with contextlib.aclosing(self.events(ota)) as events:
+        async with contextlib.aclosing(self.events(ota, job_id=job_id)) as events:
             async for event in events:
                 if on_event is not None:
                     on_event(event)
@@ -203,7 +227,7 @@ class Updater:
                     return event
         raise OtaferryError("session ended without an outcome", Reason.BAD_STATE)
 
-    async def hello(self, ota: bytes) -> HelloInfo:
+    async def hello(self, ota: bytes | Artifact) -> HelloInfo:
         """Ask the device who it is (one QUERY / HELLO exchange), sending no data."""
         async with contextlib.aclosing(self.events(ota)) as events:
             async for event in events:
@@ -215,10 +239,11 @@ class Updater:
 
     async def push_best(
         self,
-        candidates: Sequence[bytes],
+        candidates: Sequence[bytes | Artifact],
         *,
         allow_full: bool = True,
         on_event: Callable[[Event], None] | None = None,
+        job_id: str | None = None,
     ) -> Completed:
         """Pick the artifact for this device from its hello (delta if its base
         matches, else full unless ``allow_full`` is False) and push it."""
@@ -226,4 +251,4 @@ class Updater:
             raise OtaferryError("no artifacts given", Reason.MALFORMED)
         info = await self.hello(candidates[0])
         chosen = choose_artifact(candidates, info, allow_full=allow_full)
-        return await self.push(chosen, on_event)
+        return await self.push(chosen, on_event, job_id=job_id)

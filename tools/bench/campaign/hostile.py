@@ -23,6 +23,7 @@ from ....device_fw.reasons import DeviceError
 from ....protocol.errors import OtaferryError, Reason
 from ....protocol.frames import Query, Reject, decode_frame
 from ....protocol.session import Completed, Rejected, Sender, split_artifact
+from ....protocol.shared_artifact import Artifact
 from .audit import FlashAudit
 from .common import (
     RELEASES,
@@ -143,8 +144,8 @@ class HostileCampaign:
             return
         with self._judged(case, "link.bin", row) as dev:
             manifest, signature, segments = raw_split(case.art)
-            sender = Sender(manifest, signature, segments, mtu=256, window=8, rto=0.5,
-                            precheck=precheck, check_segments=False)  # fmt: skip
+            unchecked = Artifact.from_parts(manifest, signature, segments, check_segments=False)
+            sender = Sender(unchecked, mtu=256, window=8, rto=0.5, precheck=precheck)
             link = Link(sender, RX.Receiver(dev, mtu=256)).run()
             rejected = link.of(Rejected)
             if rejected:

@@ -8,7 +8,8 @@ from typing import Any
 
 from ....device_fw import receiver as RX
 from ....protocol.frames import Data, decode_frame
-from ....protocol.session import Completed, Event, Failed, Rejected, Sender, split_artifact
+from ....protocol.session import Completed, Event, Failed, Rejected, Sender
+from ....protocol.shared_artifact import Artifact
 from .audit import Guard
 from .common import reason_name
 
@@ -108,15 +109,14 @@ class Link:
 
 
 @functools.lru_cache(maxsize=32)
-def split_cached(art: bytes) -> tuple[bytes, bytes, list[bytes]]:
-    """split_artifact, once per artifact (the campaigns send the same few many times)."""
-    return split_artifact(art)
+def parsed(art: bytes) -> Artifact:
+    """The artifact parsed once (the campaigns send the same few many times)."""
+    return Artifact.parse(art)
 
 
 def make_sender(art: bytes, *, mtu: int = 1024, window: int = 4, **kw: Any) -> Sender:
-    manifest, signature, segments = split_cached(art)
     kw.setdefault("rto", 0.5)
-    return Sender(manifest, signature, segments, mtu=mtu, window=window, **kw)
+    return Sender(parsed(art), mtu=mtu, window=window, **kw)
 
 
 def outcome(events: list[Event]) -> str:

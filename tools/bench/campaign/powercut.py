@@ -32,7 +32,7 @@ from .common import (
     slot_digest,
     stray_text,
 )
-from .link import Link, outcome, split_cached
+from .link import Link, outcome, parsed
 from .powercut_legs import PHASES, CutResult, Leg, make_legs, pick_ops
 
 
@@ -55,7 +55,7 @@ class PowerCutCampaign:
         res = CutResult(leg.name, index)
         work = self.work / "work.bin"
         shutil.copy(leg.base, work)
-        uid = sha(split_cached(leg.art)[0])[:16]
+        uid = parsed(leg.art).update_id
         first: Link | None = None
         dev = Device(str(work), cut_at=index)
         audit = FlashAudit(dev, self.extent)
@@ -128,7 +128,7 @@ class PowerCutCampaign:
 
     def _rerun_offline(self, dev: Device, leg: Leg, done: int | None, res: CutResult) -> None:
         art = leg.art if leg.path == "offline" else self.fw.full
-        n = len(split_cached(art)[2])
+        n = len(parsed(art).segments)
         for attempt in (1, 2):
             res.rerun_attempts = attempt
             decoded: list[int] = []
@@ -148,7 +148,7 @@ class PowerCutCampaign:
     def _rerun_link(
         self, dev: Device, leg: Leg, done: int, index: int, old: Link | None, res: CutResult
     ) -> None:
-        n = len(split_cached(leg.art)[2])
+        n = len(parsed(leg.art).segments)
         decoded: list[int] = []
         rx = RX.Receiver(dev, mtu=leg.mtu, decode_hook=decoded.append)
         res.rerun_attempts = 1
