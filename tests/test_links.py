@@ -21,6 +21,7 @@ from otaferry.protocol.framing import FrameDecoder, encode_frame
 from otaferry.protocol.secure import OVERHEAD, Responder, SecureChannel
 from otaferry.protocol.x25519keys import LinkPrivateKey, LinkPublicKey
 from otaferry.transport.linesim import LineSim
+from otaferry.transport.hub import LinkHub, memory_hub
 from otaferry.transport.link import FrameInbox, Link, check_frame, memory_pair
 from otaferry.transport.secure_link import PROLOGUE, SecureLink
 from otaferry.transport.serial_link import SerialLink
@@ -184,10 +185,40 @@ def linesim_links(tmp_path: Path) -> PairFactory:
     return factory
 
 
-@pytest.fixture(params=["memory", "pty", "linesim", "secure"])
+@contextlib.asynccontextmanager
+async def hub_peer_links() -> AsyncIterator[Pair]:
+    """A peer's view of a MemoryHub (the gateway side) against that device's end;
+    a second device on the same hub is there too, and must not disturb it."""
+    hub = memory_hub([1, 2], mtu=MTU)
+    view = hub.link(1)
+    other = hub.link(2)
+    try:
+        yield view, hub.device(1)
+        assert other.closed is False
+    finally:
+        await hub.aclose()
+
+
+@contextlib.asynccontextmanager
+async def line_hub_links() -> AsyncIterator[Pair]:
+    """The one peer's view of a LinkHub over an in-memory pair."""
+    a, b = memory_pair(mtu=MTU)
+    hub = LinkHub(a, address="dev")
+    try:
+        yield hub.link("dev"), b
+    finally:
+        await hub.aclose()
+        await b.aclose()
+
+
+@pytest.fixture(params=["memory", "pty", "linesim", "secure", "hub-peer", "line-hub"])
 def make_pair(request: pytest.FixtureRequest, tmp_path: Path) -> PairFactory:
     if request.param == "memory":
         return memory_links
+    if request.param == "hub-peer":
+        return hub_peer_links
+    if request.param == "line-hub":
+        return line_hub_links
     if request.param == "secure":
         return secure_links
     if request.param == "pty":

@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "bench",
-        help="benchmarks: 'bench delta|artifact DIR', 'bench link [IMAGE]', 'bench campaign'",
+        help="benchmarks: 'bench delta|artifact DIR', 'bench link [IMAGE]', 'bench campaign', "
+        "'bench fleet [--sessions N]'",
         add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER)
@@ -295,13 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import artifact, campaign, delta, link
+    from .bench import artifact, campaign, delta, fleet, link
 
     benches = {
         "delta": delta.main,
         "artifact": artifact.main,
         "link": link.main,
         "campaign": campaign.main,
+        "fleet": fleet.main,
     }
     if not args.rest or args.rest[0] not in benches:
         print(f"usage: otaferry bench {{{','.join(benches)}}} [ARGS] [options]  (-h for each)")

@@ -1,0 +1,119 @@
+"""The device's main loop, sans-IO: packets (or bytes) and time in, packets
+(or bytes) out, and the next deadline.
+
+:class:`DeviceLoop` holds the device's whole link-side state: the secure
+endpoint (when the device has a link key) and the :class:`Receiver`. It does
+no I/O and reads no clock, so the same loop runs behind a UART (bytes framed
+with COBS + CRC: :class:`StreamLoop`), a LoRa modem (one packet per radio
+frame) or MQTT (one packet per message): the port code around it only moves
+bytes and passes ``now``.
+
+    loop = DeviceLoop(device, mtu=1024)
+    out = loop.start()                       # what to say at power-on
+    ...
+    out = loop.receive(packet, now)          # for every packet the medium delivers
+    deadline = loop.next_deadline()          # None: nothing to do until a packet
+"""
+
+from . import framing
+from .receiver import Receiver
+from .secure import OVERHEAD, SecureEndpoint
+
+# Bound into every handshake transcript; equal to transport/secure_link.PROLOGUE.
+LINK_PROLOGUE = b"otaferry/link/v1"
+
+
+class DeviceLoop:
+    """One device's link side: secure endpoint + receiver (see the module docstring).
+
+    ``mtu``: the largest packet the medium carries; with a secure endpoint the
+    receiver's frames are ``OVERHEAD`` bytes smaller. ``on_event(phase, stats)``
+    is told when the receiver's phase changes (for logging).
+    """
+
+    def __init__(self, device, mtu=1024, on_event=None):
+        self.device = device
+        self.packet_mtu = mtu
+        self.endpoint = None
+        if device.link_key() is not None:
+            self.endpoint = SecureEndpoint(
+                device.link_key(), device.gateways(), device.require_secure(), LINK_PROLOGUE
+            )
+            mtu -= OVERHEAD
+        self.receiver = Receiver(device, mtu=mtu)
+        self.on_event = on_event
+        self._phase = self.receiver.phase
+
+    def start(self):
+        """Packets to send at power-on: the HELLO of a device that may speak in
+        plaintext (a device that requires the channel says nothing unasked)."""
+        if self.endpoint is None or not self.endpoint.require_secure:
+            return list(self.receiver.announce())
+        return []
+
+    def next_deadline(self):
+        """When :meth:`tick` has work to do; None: only packets wake the device."""
+        return None
+
+    def tick(self, now):
+        return []
+
+    def receive(self, packet, now):
+        """Feed one packet; return the packets to send back, in order."""
+        out = []
+        body = packet
+        endpoint = self.endpoint
+        if endpoint is not None:
+            handshakes = endpoint.stats["handshakes"]
+            reply, body = endpoint.receive(packet)
+            if reply is not None:
+                out.append(reply)
+            if (
+                endpoint.stats["handshakes"] != handshakes
+                and endpoint.pending
+                and endpoint.channel is None
+            ):
+                # A new channel after a reset (none was running): say at once who
+                # we are and where we stand (session 0), so a sender whose session
+                # died with our power cut resumes now instead of after its
+                # backed-off timer. With a channel running, a MSG1 may be a replay
+                # or forgery: the session goes on untouched. Sealed: only the
+                # holder of the gateway static key can read it.
+                for hello in self.receiver.announce():
+                    out.append(endpoint.pending.seal(hello))
+            if body is None:
+                return out
+        for r in self.receiver.receive_frame(body, now):
+            out.append(endpoint.seal(r) if endpoint is not None else r)
+        if self.on_event is not None and self.receiver.phase != self._phase:
+            self._phase = self.receiver.phase
+            self.on_event(self._phase, dict(self.receiver.stats))
+        return out
+
+
+class StreamLoop:
+    """A :class:`DeviceLoop` behind a byte stream (a UART): COBS + CRC-32 framing."""
+
+    def __init__(self, device, mtu=1024, on_event=None):
+        self.loop = DeviceLoop(device, mtu, on_event)
+        self.decoder = framing.FrameDecoder(max_frame=mtu)
+
+    @property
+    def receiver(self):
+        return self.loop.receiver
+
+    def start(self):
+        return self._wire(self.loop.start())
+
+    def next_deadline(self):
+        return self.loop.next_deadline()
+
+    def feed(self, data, now):
+        """Bytes from the port in; bytes for the port out (b"" for none)."""
+        out = []
+        for packet in self.decoder.feed(data):
+            out.extend(self.loop.receive(packet, now))
+        return self._wire(out)
+
+    def _wire(self, packets):
+        return b"".join(framing.encode_frame(p) for p in packets)
