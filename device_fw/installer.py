@@ -123,6 +123,12 @@ class Installer:
             running = dev.running_image()
             if running is None or running["sha256"] != bytes(m["base_sha256"]):
                 raise DeviceError(R.WRONG_BASE, "delta base is not the running image")
+            if m["base_size"] != running["size"]:
+                raise DeviceError(
+                    R.WRONG_BASE,
+                    "delta base of %d bytes, the running image has %d"
+                    % (m["base_size"], running["size"]),
+                )
 
         self.manifest = m
         self.manifest_bytes = bytes(manifest_bytes)
@@ -223,12 +229,16 @@ class Installer:
 
         running = self.device.active_slot()
         flash = self.device.flash
-        old_size = self.manifest["base_size"]
+        # Reads of the old image are confined to the running image's own extent
+        # (its recorded size, within its slot), whatever the manifest claims:
+        # past it lie the passive slot and other partitions (nvs: link keys).
+        image = self.device.running_image()
+        old_size = min(image["size"] if image else 0, running.size)
         pos = [base]
 
         def read_old(offset, length):
             if offset < 0 or length < 0 or offset + length > old_size:
-                raise DeviceError(R.DECODE_ERROR, "delta reads outside the base image")
+                raise DeviceError(R.DECODE_ERROR, "delta reads outside the running image")
             return flash.read(running.offset + offset, length)
 
         def write(data):
