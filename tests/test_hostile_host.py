@@ -15,6 +15,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zstandard
+from helpers_artifacts import key_a, key_b, small_artifact, small_image
 from otaferry.device_fw import port
 from otaferry.device_fw import reasons as R
 from otaferry.device_fw.device import Device
@@ -30,8 +31,6 @@ from otaferry.protocol.artifact import (
 from otaferry.protocol.errors import DecodeError, ProtocolError, Reason
 from otaferry.protocol.manifest import Manifest, build_segment_table
 from otaferry.protocol.payload import decompress_segment
-
-from helpers_artifacts import key_a, key_b, small_artifact, small_image
 
 
 def _peak(fn: object) -> int:
