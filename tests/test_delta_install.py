@@ -194,3 +194,54 @@ def test_delta_reads_stay_inside_the_running_image(tmp_path: Path) -> None:
         assert exc.value.reason == R.DECODE_ERROR and "outside old image" in exc.value.message
         written = bytes(dev.flash.read(dev.passive_slot().offset, len(stolen)))
     assert written.find(link_key) < 0
+
+
+def test_ram_check_agrees_with_the_applier(tmp_path: Path) -> None:
+    """The largest delta the RAM check (SPEC 7.6) admits must fit the budget it was
+    checked against, measured: tracemalloc peak of Installer.segment plus the payload
+    it holds. (The formula admitted 73-75 KB under a 65,536 budget before.)"""
+    import random
+    import tracemalloc
+
+    from otaferry.device_fw.delta_apply import ram_budget
+    from otaferry.device_fw.installer import Installer
+    from otaferry.device_fw.manifest import read_header
+
+    rnd = random.Random(4)
+    old = rnd.randbytes(0x10000)
+    new = bytearray(old)
+    for i in range(0, 0x8000, 48):  # two thirds of the first segment rewritten
+        new[i : i + 32] = rnd.randbytes(32)
+    art = delta(old, bytes(new))
+    manifest_bytes, signature = read_header(io.BytesIO(art))
+    from otaferry.device_fw import manifest as DM
+
+    table = DM.parse_manifest(manifest_bytes)["segments"]
+    largest = table.largest()
+    assert largest > 20_000  # near the default 65,536 budget: ram_budget is ~64 KiB
+    budget = ram_budget(largest)
+    limits = {"max_window_log": 13, "max_segment_payload": 8256, "ram_budget": budget}
+    flash = device(tmp_path, old, limits=limits)
+    peaks = []
+    with Device(str(flash)) as dev:
+        inst = Installer(dev)
+        inst.begin(manifest_bytes, signature)  # admitted: exactly at the limit
+        pos = 10 + len(manifest_bytes) + 64
+        for i in range(len(table)):
+            length = table[i][0]
+            payload = bytearray(art[pos : pos + length])  # the receiver's segment buffer
+            pos += length
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                inst.segment(i, memoryview(payload))
+                peaks.append(tracemalloc.get_traced_memory()[1] - base + length)
+            finally:
+                tracemalloc.stop()
+        inst.finish()
+    assert max(peaks) <= budget, (peaks, budget)
+    assert max(peaks) > budget - 4096  # the formula is tight, not padded
+    one_less = dict(limits, ram_budget=budget - 1)
+    with pytest.raises(DeviceError) as exc:
+        install(device(tmp_path, old, name="tight.bin", limits=one_less), art)
+    assert exc.value.reason == R.RESOURCE_LIMIT
