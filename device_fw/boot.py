@@ -117,6 +117,30 @@ def boot(flash, parts, verify=None):
                       log=log)
 
 
+def next_boot(flash, parts, verify=None):
+    """The slot the next reset boots, or None: ``boot`` without its writes.
+
+    A PENDING_VERIFY entry counts as ABORTED (the next boot marks it so), so
+    after an unconfirmed boot this is the slot the device returns to, not the
+    pending one otadata still names.
+    """
+    o, slots = open_otadata(flash, parts)
+    n = len(slots)
+    entries = o.read()
+    for e in entries:
+        if e.crc_ok and e.state == od.PENDING_VERIFY:
+            e.state = od.ABORTED
+    act = o.active(entries)
+    chosen = 0 if act is None else act.slot(n)
+    other = None
+    if act is not None and entries[1 - act.index].valid:
+        other = entries[1 - act.index].slot(n)
+    for slot in _candidates(chosen, other, n):
+        if verify is None or verify(slot):
+            return slot
+    return None
+
+
 def _running_entry(o, running):
     act = o.active()
     if act is None:
