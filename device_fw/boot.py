@@ -18,6 +18,10 @@ valid slot boots (ESP-IDF leaves the entry and aborts it one boot later,
 which lets an app running the fallback image "confirm" an image that never
 ran). Fallback order: the other otadata entry's slot, then ESP-IDF's order
 (lower slots downwards, then higher ones).
+The device's ``verify`` (Device.slot_image_ok) fails an image that cannot be
+read whole (a read error falls back, it does not stop the boot) and one whose
+security counter is below the device's, so lost otadata never boots an image
+the counter has moved past. ``next_boot`` is ``boot`` without its writes.
 
 Every write here goes through OtaData, whose power-cut argument is in
 otadata.py: after a cut at any op, the next ``boot`` picks an image that
