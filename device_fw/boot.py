@@ -18,6 +18,10 @@ valid slot boots (ESP-IDF leaves the entry and aborts it one boot later,
 which lets an app running the fallback image "confirm" an image that never
 ran). Fallback order: the other otadata entry's slot, then ESP-IDF's order
 (lower slots downwards, then higher ones).
+The device's ``verify`` (Device.slot_image_ok) fails an image that cannot be
+read whole (a read error falls back, it does not stop the boot) and one whose
+security counter is below the device's, so lost otadata never boots an image
+the counter has moved past. ``next_boot`` is ``boot`` without its writes.
 
 Every write here goes through OtaData, whose power-cut argument is in
 otadata.py: after a cut at any op, the next ``boot`` picks an image that
@@ -115,6 +119,30 @@ def boot(flash, parts, verify=None):
         return BootResult(slot, slots[slot], entry, log, slot != chosen)
     raise DeviceError(BAD_STATE, "no bootable app partition: every OTA slot failed its image check",
                       log=log)
+
+
+def next_boot(flash, parts, verify=None):
+    """The slot the next reset boots, or None: ``boot`` without its writes.
+
+    A PENDING_VERIFY entry counts as ABORTED (the next boot marks it so), so
+    after an unconfirmed boot this is the slot the device returns to, not the
+    pending one otadata still names.
+    """
+    o, slots = open_otadata(flash, parts)
+    n = len(slots)
+    entries = o.read()
+    for e in entries:
+        if e.crc_ok and e.state == od.PENDING_VERIFY:
+            e.state = od.ABORTED
+    act = o.active(entries)
+    chosen = 0 if act is None else act.slot(n)
+    other = None
+    if act is not None and entries[1 - act.index].valid:
+        other = entries[1 - act.index].slot(n)
+    for slot in _candidates(chosen, other, n):
+        if verify is None or verify(slot):
+            return slot
+    return None
 
 
 def _running_entry(o, running):

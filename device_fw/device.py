@@ -39,6 +39,61 @@ def _hex(b):
     return "".join("%02x" % x for x in bytes(b))
 
 
+U32 = 0xFFFFFFFF
+
+
+def _bin(v, n):
+    return isinstance(v, bytes) and len(v) == n
+
+
+def _int(v, lo=0, hi=U32):
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _str(v):
+    return isinstance(v, str) and 0 < len(v) <= 64
+
+
+def _check_state(s, labels):
+    if not isinstance(s, dict) or s.get("v") != STATE_VERSION:
+        return False
+    if not (_bin(s["device_id"], 8) and _str(s["hw"]) and _str(s["chip"])):
+        return False
+    if not _int(s["counter"]) or not _int(s["running"], 0, len(labels) - 1):
+        return False
+    for key, size in (("trusted", 32), ("revoked", 8), ("gateways", 32)):
+        items = s.get(key, [])
+        if not isinstance(items, list) or not all(_bin(k, size) for k in items):
+            return False
+    slots = s["slots"]
+    if not isinstance(slots, dict):
+        return False
+    for label, rec in slots.items():
+        if label not in labels or not isinstance(rec, dict):
+            return False
+        if not (_bin(rec["sha256"], 32) and _int(rec["size"]) and _int(rec["security_counter"])
+                and isinstance(rec["version"], str)):
+            return False
+    p = s.get("progress")
+    if p is not None and not (
+        isinstance(p, dict) and _bin(p["uid"], 16) and p["slot"] in labels
+        and _int(p["next"], 0, 0x10000) and isinstance(p.get("done", False), bool)
+    ):
+        return False
+    limits = s["limits"]
+    if not isinstance(limits, dict) or not all(
+        isinstance(k, str) and _int(v) for k, v in limits.items()
+    ):
+        return False
+    for key in ("max_window_log", "max_segment_payload"):
+        if not _int(limits[key]):
+            return False
+    key = s.get("link_key")
+    if key is not None and not _bin(key, 32):
+        return False
+    return isinstance(s.get("require_secure", True), bool)
+
+
 class Device:
     def __init__(self, path, cut_at=None):
         self.flash = Flash(path, cut_at=cut_at)
@@ -52,7 +107,7 @@ class Device:
                     break
             if nvs is None:
                 raise DeviceError(R.PARTITION_TABLE, "no nvs partition for the device state")
-            self.store = Store.on_partition(self.flash, nvs)
+            self.store = Store.on_partition(self.flash, nvs, valid=self._valid_state)
             self.otadata = OD.OtaData(self.flash, self.otadata_part, len(self.slots))
             self.state = self.store.load()
             if self.state is None or self.state.get("v") != STATE_VERSION:
@@ -61,6 +116,16 @@ class Device:
             self.flash.close()
             raise
         self._protect_active()
+
+    def _valid_state(self, s):
+        """Is a decoded state record one this device can run on? A record with a
+        good CRC can still be crafted (or written by a buggy build): one that
+        fails here is treated as absent and the store falls back to the record
+        before it, so no field read later can crash boot or info."""
+        try:
+            return _check_state(s, [p.label for p in self.slots])
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError):
+            return False
 
     # ------------------------------------------------------------ creation
 
@@ -256,15 +321,24 @@ class Device:
     # ------------------------------------------------------------ boot
 
     def slot_image_ok(self, index):
-        """The bootloader's image check: the slot matches its recorded SHA-256."""
+        """The bootloader's image check: the slot matches its recorded SHA-256,
+        can be read whole, and its security counter is not below the device's
+        (an image that lost its otadata entry must not boot below it). A read
+        error is a failed check, not a stop: the next candidate is tried, as
+        ESP-IDF's bootloader falls back when an image does not load."""
         slot = self.slots[index]
         rec = self.state["slots"].get(slot.label)
-        if rec is None:
+        if rec is None or rec["security_counter"] < self.state["counter"]:
             return False
         h = port.sha256()
         size = rec["size"]
-        for pos in range(0, size, HASH_CHUNK):
-            h.update(self.flash.read(slot.offset + pos, min(HASH_CHUNK, size - pos)))
+        if size > slot.size:
+            return False
+        try:
+            for pos in range(0, size, HASH_CHUNK):
+                h.update(self.flash.read(slot.offset + pos, min(HASH_CHUNK, size - pos)))
+        except DeviceError:
+            return False
         return h.digest() == bytes(rec["sha256"])
 
     def power_on(self, self_test=True):
@@ -354,7 +428,7 @@ class Device:
             "chip": s["chip"],
             "flash_size": self.flash.size,
             "running_slot": s["running"],
-            "next_boot_slot": self.otadata.boot_slot(),
+            "next_boot_slot": B.next_boot(self.flash, self.parts, verify=self.slot_image_ok),
             "security_counter": s["counter"],
             "trusted_key_ids": [_hex(port.sha256(k).digest()[:8]) for k in s["trusted"]],
             "revoked_key_ids": [_hex(k) for k in s.get("revoked", [])],

@@ -22,6 +22,9 @@ that has stopped. ``Flash(path)`` continues from the file.
 from .reasons import FlashError
 
 SECTOR_SIZE = 4096
+# One erased sector, made once: an erase costs the device no 4 KiB temporary
+# (a real chip erases in the controller; the simulator must not count one).
+ERASED_SECTOR = b"\xff" * SECTOR_SIZE
 ERASED = 0xFF
 
 PIECE = 256  # bytes the simulator checks at a time
@@ -178,9 +181,9 @@ class Flash:
         self._check(ERASE, addr, SECTOR_SIZE)
         if self._begin(ERASE, addr, SECTOR_SIZE):
             if self.cut_at % 2:
-                self._put(addr, b"\xff" * SECTOR_SIZE)
+                self._put(addr, ERASED_SECTOR)
             self._die(ERASE, addr)
-        self._put(addr, b"\xff" * SECTOR_SIZE)
+        self._put(addr, ERASED_SECTOR)
         self.erases += 1
 
     def erase_range(self, addr, length):

@@ -26,6 +26,13 @@ WRITE_CHUNK = 4096
 DEFAULT_MAX_WINDOW_LOG = 13
 DEFAULT_MAX_SEGMENT_PAYLOAD = 8192 + 64
 DEFAULT_RAM_BUDGET = 65536
+# The largest manifest a device holds (link offers are bounded by max_offer
+# anyway): a 4 MiB image of 8 KiB segments takes ~12 KB of manifest.
+DEFAULT_MAX_MANIFEST = 16384
+
+
+def max_manifest(device):
+    return device.limits().get("max_manifest", DEFAULT_MAX_MANIFEST)
 
 
 class Installer:
@@ -50,17 +57,35 @@ class Installer:
 
     def begin(self, manifest_bytes, signature):
         """Check everything that can be checked before any data; return next segment."""
+        self.check(manifest_bytes, signature)
+        return self.start()
+
+    def check(self, manifest_bytes, signature):
+        """Every check of ``begin`` with no effect on flash: authenticity first.
+
+        The signature covers the raw bytes, so it is verified before anything
+        of the manifest is decoded: unsigned input costs the bytes it came in
+        and one step over them to find the key id, nothing proportional to what
+        it claims. Only then is the manifest parsed and judged.
+        """
         dev = self.device
-        m = M.parse_manifest(manifest_bytes)
-        key = dev.trusted_key(m["key_id"])
-        if key is None:
-            if dev.is_revoked(m["key_id"]):
-                raise DeviceError(R.REVOKED_KEY, "signing key %s is revoked" % _hex(m["key_id"]))
+        limit = max_manifest(dev)
+        if len(manifest_bytes) > limit:
             raise DeviceError(
-                R.UNKNOWN_KEY, "signing key %s is not trusted by this device" % _hex(m["key_id"])
+                R.RESOURCE_LIMIT,
+                "manifest of %d bytes exceeds this device's %d" % (len(manifest_bytes), limit),
+            )
+        key_id = M.key_id_of(manifest_bytes)
+        key = dev.trusted_key(key_id)
+        if key is None:
+            if dev.is_revoked(key_id):
+                raise DeviceError(R.REVOKED_KEY, "signing key %s is revoked" % _hex(key_id))
+            raise DeviceError(
+                R.UNKNOWN_KEY, "signing key %s is not trusted by this device" % _hex(key_id)
             )
         if not port.ed25519_verify(key, signature, M.signing_message(manifest_bytes)):
             raise DeviceError(R.BAD_SIGNATURE, "manifest signature does not verify")
+        m = M.parse_manifest(manifest_bytes)
         ident = dev.identity()
         if ident["hw"] not in m["hw"]:
             raise DeviceError(
@@ -98,11 +123,22 @@ class Installer:
             running = dev.running_image()
             if running is None or running["sha256"] != bytes(m["base_sha256"]):
                 raise DeviceError(R.WRONG_BASE, "delta base is not the running image")
+            if m["base_size"] != running["size"]:
+                raise DeviceError(
+                    R.WRONG_BASE,
+                    "delta base of %d bytes, the running image has %d"
+                    % (m["base_size"], running["size"]),
+                )
 
         self.manifest = m
         self.manifest_bytes = bytes(manifest_bytes)
         self.uid = M.update_id(manifest_bytes)
         self.slot = slot
+
+    def start(self):
+        """After ``check``: resume or start the update (persists progress)."""
+        dev = self.device
+        slot = self.slot
         progress = dev.progress()
         if progress and progress.get("uid") == self.uid and progress.get("slot") == slot.label:
             self.next_segment = progress["next"]
@@ -123,7 +159,7 @@ class Installer:
                 "window 2**%d exceeds this device's 2**%d"
                 % (m["window_log"], limits["max_window_log"]),
             )
-        biggest = max(entry[0] for entry in m["segments"])
+        biggest = m["segments"].largest()
         if m["payload_kind"] == M.PAYLOAD_DELTA:
             from .delta_apply import ram_budget
 
@@ -193,12 +229,16 @@ class Installer:
 
         running = self.device.active_slot()
         flash = self.device.flash
-        old_size = self.manifest["base_size"]
+        # Reads of the old image are confined to the running image's own extent
+        # (its recorded size, within its slot), whatever the manifest claims:
+        # past it lie the passive slot and other partitions (nvs: link keys).
+        image = self.device.running_image()
+        old_size = min(image["size"] if image else 0, running.size)
         pos = [base]
 
         def read_old(offset, length):
             if offset < 0 or length < 0 or offset + length > old_size:
-                raise DeviceError(R.DECODE_ERROR, "delta reads outside the base image")
+                raise DeviceError(R.DECODE_ERROR, "delta reads outside the running image")
             return flash.read(running.offset + offset, length)
 
         def write(data):
@@ -260,7 +300,7 @@ def install_stream(device, stream, decode_hook=None):
     Returns a dict: segments decoded now, segments skipped (already done before
     a power cut), the manifest. Segments already done are read past, not decoded.
     """
-    manifest_bytes, signature = M.read_header(stream)
+    manifest_bytes, signature = M.read_header(stream, max_manifest(device))
     inst = Installer(device, decode_hook)
     start = inst.begin(manifest_bytes, signature)
     decoded = 0

@@ -135,19 +135,26 @@ class _Reader:
                 % (n, pos, len(self.data) - pos), offset=pos)
         return pos + n
 
-    def value(self, pos, depth):
+    def head(self, pos):
+        """(kind, x, end) of the value at ``pos`` without building it.
+
+        kind "int" / "nil" / "bool": x is the value, end follows it; "str" /
+        "bin": x is the byte length, end is where the bytes start (checked to
+        be there); "array" / "map": x is the element count (checked against the
+        remaining input), end is where the first element starts.
+        """
         end = self.take(pos, 1)
         c = self.data[pos]
         if c <= 0x7F:
-            return c, end
+            return "int", c, end
         if c >= 0xE0:
-            return c - 0x100, end
+            return "int", c - 0x100, end
         if c == 0xC0:
-            return None, end
+            return "nil", None, end
         if c == 0xC2:
-            return False, end
+            return "bool", False, end
         if c == 0xC3:
-            return True, end
+            return "bool", True, end
         if c in _SCALARS:
             fmt, size = _SCALARS[c]
             stop = self.take(end, size)
@@ -156,7 +163,7 @@ class _Reader:
                 v < _MIN_UNSIGNED[c] if c in _MIN_UNSIGNED else v > _MAX_SIGNED[c]
             ):
                 raise _bad("integer %d at offset %d not in its shortest form" % (v, pos), pos)
-            return v, stop
+            return "int", v, stop
         if 0xA0 <= c <= 0xBF:
             kind, n = "str", c & 0x1F
         elif 0x90 <= c <= 0x9F:
@@ -173,7 +180,16 @@ class _Reader:
         else:
             raise _bad("unsupported msgpack type byte 0x%02x" % c, pos)
         if kind == "str" or kind == "bin":
-            stop = self.take(end, n)
+            self.take(end, n)
+        else:
+            # every element takes at least one byte: reject impossible counts early
+            self.take(end, n * (2 if kind == "map" else 1))
+        return kind, n, end
+
+    def value(self, pos, depth):
+        kind, n, end = self.head(pos)
+        if kind == "str" or kind == "bin":
+            stop = end + n
             raw = bytes(self.data[end:stop])
             if kind == "bin":
                 return raw, stop
@@ -181,10 +197,10 @@ class _Reader:
                 return raw.decode(), stop
             except UnicodeError:
                 raise _bad("invalid UTF-8 in str at offset %d" % pos, pos) from None
+        if kind != "array" and kind != "map":
+            return n, end
         if depth >= self.max_depth:
             raise _bad("nesting deeper than %d at offset %d" % (self.max_depth, pos), pos)
-        # every element takes at least one byte: reject impossible counts early
-        self.take(end, n * (2 if kind == "map" else 1))
         if kind == "array":
             items = []
             for _ in range(n):
@@ -202,6 +218,29 @@ class _Reader:
             v, end = self.value(end, depth + 1)
             result[k] = v
         return result, end
+
+    def skip(self, pos, depth):
+        kind, n, end = self.head(pos)
+        if kind == "str" or kind == "bin":
+            return end + n
+        if kind != "array" and kind != "map":
+            return end
+        if depth >= self.max_depth:
+            raise _bad("nesting deeper than %d at offset %d" % (self.max_depth, pos), pos)
+        for _ in range(n * 2 if kind == "map" else n):
+            end = self.skip(end, depth + 1)
+        return end
+
+
+def head(data, pos=0, canonical=False):
+    """(kind, x, end) of the value at ``pos``, building nothing (see _Reader.head)."""
+    return _Reader(data, 0, canonical).head(pos)
+
+
+def skip(data, pos=0, max_depth=MAX_DEPTH):
+    """End offset of the value at ``pos``: every length checked, nothing built
+    (what a reader of untrusted input uses to step over what it does not need)."""
+    return _Reader(data, max_depth).skip(pos, 0)
 
 
 def decode(data, pos=0, max_depth=MAX_DEPTH, canonical=False):

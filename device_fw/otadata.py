@@ -95,12 +95,14 @@ class Entry:
             self.index, self.seq, state_name(self.state), self.crc_ok)
 
 
+SEQ_MAX = 0xFFFFFFFE  # 0xFFFFFFFF reads as blank flash: never written as a seq
+
+
 def next_seq(current_seq, slot, num_slots):
-    """Smallest seq > current_seq that selects ``slot`` (esp_ota_ops.c)."""
-    seq = (slot + 1) % num_slots or num_slots
-    while seq <= current_seq:
-        seq += num_slots
-    return seq
+    """Smallest seq > current_seq that selects ``slot`` (esp_ota_ops.c), computed,
+    not counted up to (a seq near 2^32 took ~2^31 steps). It may exceed SEQ_MAX:
+    ``OtaData.select`` renumbers then."""
+    return current_seq + 1 + (slot - current_seq) % num_slots
 
 
 class OtaData:
@@ -165,6 +167,17 @@ class OtaData:
         if cur.slot(self.num_slots) == slot:
             return self.write_entry(cur.index, Entry(cur.seq, state, cur.label))
         seq = next_seq(cur.seq, slot, self.num_slots)
+        if seq > SEQ_MAX:
+            # The sequence is used up (a crafted or ancient otadata). Renumber
+            # from the bottom in two writes, each leaving a valid entry for
+            # the running slot if power fails: first a copy of the active
+            # entry with the lowest seq for its slot in the other sector (the
+            # active one still wins), then the new entry above that copy in
+            # the active entry's sector (the copy wins while it is rewritten).
+            low = Entry(cur.slot(self.num_slots) + 1, cur.state, cur.label)
+            self.write_entry(1 - cur.index, low)
+            seq = next_seq(low.seq, slot, self.num_slots)
+            return self.write_entry(cur.index, Entry(seq, state))
         return self.write_entry(1 - cur.index, Entry(seq, state))
 
     def set_state(self, state, entry=None):

@@ -64,12 +64,13 @@ def zstd_decompress(data, expected_size, max_window_log):
             "frame declares %d bytes, expected %d" % (params.content_size, expected_size)
         )
     # One-shot decode straight into a buffer of the announced size: the
-    # streaming object would allocate a second output buffer and copy. Bytes
-    # after the frame end are not looked at; the segment's signed hash has
-    # already fixed every byte, so only the signer could have put them there.
+    # streaming object would allocate a second output buffer and copy. A
+    # segment is exactly one frame (SPEC section 4): bytes after its end are
+    # refused (DECODE_ERROR), as the host's reference decoder refuses them; a
+    # port's own decoder must do the same.
     dctx = _zstd.ZstdDecompressor(max_window_size=1 << max(max_window_log, 10))
     try:
-        out = dctx.decompress(data, max_output_size=expected_size)
+        out = dctx.decompress(data, max_output_size=expected_size, allow_extra_data=False)
     except _zstd.ZstdError as exc:
         raise ValueError("zstd: %s" % exc)
     if len(out) != expected_size:

@@ -45,7 +45,6 @@ ACCEPT reports it, so a reconnect does not resend chunks the device holds.
 """
 
 from . import frames as F
-from . import manifest as M
 from . import reasons as R
 from .installer import Installer
 from .reasons import DeviceError
@@ -59,6 +58,10 @@ REJECTED = "rejected"
 DEFAULT_MTU = 1024
 MIN_MTU = 16
 DEFAULT_MAX_OFFER = 16384
+# The smallest OFFER part a sender sends (but the last): an OFFER frame's
+# header takes at most 10 bytes of the smallest mtu (MIN_MTU), leaving 6. So an
+# offer of max_offer bytes has at most max_offer / 6 parts.
+MIN_OFFER_PART = MIN_MTU - 10
 
 
 class _Bits:
@@ -130,6 +133,8 @@ class Receiver:
         self._parts = None
         self._part_bits = None
         self._part_bytes = 0
+        self._part_size = 0
+        self._last_part = None
         self._chunk_size = 0
         self._buf = None
         self._tag = None  # (uid, chunk_size, segment) the buffer holds chunks of
@@ -198,6 +203,7 @@ class Receiver:
         self._installer = None
         self._parts = None
         self._part_bits = None
+        self._last_part = None
         self._answered = False
         self._final = None
 
@@ -263,45 +269,92 @@ class Receiver:
         return out
 
     def _on_offer(self, poll, part, count, chunk):
+        """Collect OFFER parts into one buffer of at most ``max_offer`` bytes.
+
+        Every part but the last has the same size (SPEC 8.3), so part ``k`` of
+        size ``s`` goes to ``k * s``: the memory is the bytes that arrived (up to
+        ``max_offer``) and a bitmap of ``count`` bits, with ``count`` at most
+        ``max_offer / MIN_OFFER_PART``; nothing is allocated per part, and
+        nothing in proportion to a count no signature has vouched for yet.
+        """
         if self.phase != OFFER:  # DATA or DONE: our ACCEPT was lost
             return self._out_of_step(poll, self._accept)
         if self._parts is None:
-            if count > self.max_offer:
+            most = (self.max_offer + MIN_OFFER_PART - 1) // MIN_OFFER_PART
+            if count > most:
                 return self._reject(R.RESOURCE_LIMIT, "offer of %d parts exceeds %d bytes"
                                     % (count, self.max_offer))
-            self._parts = [None] * count
+            self._parts = bytearray()
             self._part_bits = _Bits(count)
+            self._part_size = 0
+            self._last_part = None
             self._part_bytes = 0
         bits = self._part_bits
         if count != bits.n:
             self.stats["bad_frames"] += 1
             return []
+        last = part == count - 1
+        size = self._part_size
+        if not last and size and len(chunk) != size:
+            self.stats["bad_frames"] += 1  # parts of one offer have one size
+            return []
+        if last and size and len(chunk) > size:
+            self.stats["bad_frames"] += 1
+            return []
         gap = part > bits.highest + 1
-        if not bits.set(part):
+        if bits.has(part):
             self.stats["duplicates"] += 1
             return self._status_if(poll, (F.OFFER_SEGMENT, part))
-        self._parts[part] = bytes(chunk)
+        if not last and not size:
+            size = self._part_size = len(chunk)
+            if (count - 1) * size >= self.max_offer:
+                return self._reject(R.RESOURCE_LIMIT, "offer exceeds %d bytes" % self.max_offer)
+            if self._last_part is not None and len(self._last_part) > size:
+                self.stats["bad_frames"] += 1
+                return []
+        if self._part_bytes + len(chunk) > self.max_offer:
+            return self._reject(R.RESOURCE_LIMIT, "offer exceeds %d bytes" % self.max_offer)
+        bits.set(part)
         self._part_bytes += len(chunk)
         self._armed = True
-        if self._part_bytes > self.max_offer:
-            return self._reject(R.RESOURCE_LIMIT, "offer exceeds %d bytes" % self.max_offer)
+        if last and not size:
+            self._last_part = bytes(chunk)  # its place is known once a full part came
+        else:
+            self._place(part, chunk)
         if bits.complete():
-            blob = b"".join(self._parts)
-            self._parts = None
-            return self._begin(blob)
+            if self._last_part is not None:  # an offer of one part
+                self._place(count - 1, self._last_part)
+            return self._begin()
         return self._status_if(poll or gap, (F.OFFER_SEGMENT, part))
 
-    def _begin(self, blob):
+    def _place(self, part, chunk):
+        buf = self._parts
+        size = self._part_size
+        held, self._last_part = self._last_part, None
+        if held is not None and held is not chunk:
+            self._place(self._part_bits.n - 1, held)
+        at = part * size
+        if len(buf) < at + len(chunk):
+            buf.extend(bytes(at + len(chunk) - len(buf)))
+        buf[at : at + len(chunk)] = chunk
+
+    def _begin(self):
+        blob, self._parts = self._parts, None
         try:
             chunk_size, manifest, signature = F.decode_offer_blob(blob)
         except DeviceError as exc:
             return self._reject(R.MALFORMED, exc.message)
-        problem = self._chunking_problem(chunk_size, manifest)
-        if problem is not None:  # refused before begin() touches flash
-            return self._reject(R.RESOURCE_LIMIT, problem)
+        del blob  # the manifest is a copy: the reassembly buffer goes now
         inst = Installer(self.device, self.decode_hook)
         try:
-            nxt = inst.begin(manifest, signature)
+            inst.check(manifest, signature)  # verified before it is parsed
+        except DeviceError as exc:
+            return self._reject(exc.reason, exc.message)
+        problem = self._chunking_problem(chunk_size, inst.manifest)
+        if problem is not None:  # refused before start() touches flash
+            return self._reject(R.RESOURCE_LIMIT, problem)
+        try:
+            nxt = inst.start()
         except DeviceError as exc:
             return self._reject(exc.reason, exc.message)
         self._installer = inst
@@ -310,16 +363,9 @@ class Receiver:
         self._load(nxt)
         return [self._accept()]
 
-    def _chunking_problem(self, chunk_size, manifest_bytes):
+    def _chunking_problem(self, chunk_size, m):
         """Why DATA frames of this chunk size cannot reach us, or None."""
-        try:
-            m = M.parse_manifest(manifest_bytes)
-        except DeviceError:
-            return None  # begin() refuses it with the right reason
-        largest = 0
-        for entry in m["segments"]:
-            if entry[0] > largest:
-                largest = entry[0]
+        largest = m["segments"].largest()
         chunks = (largest + chunk_size - 1) // chunk_size
         worst = (2 + F.int_size(len(m["segments"]) - 1) + F.int_size(chunks - 1)
                  + F.bin_header_size(chunk_size) + chunk_size)

@@ -58,8 +58,10 @@ def scan_sector(data):
 
 
 class Store:
-    def __init__(self, flash, offset, size):
-        """``offset``/``size`` of the nvs partition (at least two sectors)."""
+    def __init__(self, flash, offset, size, valid=None):
+        """``offset``/``size`` of the nvs partition (at least two sectors);
+        ``valid(state)``: False for a decoded record that must count as absent
+        (the newest record that passes is the state)."""
         if offset % SECTOR_SIZE or size % SECTOR_SIZE or size < 2 * SECTOR_SIZE:
             raise DeviceError(
                 RESOURCE_LIMIT,
@@ -70,33 +72,37 @@ class Store:
         self.flash = flash
         self.offset = offset
         self.sectors = size // SECTOR_SIZE
+        self.valid = valid
         self._scanned = False
 
     @classmethod
-    def on_partition(cls, flash, partition):
-        return cls(flash, partition.offset, partition.size)
+    def on_partition(cls, flash, partition, valid=None):
+        return cls(flash, partition.offset, partition.size, valid)
 
     def _scan(self):
         """Find the newest valid record: sets _seq, _state, _sector, _free."""
         best = None  # (seq, sector, body)
+        top = 0  # highest seq of any record, valid or not: new records go above it
         frees = []
         for i in range(self.sectors):
             data = self.flash.read(self.offset + i * SECTOR_SIZE, SECTOR_SIZE)
             records, free = scan_sector(data)
             frees.append(free)
             for seq, body in records:
+                top = max(top, seq)
                 if best is None or seq > best[0]:
                     try:
                         state = mpack.decode_all(body)
                     except DeviceError:
                         continue
-                    if isinstance(state, dict):
+                    if isinstance(state, dict) and (self.valid is None or self.valid(state)):
                         best = (seq, i, state)
         if best is None:
             self._seq, self._sector, self._state = 0, None, None
             self._free = frees[0]
         else:
             self._seq, self._sector, self._state = best
+            self._seq = max(self._seq, top)
             self._free = frees[self._sector]
         self._scanned = True
 

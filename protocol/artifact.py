@@ -25,6 +25,7 @@ from .manifest import (
     PAYLOAD_FULL,
     Manifest,
     build_segment_table,
+    manifest_key_id,
     segment_check,
     signing_message,
 )
@@ -42,6 +43,7 @@ FILE_FORMAT = 1
 HEADER_SIZE = 10
 SIGNATURE_SIZE = 64
 _HEADER = struct.Struct("<4sBBI")
+READ_CHUNK = 1 << 16
 
 __all__ = [
     "FILE_FORMAT",
@@ -206,7 +208,11 @@ class ArtifactReader:
     the device verifies end to end.
     """
 
-    def __init__(self, stream: Readable) -> None:
+    def __init__(self, stream: Readable, trusted: Iterable[VerifyKey] | None = None) -> None:
+        """``trusted``: verify the signature over the raw manifest bytes before
+        they are parsed (``UNKNOWN_KEY`` / ``BAD_SIGNATURE``), so unsigned input
+        costs nothing beyond its own bytes; without keys (a relaying gateway)
+        the manifest is parsed unverified, within its 1 MiB bound."""
         self._stream = stream
         self._consumed = False
         self.verified_key: VerifyKey | None = None
@@ -233,19 +239,26 @@ class ArtifactReader:
                 Reason.MALFORMED,
             )
         self._manifest_bytes = self._read_exact(manifest_size, "the manifest", HEADER_SIZE)
-        self._manifest = Manifest.decode(self._manifest_bytes)
         self._signature = self._read_exact(
             SIGNATURE_SIZE, "the signature", HEADER_SIZE + manifest_size
         )
+        if trusted is not None:
+            key = find_key(manifest_key_id(self._manifest_bytes), trusted)
+            key.verify(self._signature, signing_message(self._manifest_bytes))
+            self.verified_key = key
+        self._manifest = Manifest.decode(self._manifest_bytes)
         self._header_size: int = HEADER_SIZE + manifest_size + SIGNATURE_SIZE
 
     # --- stream helpers ---
 
     def _read_upto(self, n: int) -> bytes:
+        # In bounded reads: n comes from the file (a segment length up to
+        # 2^32 - 1), and a read(n) would allocate n bytes before it knows how
+        # many there are. So RAM follows the bytes the stream really has.
         parts: list[bytes] = []
         got = 0
         while got < n:
-            chunk = self._stream.read(n - got)
+            chunk = self._stream.read(min(n - got, READ_CHUNK))
             if not chunk:
                 break
             if len(chunk) > n - got:  # a misbehaving stream; never trust it
@@ -332,14 +345,17 @@ def find_key(key_id: bytes, trusted: Iterable[VerifyKey]) -> VerifyKey:
 
 
 @contextmanager
-def open_artifact(path: str | os.PathLike[str]) -> Iterator[ArtifactReader]:
-    """``with open_artifact(path) as reader:`` — a reader over the opened file."""
+def open_artifact(
+    path: str | os.PathLike[str], trusted: Iterable[VerifyKey] | None = None
+) -> Iterator[ArtifactReader]:
+    """``with open_artifact(path) as reader:`` — a reader over the opened file
+    (``trusted``: verified before the manifest is parsed, see ArtifactReader)."""
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed in finally
     except OSError as exc:
         raise OtaferryError(f"{os.fspath(path)}: {exc.strerror}", Reason.IO_ERROR) from exc
     try:
-        yield ArtifactReader(fh)
+        yield ArtifactReader(fh, trusted)
     finally:
         fh.close()
 

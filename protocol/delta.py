@@ -72,10 +72,16 @@ class DeltaResult:
         return ram_budget(self.max_segment_payload)
 
 
+# The interpreter's own share while a segment is applied (object headers,
+# closures, driver temporaries); the device's delta_apply.INTERPRETER, measured.
+INTERPRETER = 6144
+
+
 def ram_budget(segment_payload_max: int) -> int:
-    """Payload held until its hash checks + model tables + output chunk (and
-    the copy handed to write) + one old-image read chunk."""
-    return segment_payload_max + MODEL_BYTES + 2 * CHUNK + OLD_CHUNK
+    """Payload held until its hash checks + model tables + one output chunk
+    (handed to write as a view) + one old-image read chunk + the interpreter's
+    share: SPEC 7.6, equal to ``device_fw.delta_apply.ram_budget``."""
+    return segment_payload_max + MODEL_BYTES + CHUNK + OLD_CHUNK + INTERPRETER
 
 
 class _RangeEncoder:

@@ -52,17 +52,53 @@ K_SEGMENT_SIZE = 13
 K_SEGMENTS = 14
 K_KEY_ID = 15
 K_PROJECT = 16
-_KNOWN_KEYS = frozenset(range(K_FORMAT, K_PROJECT + 1))
-_REQUIRED_KEYS = _KNOWN_KEYS - {K_BASE_SHA256, K_BASE_SIZE, K_PROJECT}
+
+class Field(NamedTuple):
+    """One manifest field and its range: ``int`` lo <= value <= hi; ``str`` lo..hi
+    UTF-8 bytes; ``strlist`` a non-empty array of such strings; ``bin`` exactly
+    lo (= hi) bytes; ``segments`` entries [length, 16-byte check], lo <= length <= hi."""
+
+    name: str
+    kind: str
+    lo: int
+    hi: int
+    required: bool
+
+
+# The one table of ranges (SPEC section 2). The device's copy is
+# ``device_fw.manifest.FIELDS``; tests/vectors/manifest_fields.json holds both.
+FIELDS: dict[int, Field] = {
+    K_FORMAT: Field("format", "int", MANIFEST_FORMAT, MANIFEST_FORMAT, True),
+    K_HW: Field("hw", "strlist", 1, 32, True),
+    K_CHIP: Field("chip", "str", 1, 16, True),
+    K_VERSION: Field("version", "str", 1, 32, True),
+    K_SECURITY_COUNTER: Field("security_counter", "int", 0, U32_MAX, True),
+    K_TARGET_SIZE: Field("target_size", "int", 1, U32_MAX, True),
+    K_TARGET_SHA256: Field("target_sha256", "bin", SHA256_SIZE, SHA256_SIZE, True),
+    K_PAYLOAD_KIND: Field("payload_kind", "int", PAYLOAD_FULL, PAYLOAD_DELTA, True),
+    K_BASE_SHA256: Field("base_sha256", "bin", SHA256_SIZE, SHA256_SIZE, False),
+    K_BASE_SIZE: Field("base_size", "int", 0, U32_MAX, False),
+    K_CODEC: Field("codec", "str", 1, 16, True),
+    K_WINDOW_LOG: Field("window_log", "int", MIN_WINDOW_LOG, MAX_WINDOW_LOG, True),
+    K_SEGMENT_SIZE: Field("segment_size", "int", SEGMENT_ALIGN, U32_MAX, True),
+    K_SEGMENTS: Field("segments", "segments", 1, U32_MAX, True),
+    K_KEY_ID: Field("key_id", "bin", KEY_ID_SIZE, KEY_ID_SIZE, True),
+    K_PROJECT: Field("project", "str", 1, 32, False),
+}
+_KNOWN_KEYS = frozenset(FIELDS)
+_REQUIRED_KEYS = frozenset(k for k, f in FIELDS.items() if f.required)
 
 __all__ = [
+    "FIELDS",
     "MANIFEST_FORMAT",
     "MAX_MANIFEST_SIZE",
     "PAYLOAD_DELTA",
     "PAYLOAD_FULL",
     "SIGNING_DOMAIN",
+    "Field",
     "Manifest",
     "SegmentEntry",
+    "manifest_key_id",
     "segment_check",
     "signing_message",
 ]
@@ -152,23 +188,23 @@ class Manifest:
         if type(self.hw) is not tuple or not self.hw:
             raise _bad("hw must be a non-empty tuple of str")
         for i, hw in enumerate(self.hw):
-            _check_str(f"hw[{i}]", hw, 1, 32)
-        _check_str("chip", self.chip, 1, 16)
-        _check_str("version", self.version, 1, 32)
-        _check_int("security_counter", self.security_counter, 0, U32_MAX)
-        _check_int("target_size", self.target_size, 1, U32_MAX)
-        _check_bin("target_sha256", self.target_sha256, SHA256_SIZE)
-        _check_int("payload_kind", self.payload_kind, PAYLOAD_FULL, PAYLOAD_DELTA)
+            _check_str(f"hw[{i}]", hw, FIELDS[K_HW].lo, FIELDS[K_HW].hi)
+        for key in (K_CHIP, K_VERSION, K_CODEC):
+            f = FIELDS[key]
+            _check_str(f.name, getattr(self, f.name), f.lo, f.hi)
+        for key in (K_SECURITY_COUNTER, K_TARGET_SIZE, K_PAYLOAD_KIND, K_WINDOW_LOG,
+                    K_SEGMENT_SIZE):  # fmt: skip
+            f = FIELDS[key]
+            _check_int(f.name, getattr(self, f.name), f.lo, f.hi)
+        _check_bin("target_sha256", self.target_sha256, FIELDS[K_TARGET_SHA256].lo)
         if self.payload_kind == PAYLOAD_DELTA:
             if self.base_sha256 is None or self.base_size is None:
                 raise _bad("a delta manifest needs base_sha256 and base_size")
-            _check_bin("base_sha256", self.base_sha256, SHA256_SIZE)
-            _check_int("base_size", self.base_size, 0, U32_MAX)
+            _check_bin("base_sha256", self.base_sha256, FIELDS[K_BASE_SHA256].lo)
+            f = FIELDS[K_BASE_SIZE]
+            _check_int(f.name, self.base_size, f.lo, f.hi)
         elif self.base_sha256 is not None or self.base_size is not None:
             raise _bad("a full-image manifest must not carry base_sha256 / base_size")
-        _check_str("codec", self.codec, 1, 16)
-        _check_int("window_log", self.window_log, MIN_WINDOW_LOG, MAX_WINDOW_LOG)
-        _check_int("segment_size", self.segment_size, SEGMENT_ALIGN, U32_MAX)
         if self.segment_size % SEGMENT_ALIGN:
             raise _bad(f"segment_size={self.segment_size} is not a multiple of {SEGMENT_ALIGN}")
         if type(self.segments) is not tuple:
@@ -179,12 +215,14 @@ class Manifest:
                 f"{len(self.segments)} segments, but target_size={self.target_size} / "
                 f"segment_size={self.segment_size} needs {want}"
             )
+        seg = FIELDS[K_SEGMENTS]
         for i, entry in enumerate(self.segments):
-            _check_int(f"segments[{i}].length", entry.length, 1, U32_MAX)
+            _check_int(f"segments[{i}].length", entry.length, seg.lo, seg.hi)
             _check_bin(f"segments[{i}].check", entry.check, SEGMENT_CHECK_SIZE)
-        _check_bin("key_id", self.key_id, KEY_ID_SIZE)
+        _check_bin("key_id", self.key_id, FIELDS[K_KEY_ID].lo)
         if self.project is not None:
-            _check_str("project", self.project, 1, 32)
+            f = FIELDS[K_PROJECT]
+            _check_str(f.name, self.project, f.lo, f.hi)
 
     # --- derived values ---
 
@@ -294,6 +332,32 @@ class Manifest:
         return manifest
 
 
+def manifest_key_id(data: bytes) -> bytes:
+    """The key id of unverified manifest bytes, found by stepping over every
+    other field without building it (``DecodeError`` if there is none): what
+    picks the key that verifies the signature before the manifest is parsed."""
+    data = bytes(data)
+    if len(data) > MAX_MANIFEST_SIZE:
+        raise _bad(f"{len(data)} bytes exceeds the {MAX_MANIFEST_SIZE}-byte limit")
+    reader = _StrictReader(data)
+    b = reader._take(1, "a type byte")[0]
+    if 0x80 <= b <= 0x8F:
+        n = b & 0x0F
+    elif b in (0xDE, 0xDF):
+        n = reader._uint(2 if b == 0xDE else 4, "a map length")
+    else:
+        raise _bad("top level must be a map")
+    for _ in range(reader._count(n, "map")):
+        key = reader.value(depth=reader.MAX_DEPTH)  # a scalar, or refused
+        if key == K_KEY_ID:
+            value = reader.value(depth=reader.MAX_DEPTH)
+            _check_bin("key_id", value, KEY_ID_SIZE)
+            assert isinstance(value, bytes)
+            return value
+        reader.skip(depth=1)
+    raise _bad("missing key 15 (key_id)")
+
+
 def _entry(value: object) -> SegmentEntry:
     if isinstance(value, SegmentEntry):
         return value
@@ -386,6 +450,30 @@ class _StrictReader:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             raise _bad(f"str at offset {at} is not valid UTF-8") from None
+
+    def skip(self, depth: int) -> None:
+        """Step over one value, checking its lengths, building nothing."""
+        at = self.pos
+        b = self._take(1, "a type byte")[0]
+        if b <= 0x7F:
+            return
+        sizes = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+        if b in sizes:
+            self._take(sizes[b], "an integer")
+        elif 0xA0 <= b <= 0xBF:
+            self._take(b & 0x1F, "str data")
+        elif b in (0xD9, 0xDA, 0xDB):
+            self._take(self._uint(1 << (b - 0xD9), "a str length"), "str data")
+        elif b in (0xC4, 0xC5, 0xC6):
+            self._take(self._uint(1 << (b - 0xC4), "a bin length"), "bin data")
+        elif 0x90 <= b <= 0x9F or b in (0xDC, 0xDD) or 0x80 <= b <= 0x8F or b in (0xDE, 0xDF):
+            is_map = 0x80 <= b <= 0x8F or b in (0xDE, 0xDF)
+            n = b & 15 if b <= 159 else self._uint(2 if b in (220, 222) else 4, "a length")
+            inner = self._nest(depth)
+            for _ in range(self._count(n, "map" if is_map else "array") * (2 if is_map else 1)):
+                self.skip(inner)
+        else:
+            raise _bad(f"msgpack type byte 0x{b:02x} at offset {at} is not allowed in a manifest")
 
     def _nest(self, depth: int) -> int:
         if depth >= self.MAX_DEPTH:

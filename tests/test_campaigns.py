@@ -270,7 +270,7 @@ def test_hostile_artifacts_each_refused_with_its_reason(tmp_path: Path) -> None:
         if case.visible:  # the gateway already sees it in the HELLO, same reason code
             assert row["link precheck"] == f"{want} (local)", case.name
     seen = {rows[c.name]["offline"] for c in C.hostile_cases(C.firmware("simba"), b"")}
-    assert len(seen) == 10  # ten distinct reason codes across the classes
+    assert len(seen) == 11  # eleven distinct reason codes across the classes
     assert rows["replayed old session (plaintext link)"]["link device"] == "DOWNGRADE"
     assert rows["replayed old session (plaintext link)"]["offline"] == "DOWNGRADE"
     assert rows["replayed old session (secure link)"]["link device"].startswith("0 bodies")

@@ -236,5 +236,6 @@ def test_bad_segment_size() -> None:
 
 
 def test_ram_budget_formula() -> None:
-    assert ram_budget(10_000) == device_ram_budget(10_000) == 10_000 + MODEL_BYTES + 2 * 4096 + 512
+    want = 10_000 + MODEL_BYTES + 4096 + 512 + 6144
+    assert ram_budget(10_000) == device_ram_budget(10_000) == want
     assert MODEL_BYTES < 32 * 1024

@@ -123,3 +123,125 @@ def test_power_cut_at_every_op_of_a_delta_install_then_resume(tmp_path: Path) ->
         assert again == list(range(done, len(again) + done)), (cut, done, again)
         assert slot(work, 1, len(new)) == new, cut
         assert slot(work, 0, len(old)) == old, cut
+
+
+NVS_AFTER_SLOTS_CSV = """\
+otadata,  data, ota,     0xd000,  0x2000,
+phy_init, data, phy,     0xf000,  0x1000,
+ota_0,    app,  ota_0,   0x10000, 0x10000,
+ota_1,    app,  ota_1,   0x20000, 0x10000,
+nvs,      data, nvs,     0x30000, 0x4000,
+"""
+
+
+def _reaching_delta(flash: Path, running: bytes, claimed_base: int) -> tuple[bytes, bytes]:
+    """A vendor-signed delta for the running image (its SHA-256) that claims a base of
+    ``claimed_base`` bytes and copies what lies past the running image, up to the
+    nvs sector after the slots (the device's link key): (artifact, what it copies)."""
+    from otaferry.protocol.delta import encode_delta
+    from otaferry.protocol.manifest import PAYLOAD_DELTA, Manifest, build_segment_table
+
+    flat = flash.read_bytes()
+    beyond = flat[0x10000 : 0x10000 + claimed_base]
+    stolen = beyond[-0x4000:]
+    result = encode_delta(beyond, stolen, 0x4000)
+    manifest = Manifest(
+        hw=("hw",), chip="chip", version="evil", security_counter=1,
+        target_size=len(stolen), target_sha256=hashlib.sha256(stolen).digest(),
+        payload_kind=PAYLOAD_DELTA, codec=result.codec, window_log=result.window_log,
+        segment_size=result.segment_size, segments=build_segment_table(result.segments),
+        key_id=KEY.public.key_id, base_sha256=hashlib.sha256(running).digest(),
+        base_size=claimed_base,
+    )  # fmt: skip
+    from otaferry.protocol.artifact import assemble
+
+    return assemble(manifest, result.segments, KEY), stolen
+
+
+def test_delta_reads_stay_inside_the_running_image(tmp_path: Path) -> None:
+    """The attack: base_size past the running image made the applier read the passive
+    slot and the nvs partition behind it (the X25519 link key) into the new image.
+    The signed base_size must be the running image's size, and whatever a manifest
+    says, reads stop at the running image's own end."""
+    running = SIMBA_SHELL_OLD.read_bytes()[:0x8000]
+    flash = device(tmp_path, running, partitions_csv=NVS_AFTER_SLOTS_CSV, size=0x40000)
+    with Device(str(flash)) as dev:
+        link_key = bytes(dev.link_key())
+    art, stolen = _reaching_delta(flash, running, 0x24000)
+    assert stolen.find(link_key) >= 0  # the bytes it would copy hold the key
+    before = flash.read_bytes()
+    with pytest.raises(DeviceError) as exc:
+        install(flash, art)
+    assert exc.value.reason == R.WRONG_BASE
+    assert flash.read_bytes() == before
+    # The applier's own bound: were the manifest's base_size believed (the install
+    # set up by hand, as if the check had passed), reads still stop at the end of
+    # the running image and nothing of the key reaches the passive slot.
+    from otaferry.device_fw import manifest as DM
+    from otaferry.device_fw.installer import Installer
+
+    manifest_bytes, _signature = DM.read_header(io.BytesIO(art))
+    payload = art[10 + len(manifest_bytes) + 64 :]
+    with Device(str(flash)) as dev:
+        inst = Installer(dev)
+        inst.manifest = DM.parse_manifest(manifest_bytes)
+        inst.manifest_bytes = manifest_bytes
+        inst.uid = DM.update_id(manifest_bytes)
+        inst.slot = dev.passive_slot()
+        inst.start()
+        with pytest.raises(DeviceError) as exc:
+            inst.segment(0, payload)
+        assert exc.value.reason == R.DECODE_ERROR and "outside old image" in exc.value.message
+        written = bytes(dev.flash.read(dev.passive_slot().offset, len(stolen)))
+    assert written.find(link_key) < 0
+
+
+def test_ram_check_agrees_with_the_applier(tmp_path: Path) -> None:
+    """The largest delta the RAM check (SPEC 7.6) admits must fit the budget it was
+    checked against, measured: tracemalloc peak of Installer.segment plus the payload
+    it holds. (The formula admitted 73-75 KB under a 65,536 budget before.)"""
+    import random
+    import tracemalloc
+
+    from otaferry.device_fw.delta_apply import ram_budget
+    from otaferry.device_fw.installer import Installer
+    from otaferry.device_fw.manifest import read_header
+
+    rnd = random.Random(4)
+    old = rnd.randbytes(0x10000)
+    new = bytearray(old)
+    for i in range(0, 0x8000, 48):  # two thirds of the first segment rewritten
+        new[i : i + 32] = rnd.randbytes(32)
+    art = delta(old, bytes(new))
+    manifest_bytes, signature = read_header(io.BytesIO(art))
+    from otaferry.device_fw import manifest as DM
+
+    table = DM.parse_manifest(manifest_bytes)["segments"]
+    largest = table.largest()
+    assert largest > 20_000  # near the default 65,536 budget: ram_budget is ~64 KiB
+    budget = ram_budget(largest)
+    limits = {"max_window_log": 13, "max_segment_payload": 8256, "ram_budget": budget}
+    flash = device(tmp_path, old, limits=limits)
+    peaks = []
+    with Device(str(flash)) as dev:
+        inst = Installer(dev)
+        inst.begin(manifest_bytes, signature)  # admitted: exactly at the limit
+        pos = 10 + len(manifest_bytes) + 64
+        for i in range(len(table)):
+            length = table[i][0]
+            payload = bytearray(art[pos : pos + length])  # the receiver's segment buffer
+            pos += length
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                inst.segment(i, memoryview(payload))
+                peaks.append(tracemalloc.get_traced_memory()[1] - base + length)
+            finally:
+                tracemalloc.stop()
+        inst.finish()
+    assert max(peaks) <= budget, (peaks, budget)
+    assert max(peaks) > budget - 4096  # the formula is tight, not padded
+    one_less = dict(limits, ram_budget=budget - 1)
+    with pytest.raises(DeviceError) as exc:
+        install(device(tmp_path, old, name="tight.bin", limits=one_less), art)
+    assert exc.value.reason == R.RESOURCE_LIMIT

@@ -77,7 +77,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..protocol.keys import load_verify_key
 
     trusted = [load_verify_key(p) for p in args.pubkey]
-    with open_artifact(args.artifact) as reader:
+    with open_artifact(args.artifact, trusted) as reader:  # verified before parsed
         key = reader.verify(trusted)
         count = sum(1 for _ in reader.iter_segments())
     m = reader.manifest

@@ -7,7 +7,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ....protocol.artifact import HEADER_SIZE, assemble
+import msgpack
+
+from ....protocol.artifact import HEADER_SIZE, assemble, encode_header
 from ....protocol.errors import Reason
 from ....protocol.keys import SigningKey
 from ....protocol.manifest import Manifest, signing_message
@@ -21,9 +23,9 @@ def raw_split(art: bytes) -> tuple[bytes, bytes, list[bytes]]:
     m = int.from_bytes(art[6:10], "little")
     manifest = art[HEADER_SIZE : HEADER_SIZE + m]
     pos, segments = HEADER_SIZE + m + 64, []
-    for entry in Manifest.decode(manifest).segments:
-        segments.append(art[pos : pos + entry.length])
-        pos += entry.length
+    for length, _check in msgpack.unpackb(manifest, strict_map_key=False)[14]:
+        segments.append(art[pos : pos + length])
+        pos += length
     return manifest, art[HEADER_SIZE + m : HEADER_SIZE + m + 64], segments
 
 
@@ -49,6 +51,17 @@ def _with(art: bytes, key: SigningKey = VENDOR, **changes: Any) -> bytes:
     manifest_bytes, _sig, segments = split_artifact(art)
     manifest = dataclasses.replace(Manifest.decode(manifest_bytes), **changes)
     return assemble(manifest, segments, key)
+
+
+def _raw_with(art: bytes, key: SigningKey = VENDOR, **fields: Any) -> bytes:
+    """The artifact with raw manifest keys set (``k5=2**32``), bypassing the host's
+    Manifest checks, and signed: what a careless or hostile signer can produce."""
+    manifest_bytes, _sig, segments = raw_split(art)
+    raw = msgpack.unpackb(manifest_bytes, strict_map_key=False)
+    for name, value in fields.items():
+        raw[int(name[1:])] = value
+    data = msgpack.packb(raw, use_bin_type=True)
+    return encode_header(len(data)) + data + key.sign(signing_message(data)) + b"".join(segments)
 
 
 @dataclass
@@ -103,4 +116,16 @@ def hostile_cases(fw: Firmware, other: bytes) -> list[Hostile]:
                 visible=True),
         Hostile("delta against wrong base", fw.delta, Reason.WRONG_BASE, {"image": other},
                 visible=True),
+        # Signed values outside the one table of ranges (SPEC 2): refused by the
+        # gateway and by the device alike, never installed.
+        Hostile("signed counter 2^32", _raw_with(art, k5=1 << 32), Reason.MALFORMED,
+                link=False),
+        Hostile("signed target_size 2^32", _raw_with(art, k6=1 << 32), Reason.MALFORMED,
+                link=False),
+        Hostile("signed chip of 17 bytes", _raw_with(art, k3="c" * 17), Reason.MALFORMED,
+                link=False),
+        # A delta for the running image claiming a larger base: reads past the
+        # running image (the passive slot, nvs) are refused before any data.
+        Hostile("delta base_size past the running image",
+                _raw_with(fw.delta, k10=len(fw.old) + 4096), Reason.WRONG_BASE),
     ]  # fmt: skip

@@ -1,0 +1,122 @@
+"""Boot robustness against hostile or damaged flash (the simulated flash file is
+the device's whole memory): each test is an attack that stopped or misled the
+bootloader, the installer or ``device info`` before."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+
+from helpers_artifacts import key_a, small_image
+from otaferry.device_fw import otadata as od
+from otaferry.device_fw.device import Device
+from otaferry.device_fw.flash import SECTOR_SIZE
+from otaferry.device_fw.installer import install_stream
+from otaferry.protocol.artifact import build_full
+
+OLD = small_image(9000)
+NEW = small_image(12_000)[::-1]
+
+
+def _device(tmp_path: Path, counter: int = 0) -> Path:
+    path = tmp_path / "flash.bin"
+    Device.create(str(path), hw="test-board", chip="esp32c3", trusted_keys=[key_a().public.raw],
+                  image=OLD, version="old", security_counter=counter).close()  # fmt: skip
+    return path
+
+
+def _art(image: bytes, counter: int, version: str) -> bytes:
+    return build_full(image, key_a(), hw=("test-board",), chip="esp32c3", version=version,
+                      security_counter=counter, level=3)  # fmt: skip
+
+
+def _update(path: Path, counter: int = 1, confirm: bool | None = True) -> dict[str, object]:
+    with Device(str(path)) as dev:
+        install_stream(dev, io.BytesIO(_art(NEW, counter, "new")))
+    with Device(str(path)) as dev:
+        return dev.power_on(self_test=confirm)
+
+
+def test_otadata_sequence_near_2_32_installs_at_once_and_boots(tmp_path: Path) -> None:
+    """A CRC-valid seq near 2^32: the next seq was counted up to (~100 s) and came
+    out as 0xFFFFFFFF, the blank value, so the update never booted."""
+    path = _device(tmp_path)
+    with Device(str(path)) as dev:
+        dev.otadata.write_entry(0, od.Entry(0xFFFF_FFFD, od.VALID))  # selects ota_0
+    t0 = time.monotonic()
+    boot = _update(path)
+    assert boot["label"] == "ota_1" and boot["version"] == "new" and boot["state"] == "VALID"
+    with Device(str(path)) as dev:  # and once more: the sequence is used up, renumbered
+        install_stream(dev, io.BytesIO(_art(OLD, 2, "again")))
+        seqs = [e.seq for e in dev.otadata.read()]
+    assert od.SEQ_BLANK not in seqs and max(seqs) < 16, seqs
+    with Device(str(path)) as dev:
+        boot = dev.power_on(self_test=True)
+    assert boot["label"] == "ota_0" and boot["version"] == "again"
+    assert time.monotonic() - t0 < 10
+
+
+def test_crafted_state_records_count_as_absent(tmp_path: Path) -> None:
+    """State records with good CRCs but impossible contents crashed boot and info
+    (IndexError, TypeError, ...); running=7 left the device unable to boot."""
+    path = _device(tmp_path)
+    with Device(str(path)) as dev:
+        good = dict(dev.state)
+        crafted = [
+            dict(good, running=7),
+            dict(good, slots={"ota_0": {"sha256": 5}}),
+            dict(good, slots=[1, 2]),
+            dict(good, progress={"uid": b"x", "slot": "ota_9", "next": -1}),
+            dict(good, counter="high"),
+            dict(good, limits=None),
+            dict(good, trusted=[b"short"]),
+        ]
+    for state in crafted:
+        with Device(str(path)) as dev:
+            dev.store.save(state)
+        with Device(str(path)) as dev:
+            assert dev.state == good, state
+            info = dev.info()
+            boot = dev.power_on(self_test=True)
+        assert info["running_slot"] == 0 and boot["label"] == "ota_0"
+
+
+def test_read_error_in_the_selected_slot_falls_back(tmp_path: Path) -> None:
+    """A flash file cut short inside the selected slot stopped boot with FLASH_ERROR
+    although ota_0 held an intact image: fall back, as ESP-IDF does (both images at
+    the same security counter: an older counter would be refused, see below)."""
+    path = _device(tmp_path)
+    _update(path, counter=0)
+    with Device(str(path)) as dev:
+        cut = dev.slots[1].offset + 4096
+    os.truncate(path, cut)
+    with Device(str(path)) as dev:
+        boot = dev.power_on(self_test=True)
+    assert boot["label"] == "ota_0" and boot["version"] == "old"
+
+
+def test_both_otadata_copies_corrupt_never_boot_below_the_counter(tmp_path: Path) -> None:
+    """With otadata erased the bootloader tries ota_0: the older image, below the
+    security counter the device has confirmed. The counter is checked at boot."""
+    path = _device(tmp_path)
+    _update(path, counter=4)
+    with Device(str(path)) as dev:
+        assert dev.identity()["security_counter"] == 4
+        for i in (0, 1):
+            dev.flash.erase_sector(dev.otadata.offset + i * SECTOR_SIZE)
+    with Device(str(path)) as dev:
+        boot = dev.power_on(self_test=True)
+    assert boot["label"] == "ota_1" and boot["version"] == "new"
+
+
+def test_info_reports_what_the_next_boot_really_does(tmp_path: Path) -> None:
+    """After a boot without confirming, otadata still names the pending slot, but the
+    next reset marks it ABORTED and boots the other: info says the latter."""
+    path = _device(tmp_path)
+    boot = _update(path, confirm=None)
+    assert boot["label"] == "ota_1" and boot["state"] == "PENDING_VERIFY"
+    with Device(str(path)) as dev:
+        assert dev.info()["next_boot_slot"] == 0
+        assert dev.power_on(self_test=True)["label"] == "ota_0"
