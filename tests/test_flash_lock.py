@@ -5,13 +5,24 @@ the lock goes when the holder does, as power does on a power cut."""
 from __future__ import annotations
 
 import fcntl
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from otaferry.device_fw.device import Device
 from otaferry.device_fw.flash import Flash, FlashBusy, PowerCut
 from otaferry.device_fw.reasons import FlashError
+from otaferry.tools.cli import main
 from otaferry.tools.sample_fw import make_image
+
+ONE_LINE = re.compile(
+    r"otaferry: error\[BAD_STATE\]: flash file \S+ is held by (.*): stop it first"
+)
 
 
 def make(path: Path) -> Path:
@@ -63,3 +74,60 @@ def test_create_holds_the_lock_from_the_first_byte(tmp_path: Path) -> None:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         flash.close()
+
+
+def _wait_locked(path: Path, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    with open(path, "rb") as f:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            time.sleep(0.05)
+    raise AssertionError("device run never took the flash lock")
+
+
+def test_cli_refuses_while_device_run_serves_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "k.key"
+    assert main(["keygen", str(key)]) == 0
+    (tmp_path / "fw.bin").write_bytes(make_image("1.0.0"))
+    flash = tmp_path / "flash.bin"
+    init = ["flash", "init", "--hw", "b", "--pubkey", f"{key}.pub",
+            "--image", str(tmp_path / "fw.bin"), str(flash)]  # fmt: skip
+    assert main(init) == 0
+    (tmp_path / "u.ota").write_bytes(b"")
+    capsys.readouterr()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otaferry", "device", "run", "--quiet",
+         "--port", "loop://", "--flash", str(flash)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        _wait_locked(flash, proc)
+        before = flash.read_bytes()
+        for argv in (
+            init,
+            ["device", "install", "--flash", str(flash), str(tmp_path / "u.ota")],
+            ["device", "boot", "--flash", str(flash)],
+            ["device", "provision", "--flash", str(flash), "--new-key"],
+        ):
+            assert main(argv) == 1, argv
+            err = capsys.readouterr().err
+            m = ONE_LINE.fullmatch(err.rstrip("\n"))
+            assert m and err.count("\n") == 1, err
+            assert f"pid {proc.pid}" in m.group(1) and "device run" in m.group(1), err
+        assert flash.read_bytes() == before
+        # looking is allowed while it runs
+        assert main(["device", "info", "--flash", str(flash)]) == 0
+        assert "ota_0" in capsys.readouterr().out
+    finally:
+        proc.send_signal(signal.SIGKILL)  # a power cut: the kernel drops the lock
+        proc.wait()
+    assert main(init) == 0
+    assert os.path.getsize(flash) == 4 * 1024 * 1024

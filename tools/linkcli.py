@@ -147,7 +147,9 @@ def push(args: argparse.Namespace) -> int:
 def device_run(args: argparse.Namespace) -> int:
     from ..device_fw.port import open_serial
     from ..device_fw.serve import serve
+    from .devicecli import require_flash_file
 
+    require_flash_file(args.flash)  # before the port is opened and "serving" is said
     stopping = []
 
     def _stop(*_: object) -> None:
