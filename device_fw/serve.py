@@ -21,7 +21,8 @@ LINK_PROLOGUE = b"otaferry/link/v1"
 def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None):
     """Serve one device until ``stop()`` returns True (forever by default).
 
-    ``on_event(kind, detail)`` is told about sessions for logging: "hello",
+    ``on_event(kind, detail)`` is told about sessions for logging: "ready"
+    (the device is open, its flash held, and it listens), then "hello",
     "accept", "reject", "done", "bad_frames".
     """
     if clock is None:
@@ -42,6 +43,8 @@ def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None):
             for body in receiver.announce():
                 port.write(framing.encode_frame(body))
         last_phase = receiver.phase
+        if on_event is not None:
+            on_event("ready", dict(receiver.stats))
         while stop is None or not stop():
             data = port.read(READ_SIZE)
             if not data:

@@ -122,6 +122,13 @@ def test_cli_refuses_while_device_run_serves_the_file(
             m = ONE_LINE.fullmatch(err.rstrip("\n"))
             assert m and err.count("\n") == 1, err
             assert f"pid {proc.pid}" in m.group(1) and "device run" in m.group(1), err
+        # a second device on the same file: one line, before it says it serves
+        second = subprocess.run(
+            [sys.executable, "-m", "otaferry", "device", "run",
+             "--port", "loop://", "--flash", str(flash)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1 and ONE_LINE.fullmatch(second.stderr.rstrip("\n"))
         assert flash.read_bytes() == before
         # looking is allowed while it runs
         assert main(["device", "info", "--flash", str(flash)]) == 0
