@@ -95,8 +95,12 @@ def _check_state(s, labels):
 
 
 class Device:
-    def __init__(self, path, cut_at=None):
-        self.flash = Flash(path, cut_at=cut_at)
+    def __init__(self, path, cut_at=None, read_only=False, flash=None):
+        """Open the device in flash file ``path``; it holds the file's lock until
+        closed (``flash.FlashBusy`` if another process holds it). ``read_only``:
+        look without the lock (``info``); nothing may be written. ``flash``: an
+        open Flash to take over (``create`` passes its own, never unlocked)."""
+        self.flash = flash if flash is not None else Flash(path, cut_at=cut_at, read_only=read_only)
         try:
             self.parts = P.read_table(self.flash)
             self.otadata_part, self.slots = P.ota_layout(self.parts)
@@ -112,7 +116,7 @@ class Device:
             self.state = self.store.load()
             if self.state is None or self.state.get("v") != STATE_VERSION:
                 raise DeviceError(R.BAD_STATE, "flash holds no device state (run 'flash init')")
-        except Exception:
+        except BaseException:
             self.flash.close()
             raise
         self._protect_active()
@@ -155,7 +159,7 @@ class Device:
         for key in trusted_keys:
             if len(key) != 32:
                 raise DeviceError(R.BAD_KEY, "trusted keys must be raw 32-byte Ed25519 keys")
-        flash = Flash.create(path, size)
+        flash = Flash.create(path, size)  # locked before it clears the file
         try:
             P.write_table(flash, parts)
             flash.erase_range(slots[0].offset, (len(image) + 4095) // 4096 * 4096)
@@ -190,9 +194,12 @@ class Device:
             if not nvs:
                 raise DeviceError(R.PARTITION_TABLE, "no nvs partition for the device state")
             Store.on_partition(flash, nvs[0]).save(state)
-        finally:
+        except BaseException:
             flash.close()
-        return cls(path)
+            raise
+        # The device starts counting flash ops at power-on, as if opened afresh.
+        flash.ops = flash.programs = flash.erases = flash.bytes_programmed = 0
+        return cls(path, flash=flash)
 
     def close(self):
         self.flash.close()

@@ -17,9 +17,48 @@ raises ``PowerCut`` after being partly applied:
 
 After that the instance is dead: every call raises ``PowerCut``, like a CPU
 that has stopped. ``Flash(path)`` continues from the file.
+
+One flash file, one owner: a Flash opened for writing (and ``Flash.create``,
+before it clears anything) holds an exclusive advisory lock (``flock``) on
+the file for as long as it is open, so a second device process, or a
+``flash init`` over a device that is running, is refused with
+:class:`FlashBusy` instead of rewriting the file under it. The kernel drops
+the lock when the holder dies, as a power cut drops a chip; a dead instance
+drops it too. ``read_only=True`` opens without a lock and refuses writes (a
+reader of a running device's file sees what a power cut would leave).
+MicroPython has no ``fcntl``: there the device is the only process, and the
+lock is skipped.
 """
 
-from .reasons import FlashError
+from .reasons import BAD_STATE, DeviceError, FlashError
+
+try:
+    import fcntl
+except ImportError:  # MicroPython
+    fcntl = None
+
+
+class FlashBusy(DeviceError):
+    """Another open Flash holds the file's lock."""
+
+    def __init__(self, path):
+        DeviceError.__init__(
+            self, BAD_STATE, "flash file %s is in use by another process" % path, path=path
+        )
+
+
+def _lock(f, path):
+    """Take the exclusive lock on an open file, or close it and raise FlashBusy."""
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise FlashBusy(path)
+    except OSError:
+        f.close()
+        raise
 
 SECTOR_SIZE = 4096
 # One erased sector, made once: an erase costs the device no 4 KiB temporary
@@ -39,9 +78,15 @@ class PowerCut(Exception):
 
 
 class Flash:
-    def __init__(self, path, cut_at=None):
+    def __init__(self, path, cut_at=None, read_only=False, _file=None):
         self.path = path
-        self._f = open(path, "r+b")  # noqa: SIM115 - lives as long as the object
+        self.read_only = read_only
+        if _file is not None:  # from create(), already locked
+            self._f = _file
+        else:
+            self._f = open(path, "rb" if read_only else "r+b")  # noqa: SIM115 - as long as self
+            if not read_only:
+                _lock(self._f, path)
         self._f.seek(0, 2)
         self.size = self._f.tell()
         if self.size == 0 or self.size % SECTOR_SIZE:
@@ -67,10 +112,26 @@ class Flash:
                 "flash size %d is not a multiple of %d" % (size, SECTOR_SIZE), size=size
             )
         blank = b"\xff" * SECTOR_SIZE
-        with open(path, "wb") as f:
+        if fcntl is None:
+            with open(path, "wb") as f:
+                for _ in range(size // SECTOR_SIZE):
+                    f.write(blank)
+            return cls(path, cut_at=cut_at)
+        # Lock first, then clear: "wb" would truncate a file another process holds.
+        try:
+            f = open(path, "r+b")  # noqa: SIM115 - handed to the instance
+        except FileNotFoundError:
+            f = open(path, "w+b")  # noqa: SIM115 - handed to the instance
+        _lock(f, path)
+        try:
             for _ in range(size // SECTOR_SIZE):
                 f.write(blank)
-        return cls(path, cut_at=cut_at)
+            f.truncate()
+            f.flush()
+        except BaseException:
+            f.close()
+            raise
+        return cls(path, cut_at=cut_at, _file=f)
 
     def close(self):
         if self._f is not None:
@@ -103,6 +164,10 @@ class Flash:
             )
         if kind == "read":
             return
+        if self.read_only:
+            raise FlashError(
+                "%s at 0x%x: %s is open read-only" % (kind, addr, self.path), addr=addr
+            )
         end = addr + length
         for start, stop, name in self._protected:
             if addr < stop and start < end:
@@ -126,7 +191,7 @@ class Flash:
 
     def _die(self, kind, addr):
         self.dead = True
-        self._f.flush()
+        self.close()  # a chip without power holds nothing: the lock goes too
         raise PowerCut("power cut during %s at 0x%x (op %d)" % (kind, addr, self.cut_at))
 
     def _put(self, addr, data):

@@ -19,7 +19,8 @@ __all__ = ["LINK_PROLOGUE", "READ_SIZE", "serve"]
 def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None):
     """Serve one device until ``stop()`` returns True (forever by default).
 
-    ``on_event(phase, stats)`` is told when the receiver's phase changes.
+    ``on_event(kind, detail)`` is told "ready" once the device is open, its
+    flash held, and it listens; then the receiver's phase at every change.
     """
     if clock is None:
         import time
@@ -28,6 +29,8 @@ def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None):
     device = Device(flash_path)
     try:
         loop = StreamLoop(device, mtu, on_event)
+        if on_event is not None:
+            on_event("ready", dict(loop.receiver.stats))
         hello = loop.start()
         if hello:
             port.write(hello)

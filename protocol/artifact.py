@@ -54,6 +54,7 @@ __all__ = [
     "assemble",
     "build_full",
     "describe",
+    "device_ram_bytes",
     "encode_header",
     "find_key",
     "inspect_artifact",
@@ -384,8 +385,23 @@ def describe(manifest: Manifest) -> dict[str, Any]:
         "segment_size": manifest.segment_size,
         "segments": manifest.segment_count,
         "key_id": manifest.key_id.hex(),
-        "decoder_ram_bytes": decoder_ram_bytes(manifest.segment_size, manifest.window_log),
+        "decoder_ram_bytes": device_ram_bytes(manifest),
     }
+
+
+def device_ram_bytes(manifest: Manifest) -> int:
+    """The RAM the device reckons it needs for this artifact, by the formula of its kind.
+
+    A full image: the zstd decoder's window, blocks and tables plus one segment
+    (SPEC section 4). A delta: the applier's budget for its biggest segment
+    payload (SPEC section 7), the number the device compares with its
+    ``ram_budget`` before it accepts the update.
+    """
+    if manifest.payload_kind == PAYLOAD_DELTA:
+        from .delta import ram_budget
+
+        return ram_budget(max((s.length for s in manifest.segments), default=0))
+    return decoder_ram_bytes(manifest.segment_size, manifest.window_log)
 
 
 def inspect_artifact(

@@ -27,10 +27,19 @@ string that is empty or not UTF-8) are ``None``. Callers treat ``None`` as
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["APP_DESC_MAGIC", "CHIP_IDS", "IMAGE_MAGIC", "EspImageInfo", "parse_esp_image"]
+__all__ = [
+    "APP_DESC_MAGIC",
+    "CHIP_IDS",
+    "IMAGE_MAGIC",
+    "EspImageInfo",
+    "describe_esp_image",
+    "parse_esp_image",
+]
 
 IMAGE_MAGIC = 0xE9
 APP_DESC_MAGIC = 0xABCD5432
@@ -60,6 +69,7 @@ _EXTENDED = struct.Struct("<B3sHBHH4sB")  # wp_pin, drv, chip_id, rev, rev_min, 
 _SEGMENT = struct.Struct("<II")  # load_addr, data_len
 _APP_DESC_HEAD = struct.Struct("<II8s32s32s16s16s32s")  # up to idf_ver
 _APP_DESC_MIN = _APP_DESC_HEAD.size  # 144 bytes
+CHECKSUM_SEED = 0xEF
 
 # Plausible ESP8266 load addresses: DRAM, IRAM / flash-mapped IROM, RTC memory.
 _ESP8266_RANGES = ((0x3FFE8000, 0x40300000), (0x60001000, 0x60002000))
@@ -159,3 +169,68 @@ def _parse_esp8266(data: bytes, count: int, entry: int) -> EspImageInfo | None:
         segment_count=count,
         entry_addr=entry,
     )
+
+
+def describe_esp_image(data: bytes) -> dict[str, Any] | None:
+    """What esptool's ``image_info`` shows, as a JSON-ready dict (``None``: not an ESP image).
+
+    Walks the segment headers and checks the image's own integrity fields: the
+    XOR checksum (seed 0xEF over every segment's data, stored in the last byte
+    of the 16-byte block after the last segment) and, when the header says so,
+    the SHA-256 appended after it. Like :func:`parse_esp_image` it never
+    raises: a segment running past the end makes ``truncated`` True and the
+    checks ``None``.
+    """
+    data = bytes(data)
+    info = parse_esp_image(data)
+    if info is None:
+        return None
+    pos = ESP32_HEADER_SIZE if info.family == "esp32" else COMMON_HEADER_SIZE
+    hash_appended = info.family == "esp32" and data[ESP32_HEADER_SIZE - 1] == 1
+    segments: list[dict[str, int]] = []
+    checksum = CHECKSUM_SEED
+    truncated = False
+    for _ in range(info.segment_count):
+        if pos + SEGMENT_HEADER_SIZE > len(data):
+            truncated = True
+            break
+        load, length = _SEGMENT.unpack_from(data, pos)
+        segments.append({"load_addr": load, "offset": pos + SEGMENT_HEADER_SIZE, "length": length})
+        pos += SEGMENT_HEADER_SIZE
+        if pos + length > len(data):
+            truncated = True
+            break
+        for b in data[pos : pos + length]:
+            checksum ^= b
+        pos += length
+    checksum_at = pos | 15
+    end = checksum_at + 1 + (32 if hash_appended else 0)
+    truncated = truncated or end > len(data)
+    checksum_ok = sha_ok = None
+    if not truncated:
+        checksum_ok = data[checksum_at] == checksum
+        if hash_appended:
+            digest = hashlib.sha256(data[: checksum_at + 1]).digest()
+            sha_ok = data[checksum_at + 1 : end] == digest
+    return {
+        "kind": "esp-app-image",
+        "family": info.family,
+        "chip": info.chip,
+        "chip_id": info.chip_id,
+        "min_chip_rev_full": info.min_chip_rev_full,
+        "max_chip_rev_full": info.max_chip_rev_full,
+        "entry_addr": info.entry_addr,
+        "segment_count": info.segment_count,
+        "segments": segments,
+        "app_desc": info.version is not None or info.secure_version is not None,
+        "version": info.version,
+        "project": info.project,
+        "secure_version": info.secure_version,
+        "idf_ver": info.idf_ver,
+        "image_size": len(data),
+        "image_end": None if truncated else end,
+        "truncated": truncated,
+        "checksum_ok": checksum_ok,
+        "hash_appended": hash_appended,
+        "sha256_ok": sha_ok,
+    }

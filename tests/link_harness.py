@@ -44,7 +44,7 @@ def make_flash(path: str, img: bytes) -> str:
 
 
 def device_public(path: str) -> LinkPublicKey:
-    with Device(path) as d:
+    with Device(path, read_only=True) as d:  # a serving thread may hold the flash
         return LinkPublicKey.from_raw(d.link_public())
 
 

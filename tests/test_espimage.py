@@ -10,7 +10,13 @@ import pytest
 from helpers_artifacts import ESP8266_V110, ESP8266_V194, PROGRAMMER_080
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from otaferry.protocol.espimage import CHIP_IDS, EspImageInfo, parse_esp_image
+from otaferry.protocol.espimage import (
+    CHIP_IDS,
+    EspImageInfo,
+    describe_esp_image,
+    parse_esp_image,
+)
+from paths import ESP32_BLINK, ESP32_HELLO
 
 APP_DESC_MAGIC = 0xABCD5432
 
@@ -163,3 +169,62 @@ def test_mutated_esp32_image_never_raises(data: st.DataObject) -> None:
     image = image[: data.draw(st.integers(0, len(image)))]
     info = parse_esp_image(bytes(image))
     assert info is None or info.family in ("esp32", "esp8266")
+
+
+# ---------------------------------------------------------------- describe (inspect on raw images)
+
+
+@pytest.mark.parametrize(
+    ("path", "project", "version", "entry"),
+    [
+        (ESP32_BLINK, "blink", "1", 0x40081150),
+        (ESP32_HELLO, "hello_world", "6970792-dirty", 0x4008129C),
+    ],
+    ids=["blink", "hello_world"],
+)
+def test_describe_real_esp32_images(path: Path, project: str, version: str, entry: int) -> None:
+    """What esptool image-info says of the two real ESP-IDF builds (SOURCES.md)."""
+    data = path.read_bytes()
+    d = describe_esp_image(data)
+    assert d is not None
+    assert (d["chip"], d["project"], d["version"], d["entry_addr"]) == (
+        "esp32",
+        project,
+        version,
+        entry,
+    )
+    assert d["segment_count"] == 5 and len(d["segments"]) == 5
+    assert d["segments"][0]["load_addr"] == 0x3F400020 and d["segments"][0]["offset"] == 32
+    assert d["checksum_ok"] is True and d["hash_appended"] is True and d["sha256_ok"] is True
+    assert d["image_end"] == len(data) and d["truncated"] is False
+    # the segments tile the file exactly: header, (8-byte header + data)*, checksum block, hash
+    end = d["segments"][-1]["offset"] + d["segments"][-1]["length"]
+    assert (end | 15) + 1 + 32 == len(data)
+
+
+def test_describe_sees_a_flipped_byte_and_truncation() -> None:
+    data = bytearray(ESP32_BLINK.read_bytes())
+    data[1000] ^= 0x01  # inside segment 0: the XOR checksum and the SHA-256 both break
+    d = describe_esp_image(bytes(data))
+    assert d is not None and d["checksum_ok"] is False and d["sha256_ok"] is False
+    cut = describe_esp_image(ESP32_BLINK.read_bytes()[:100_000])
+    assert cut is not None and cut["truncated"] is True and cut["checksum_ok"] is None
+    assert cut["chip"] == "esp32" and cut["version"] == "1"  # the header still reads
+
+
+def test_describe_esp8266_has_no_hash_and_a_valid_checksum() -> None:
+    d = describe_esp_image(ESP8266_V110.read_bytes())
+    assert d is not None and d["family"] == "esp8266" and d["app_desc"] is False
+    assert d["checksum_ok"] is True and d["sha256_ok"] is None and d["segment_count"] == 3
+    assert describe_esp_image(PROGRAMMER_080.read_bytes()) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_describe_never_raises_on_mutations(data: st.DataObject) -> None:
+    image = bytearray(esp32_image())
+    for _ in range(data.draw(st.integers(1, 6))):
+        image[data.draw(st.integers(0, 200))] = data.draw(st.integers(0, 255))
+    image = image[: data.draw(st.integers(0, len(image)))]
+    d = describe_esp_image(bytes(image))
+    assert d is None or d["family"] in ("esp32", "esp8266")

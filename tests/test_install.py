@@ -68,7 +68,7 @@ def install(path: Path, artifact: bytes, **kw: object) -> dict[str, object]:
 
 
 def slot_bytes(path: Path, index: int) -> bytes:
-    with Device(str(path)) as dev:
+    with Device(str(path), read_only=True) as dev:  # callers may hold the device open
         s = dev.slots[index]
         return dev.flash.read(s.offset, s.size)
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import venv
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +79,9 @@ def test_wheel_installs_and_cli_runs(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     out = _run([str(env_dir / "bin" / "otaferry"), "--help"], env=env, cwd=tmp_path)
     assert "keygen" in out.stdout and "build" in out.stdout and "demo" in out.stdout
+    # the top-level package is installed too: python -m otaferry is the same CLI
+    module = _run([str(py), "-m", "otaferry", "--version"], env=env, cwd=tmp_path)
+    assert module.stdout.strip() == f"otaferry {version('otaferry')}"
     where = _run(
         [
             str(py),

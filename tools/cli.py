@@ -3,7 +3,11 @@
 It composes protocol/ (build, inspect, verify), device_fw/ (the simulated
 device) and transport/ (links); it holds no protocol logic of its own. Every
 error leaves through :func:`main` as one line ``otaferry: error[REASON]: ...``
-and a non-zero exit status (1), usage errors exit 2.
+and exit status 1: otaferry's own errors with their reason, OSError as
+IO_ERROR, ValueError / UnicodeError as MALFORMED, anything else as INTERNAL
+(``OTAFERRY_DEBUG=1`` prints the traceback too). Usage errors, including a
+numeric option out of range (checked while parsing, see ``args.py``), are
+``error[USAGE]`` with exit status 2.
 """
 
 from __future__ import annotations
@@ -11,13 +15,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+from ..device_fw.flash import FlashBusy
 from ..device_fw.reasons import DeviceError
 from ..device_fw.reasons import name as reason_name
-from ..protocol.errors import OtaferryError
+from ..protocol.errors import OtaferryError, Reason
+from . import args as A
+from .args import UsageError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -56,20 +66,99 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from ..protocol.artifact import inspect_artifact
+@contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """Errors about a file's content say which file (the readers take streams)."""
+    try:
+        yield
+    except OtaferryError as exc:
+        if path in exc.message:
+            raise
+        raise OtaferryError(f"{path}: {exc.message}", exc.reason, **exc.fields) from exc
 
-    info = inspect_artifact(args.artifact)
-    if args.json:
+
+def _print_table(info: dict[str, Any]) -> None:
+    width = max(len(k) for k in info)
+    for key in sorted(info):
+        value = info[key]
+        if key == "segments" and isinstance(value, list):
+            value = "; ".join(
+                f"0x{s['load_addr']:08x} {s['length']} B at 0x{s['offset']:x}" for s in value
+            )
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        elif key.endswith("_addr") and isinstance(value, int):
+            value = f"0x{value:08x}"
+        print(f"{key:<{width}}  {value}")
+
+
+def _show(info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
         _print_json(info)
     else:
-        width = max(len(k) for k in info)
-        for key in sorted(info):
-            value = info[key]
-            if isinstance(value, list):
-                value = ", ".join(str(v) for v in value)
-            print(f"{key:<{width}}  {value}")
-    return 0 if info.get("segments_ok", True) else 1
+        _print_table(info)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """An ``.ota`` artifact (manifest, segment checks, signature with --pubkey), or a
+    raw ESP app image (header, segments, app description, checksum and hash)."""
+    from ..protocol.artifact import HEADER_SIZE, SIGNATURE_SIZE, inspect_artifact
+    from ..protocol.espimage import IMAGE_MAGIC, describe_esp_image
+    from ..protocol.keys import load_verify_key
+    from .files import read_file
+
+    trusted = [load_verify_key(p) for p in args.pubkey] if args.pubkey else None
+    try:
+        with open(args.artifact, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise OtaferryError(
+            f"cannot read {args.artifact}: {exc.strerror}", Reason.IO_ERROR
+        ) from exc
+    if head[:1] == bytes([IMAGE_MAGIC]):  # an .ota starts with "OTAF"
+        if trusted is not None:
+            raise UsageError(f"{args.artifact} is a raw ESP image: there is no signature to check")
+        esp = describe_esp_image(read_file(args.artifact))
+        if esp is None:
+            raise OtaferryError(
+                f"{args.artifact} starts like an ESP image (0xE9) but its header is not one",
+                Reason.BAD_MAGIC,
+            )
+        _show(esp, args.json)
+        if esp["truncated"]:
+            raise OtaferryError(
+                f"{args.artifact}: the image ends inside its segments or checksum "
+                f"({esp['image_size']} bytes)",
+                Reason.TRUNCATED,
+            )
+        if esp["checksum_ok"] is False or esp["sha256_ok"] is False:
+            bad = "checksum" if esp["checksum_ok"] is False else "appended SHA-256"
+            raise OtaferryError(
+                f"{args.artifact}: the image's {bad} does not match", Reason.SEGMENT_CORRUPT
+            )
+        return 0
+
+    with _naming(args.artifact):
+        info = inspect_artifact(args.artifact, trusted)
+    _show(info, args.json)
+    if info["signature_ok"] is False:
+        raise OtaferryError(
+            f"{args.artifact}: signature not valid for the given key(s)",
+            Reason[info["signature_error"]],
+        )
+    if info["payload_error"]:
+        expected = HEADER_SIZE + info["manifest_size"] + SIGNATURE_SIZE + info["payload_size"]
+        sizes = f"the file is {info['file_size']} bytes, its manifest describes {expected}"
+        message = {
+            "TRUNCATED": f"the file ends inside the payload: {sizes}",
+            "MALFORMED": f"trailing bytes after the last segment: {sizes}",
+        }.get(
+            info["payload_error"],
+            f"segment(s) {', '.join(map(str, info['bad_segments']))} do not match their "
+            "signed checks",
+        )
+        raise OtaferryError(f"{args.artifact}: {message}", Reason[info["payload_error"]])
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -77,7 +166,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ..protocol.keys import load_verify_key
 
     trusted = [load_verify_key(p) for p in args.pubkey]
-    with open_artifact(args.artifact, trusted) as reader:  # verified before parsed
+    with _naming(args.artifact), open_artifact(args.artifact, trusted) as reader:  # verified first
         key = reader.verify(trusted)
         count = sum(1 for _ in reader.iter_segments())
     m = reader.manifest
@@ -109,19 +198,42 @@ def cmd_linesim(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- parser
 
+U32_MAX = 2**32 - 1
+SECTOR = 4096
+# 16-byte frames (the session's minimum) + the 10 bytes the secure channel adds to each.
+MIN_MTU, MAX_MTU = 26, 65535
+security_counter = A.int_range(0, U32_MAX)
+mtu = A.int_range(MIN_MTU, MAX_MTU)
+key_id = A.hex_bytes(8)
+
+# Old flag names still accepted but not shown in --help: (command, old, new).
+HIDDEN_ALIASES = [("flash init", "--trust", "--pubkey")]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("otaferry")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = A.Parser(
         prog="otaferry",
         description="Build, verify and ferry signed firmware updates into A/B flash slots.",
+        epilog="Errors: one line 'otaferry: error[REASON]: ...', exit 1 (usage errors: 2). "
+        "OTAFERRY_DEBUG=1 adds a traceback.",
     )
+    p.add_argument("--version", action="version", version=f"otaferry {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser(
         "keygen", help="create a key pair: Ed25519 signing (default) or X25519 link (--link)"
     )
     s.add_argument("--link", action="store_true", help="an X25519 link key (gateway identity)")
-    s.add_argument("keyfile")
+    s.add_argument("keyfile", help="private key file to create; the public key goes to KEYFILE.pub")
     s.set_defaults(func=cmd_keygen)
 
     s = sub.add_parser("build", help="build a signed .ota artifact from a firmware image")
@@ -134,61 +246,93 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--project", help="project name (default: from an ESP image)")
     s.add_argument(
         "--security-counter",
-        type=int,
-        help="anti-rollback counter (default: ESP secure_version or 0)",
+        type=security_counter,
+        help=f"anti-rollback counter, 0..{U32_MAX} (default: ESP secure_version or 0)",
     )
     s.add_argument("--base", help="old image: build a delta against it")
-    s.add_argument("--segment-size", type=int, help="target bytes per segment (multiple of 4096)")
-    s.add_argument("--level", type=int, default=19, help="zstd level (default 19)")
+    s.add_argument(
+        "--segment-size",
+        type=A.multiple_of(SECTOR),
+        help="target bytes per segment, a multiple of 4096 (default 8192 full, 32768 delta)",
+    )
+    s.add_argument(
+        "--level", type=A.int_range(1, 22), default=19, help="zstd level 1..22 (default 19)"
+    )
+    s.add_argument(
+        "--force", action="store_true", help="build even if --chip contradicts the image header"
+    )
     s.add_argument("-o", "--output", required=True, help="output .ota file")
     s.add_argument("image", help="new firmware image")
     s.set_defaults(func=cmd_build)
 
-    s = sub.add_parser("inspect", help="show an artifact's manifest and check its segments")
+    s = sub.add_parser(
+        "inspect",
+        help="show an artifact's manifest and check its segments, or a raw ESP image's header",
+    )
     s.add_argument("--json", action="store_true", help="stable JSON output")
-    s.add_argument("artifact")
+    s.add_argument(
+        "--pubkey",
+        action="append",
+        help="also check the signature against this public key (repeatable)",
+    )
+    s.add_argument("artifact", help="an .ota artifact or a raw ESP app image (.bin)")
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("verify", help="verify signature and every segment (exit 0 only if valid)")
     s.add_argument(
         "--pubkey", action="append", required=True, help="trusted public key (repeatable)"
     )
-    s.add_argument("artifact")
+    s.add_argument("artifact", help="the .ota artifact")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("flash", help="simulated device flash")
     fsub = s.add_subparsers(dest="flash_command", required=True, metavar="SUBCOMMAND")
     f = fsub.add_parser("init", help="create a flash file with a running firmware in ota_0")
     f.add_argument("--hw", required=True, help="device hardware id")
-    f.add_argument("--chip", default="esp32", help="device chip (default esp32)")
+    f.add_argument("--chip", help="device chip (default: from an ESP image's header)")
     f.add_argument(
-        "--trust", action="append", required=True, help="trusted public key (repeatable)"
+        "--pubkey",
+        action="append",
+        help="public key the device trusts for artifacts (repeatable; required)",
     )
+    f.add_argument("--trust", dest="pubkey", action="append", help=argparse.SUPPRESS)
     f.add_argument("--image", required=True, help="firmware installed in ota_0 as valid")
     f.add_argument(
         "--version",
         dest="fw_version",
         help="version of that firmware (default: from an ESP image, else 'factory')",
     )
-    f.add_argument("--security-counter", type=int, default=0)
+    f.add_argument(
+        "--security-counter",
+        type=security_counter,
+        help="the device's anti-rollback counter (default: ESP secure_version or 0)",
+    )
     f.add_argument(
         "--partitions",
         help="ESP-IDF partition table CSV (default: nvs, otadata, phy_init, ota_0, ota_1)",
     )
-    f.add_argument("--size", default="4M", help="flash size (default 4M)")
-    f.add_argument("--device-id", help="device id (hex, default random)")
+    f.add_argument(
+        "--size", type=A.flash_size, default=4 * 1024 * 1024, help="flash size (default 4M)"
+    )
+    f.add_argument(
+        "--device-id", type=A.hex_bytes(8), help="device id, 16 hex digits (default random)"
+    )
     f.add_argument("--gateway-pub", action="append", help="accepted gateway link key (repeatable)")
-    f.add_argument("flash")
+    f.add_argument(
+        "--force", action="store_true", help="use --chip even if it contradicts the image header"
+    )
+    f.add_argument("flash", help="flash file to create (refused while a device holds it)")
     f.set_defaults(func=_lazy("devicecli", "flash_init"))
 
     s = sub.add_parser("device", help="act as the simulated device")
     dsub = s.add_subparsers(dest="device_command", required=True, metavar="SUBCOMMAND")
+    flash_help = "the device's flash file (otaferry flash init)"
     d = dsub.add_parser("install", help="install an artifact into the passive slot (offline)")
-    d.add_argument("--flash", required=True)
-    d.add_argument("artifact")
+    d.add_argument("--flash", required=True, help=flash_help)
+    d.add_argument("artifact", help="the .ota artifact")
     d.set_defaults(func=_lazy("devicecli", "install"))
     d = dsub.add_parser("boot", help="reset the device: bootloader, then the app's self-test")
-    d.add_argument("--flash", required=True)
+    d.add_argument("--flash", required=True, help=flash_help)
     d.add_argument(
         "--fail-self-test", action="store_true", help="the new image fails its self-test"
     )
@@ -197,24 +341,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the app dies before it confirms (no self-test verdict)",
     )
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--json", action="store_true", help="stable JSON output")
     d.set_defaults(func=_lazy("devicecli", "boot"))
     d = dsub.add_parser("run", help="serve the link protocol on a port until killed")
     d.add_argument("--port", required=True, help="pyserial URL or device path")
-    d.add_argument("--flash", required=True)
-    d.add_argument("--baud", type=int, default=115200)
-    d.add_argument("--mtu", type=int, default=1024, help="largest frame body (default 1024)")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--flash", required=True, help=flash_help)
+    d.add_argument("--baud", type=A.positive_int, default=115200, help="line rate (default 115200)")
+    d.add_argument(
+        "--mtu",
+        type=mtu,
+        default=1024,
+        help=f"largest frame body, {MIN_MTU}..{MAX_MTU} (default 1024)",
+    )
+    d.add_argument("--quiet", action="store_true", help="no log lines on stderr")
     d.set_defaults(func=_lazy("linkcli", "device_run"))
     d = dsub.add_parser(
         "provision", help="the device's link identity: X25519 key, accepted gateways, policy"
     )
-    d.add_argument("--flash", required=True)
+    d.add_argument("--flash", required=True, help=flash_help)
     d.add_argument("--gateway-pub", action="append", help="accepted gateway key (replaces list)")
     d.add_argument("--new-key", action="store_true", help="generate a new device key")
     d.add_argument(
         "--revoke",
         action="append",
+        type=key_id,
         metavar="KEYID",
         help="refuse artifacts signed by this key id (16 hex digits; repeatable)",
     )
@@ -235,17 +385,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=_lazy("devicecli", "provision"))
     d = dsub.add_parser("info", help="slots, states, versions, security counter")
-    d.add_argument("--flash", required=True)
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--flash", required=True, help=flash_help + "; read even while it runs")
+    d.add_argument("--json", action="store_true", help="stable JSON output")
     d.set_defaults(func=_lazy("devicecli", "info"))
 
     s = sub.add_parser("push", help="push an update to a device over a serial line")
     s.add_argument("--port", required=True, help="pyserial URL: /dev/ttyUSB0, socket://h:p, ...")
-    s.add_argument("--baud", type=int, default=115200)
-    s.add_argument("--window", type=int, help="frames in flight (default: from baud and mtu)")
-    s.add_argument("--mtu", type=int, default=1024, help="largest frame body (default 1024)")
-    s.add_argument("--rto", type=float, default=1.0, help="first retransmit timeout, s")
-    s.add_argument("--retries", type=int, default=8, help="silent timeouts before giving up")
+    s.add_argument("--baud", type=A.positive_int, default=115200, help="line rate (default 115200)")
+    s.add_argument(
+        "--window", type=A.positive_int, help="frames in flight (default: from baud and mtu)"
+    )
+    s.add_argument(
+        "--mtu",
+        type=mtu,
+        default=1024,
+        help=f"largest frame body, {MIN_MTU}..{MAX_MTU} (default 1024)",
+    )
+    s.add_argument(
+        "--rto", type=A.positive_float, default=1.0, help="first retransmit timeout, s (default 1)"
+    )
+    s.add_argument(
+        "--retries",
+        type=A.non_negative_int,
+        default=8,
+        help="silent timeouts before giving up (default 8)",
+    )
     s.add_argument("--json-progress", action="store_true", help="one JSON line per event")
     s.add_argument("--link-key", help="this gateway's X25519 link key (otaferry keygen --link)")
     s.add_argument("--device-pub", help="the device's link public key (device provision --out)")
@@ -272,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="two pseudo-terminals joined by a simulated UART (baud, latency, errors, drops)",
         add_help=False,
     )
-    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="linesim's own arguments (-h for them)")
     s.set_defaults(func=cmd_linesim)
 
     s = sub.add_parser(
@@ -281,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'bench fleet [--sessions N]'",
         add_help=False,
     )
-    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark and its arguments")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("demo", help="the whole flow on a simulated device (the quick start)")
@@ -315,7 +479,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
 PASSTHROUGH = {"linesim": cmd_linesim, "bench": cmd_bench}
 
 
+def _describe(exc: BaseException) -> tuple[str, str]:
+    """(reason name, one-line message) for anything a command raised."""
+    if isinstance(exc, OtaferryError):
+        return exc.reason.name, exc.message
+    if isinstance(exc, FlashBusy):
+        from .files import lock_holder
+
+        holder = lock_holder(exc.fields["path"])
+        who = f"held by {holder}" if holder else "held by another process"
+        return reason_name(exc.reason), f"flash file {exc.fields['path']} is {who}: stop it first"
+    if isinstance(exc, DeviceError):
+        return reason_name(exc.reason), exc.message
+    if isinstance(exc, UsageError):
+        return A.USAGE, str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return Reason.IO_ERROR.name, f"{where}{exc.strerror or exc}"
+    if isinstance(exc, UnicodeError):
+        return Reason.MALFORMED.name, f"text that is not valid UTF-8 ({exc})"
+    if isinstance(exc, ValueError):
+        return Reason.MALFORMED.name, str(exc)
+    return A.INTERNAL, (
+        f"{type(exc).__name__}: {exc} (a bug in otaferry; OTAFERRY_DEBUG=1 shows the traceback)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure leaves as one line on stderr and exit 1
+    (usage errors: 2). ``OTAFERRY_DEBUG=1`` prints the traceback first."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PASSTHROUGH:
         args = argparse.Namespace(rest=argv[1:], func=PASSTHROUGH[argv[0]])
@@ -324,14 +516,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Handler = args.func
     try:
         return func(args)
-    except OtaferryError as exc:
-        print(f"otaferry: error[{exc.reason.name}]: {exc.message}", file=sys.stderr)
-    except DeviceError as exc:
-        print(f"otaferry: error[{reason_name(exc.reason)}]: {exc.message}", file=sys.stderr)
     except KeyboardInterrupt:
         print("otaferry: interrupted", file=sys.stderr)
         return 130
-    return 1
+    except Exception as exc:
+        if os.environ.get("OTAFERRY_DEBUG"):
+            traceback.print_exc()
+        reason, message = _describe(exc)
+        print(A.error_line(reason, message), file=sys.stderr)
+        return A.USAGE_EXIT if isinstance(exc, UsageError) else 1
 
 
 if __name__ == "__main__":

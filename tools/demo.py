@@ -31,6 +31,7 @@ from ..transport.linesim import LineSim
 from ..transport.secure_link import SecureLink
 from ..transport.serial_link import SerialLink
 from ..transport.updater import PushOptions, Updater
+from .files import read_file
 from .sample_fw import make_image
 
 HW = "otaferry-devkit-v1"
@@ -43,12 +44,14 @@ def _say(step: str, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Read the given image before anything is made, so a wrong path fails first.
+    image = read_file(args.image) if args.image else None
     if args.workdir:
         work = Path(args.workdir)
         work.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_run(work, args))
+        return asyncio.run(_run(work, image))
     with tempfile.TemporaryDirectory(prefix="otaferry-demo-") as tmp:
-        return asyncio.run(_run(Path(tmp), args))
+        return asyncio.run(_run(Path(tmp), image))
 
 
 class _DeviceProcess:
@@ -95,7 +98,7 @@ def _boot(flash: Path, self_test: bool) -> dict[str, object]:
         return dev.info()  # type: ignore[no-any-return]
 
 
-async def _run(work: Path, args: argparse.Namespace) -> int:
+async def _run(work: Path, image: bytes | None) -> int:
     t0 = time.monotonic()
     key_path = work / "vendor.key"
     gw_path = work / "gateway.key"
@@ -110,11 +113,7 @@ async def _run(work: Path, args: argparse.Namespace) -> int:
     )
 
     v100 = make_image("1.0.0", revision=0)
-    v110 = (
-        Path(args.image).read_bytes()
-        if args.image
-        else make_image("1.1.0", revision=1, secure_version=1)
-    )
+    v110 = image if image is not None else make_image("1.1.0", revision=1, secure_version=1)
     v120 = make_image("1.2.0", revision=2, secure_version=1)
     flash = work / "flash.bin"
     with Device.create(

@@ -10,72 +10,91 @@ from typing import Any
 from ..device_fw.device import Device
 from ..device_fw.installer import install_stream
 from ..protocol.errors import OtaferryError, Reason
-from ..protocol.espimage import parse_esp_image
 from ..protocol.keys import load_verify_key
 from ..protocol.x25519keys import LinkPublicKey, load_link_public_key
+from .args import UsageError
+from .build import image_facts
 from .files import read_file, write_file
 
 
-def parse_size(text: str) -> int:
-    t = text.strip().upper()
-    mult = 1
-    if t.endswith("K"):
-        mult, t = 1024, t[:-1]
-    elif t.endswith("M"):
-        mult, t = 1024 * 1024, t[:-1]
-    try:
-        return int(t, 0) * mult
-    except ValueError:
-        raise OtaferryError(f"bad size {text!r}", Reason.MALFORMED) from None
-
-
-def _open_device(path: str) -> Device:
+def require_flash_file(path: str) -> None:
     if not Path(path).is_file():
         raise OtaferryError(
             f"no flash file {path} (create one with 'otaferry flash init')", Reason.IO_ERROR
         )
-    return Device(path)
+
+
+def _open_device(path: str, read_only: bool = False) -> Device:
+    require_flash_file(path)
+    return Device(path, read_only=read_only)
+
+
+def _read_text(path: str, what: str) -> str:
+    data = read_file(path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OtaferryError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+            Reason.PARTITION_TABLE,
+        ) from None
 
 
 def flash_init(args: argparse.Namespace) -> int:
+    if not args.pubkey:
+        raise UsageError("otaferry flash init: --pubkey KEY.pub required (a key the device trusts)")
+    if Path(args.flash).is_dir():
+        raise OtaferryError(f"{args.flash} is a directory, not a flash file", Reason.IO_ERROR)
     image = read_file(args.image)
-    esp = parse_esp_image(image)
-    version = args.fw_version or (esp.version if esp and esp.version else "factory")
-    csv = Path(args.partitions).read_text() if args.partitions else None
-    trusted = [load_verify_key(p).raw for p in args.trust]
-    device_id = bytes.fromhex(args.device_id) if args.device_id else None
+    facts = image_facts(
+        image,
+        args.image,
+        chip=args.chip,
+        version=args.fw_version,
+        security_counter=args.security_counter,
+        force=args.force,
+    )
+    if not facts.chip:
+        raise OtaferryError(
+            f"--chip required: {args.image} is not an ESP app image, so its chip is not known",
+            Reason.MALFORMED,
+        )
+    csv = _read_text(args.partitions, "partition table") if args.partitions else None
+    trusted = [load_verify_key(p).raw for p in args.pubkey]
     gateways = [load_link_public_key(p).raw for p in args.gateway_pub or ()]
     dev = Device.create(
         args.flash,
         hw=args.hw,
-        chip=args.chip,
+        chip=facts.chip,
         trusted_keys=trusted,
         image=image,
-        version=version,
-        security_counter=args.security_counter,
+        version=facts.version or "factory",
+        security_counter=facts.security_counter,
         partitions_csv=csv,
-        size=parse_size(args.size),
-        device_id=device_id,
+        size=args.size,
+        device_id=args.device_id,
         gateways=gateways,
     )
-    info = dev.info()
+    with dev:
+        info = dev.info()
     running = info["slots"][info["running_slot"]]
     print(
         f"created {args.flash}: {info['flash_size']} bytes, {len(info['slots'])} OTA slots, "
-        f"running {running['label']} version {running['version']}, trusting {len(trusted)} key(s)"
+        f"chip {info['chip']}, running {running['label']} version {running['version']} "
+        f"(security counter {info['security_counter']}), trusting {len(trusted)} key(s)"
     )
     return 0
 
 
 def install(args: argparse.Namespace) -> int:
-    dev = _open_device(args.flash)
-    try:
-        with open(args.artifact, "rb") as stream:
-            result = install_stream(dev, stream)
-    except OSError as exc:
-        raise OtaferryError(
-            f"cannot read {args.artifact}: {exc.strerror}", Reason.IO_ERROR
-        ) from exc
+    with _open_device(args.flash) as dev:
+        try:
+            with open(args.artifact, "rb") as stream:
+                result = install_stream(dev, stream)
+        except OSError as exc:
+            raise OtaferryError(
+                f"cannot read {args.artifact}: {exc.strerror}", Reason.IO_ERROR
+            ) from exc
     m = result["manifest"]
     slot = result["slot"]
     resumed = f", resumed after {result['skipped']} segments" if result["skipped"] else ""
@@ -91,12 +110,11 @@ def provision(args: argparse.Namespace) -> int:
         gateways = (
             [load_link_public_key(p).raw for p in args.gateway_pub] if args.gateway_pub else None
         )
-        try:
-            revoke = [bytes.fromhex(k) for k in args.revoke or ()]
-        except ValueError:
-            raise OtaferryError("--revoke takes a key id in hex", Reason.BAD_KEY) from None
         public = dev.provision(
-            gateways, new_key=args.new_key, require_secure=args.require_secure, revoke=revoke
+            gateways,
+            new_key=args.new_key,
+            require_secure=args.require_secure,
+            revoke=list(args.revoke or ()),
         )
         info = dev.info()
     if args.out:
@@ -118,9 +136,9 @@ def _print_boot(result: dict[str, Any]) -> None:
 
 
 def boot(args: argparse.Namespace) -> int:
-    dev = _open_device(args.flash)
     verdict = None if args.no_confirm else not args.fail_self_test
-    result = dev.power_on(self_test=verdict)
+    with _open_device(args.flash) as dev:
+        result = dev.power_on(self_test=verdict)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -129,8 +147,9 @@ def boot(args: argparse.Namespace) -> int:
 
 
 def info(args: argparse.Namespace) -> int:
-    dev = _open_device(args.flash)
-    data = dev.info()
+    # Read-only and unlocked: a device that is running may be looked at.
+    with _open_device(args.flash, read_only=True) as dev:
+        data = dev.info()
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
         return 0

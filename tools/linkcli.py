@@ -147,7 +147,9 @@ def push(args: argparse.Namespace) -> int:
 def device_run(args: argparse.Namespace) -> int:
     from ..device_fw.port import open_serial
     from ..device_fw.serve import serve
+    from .devicecli import require_flash_file
 
+    require_flash_file(args.flash)  # before the port is opened and "serving" is said
     stopping = []
 
     def _stop(*_: object) -> None:
@@ -161,7 +163,11 @@ def device_run(args: argparse.Namespace) -> int:
         raise OtaferryError(f"cannot open {args.port}: {exc}", Reason.IO_ERROR) from exc
 
     def log(phase: str, stats: dict[str, int]) -> None:
-        if not args.quiet:
+        if args.quiet:
+            return
+        if phase == "ready":  # said only once the flash is ours: a refusal stays one line
+            print(f"device: serving {args.flash} on {args.port}", file=sys.stderr, flush=True)
+        else:
             print(
                 f"device: {phase} (frames {stats['frames']}, bad {stats['bad_frames']}, "
                 f"segments {stats['segments']})",
@@ -169,8 +175,6 @@ def device_run(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    if not args.quiet:
-        print(f"device: serving {args.flash} on {args.port}", file=sys.stderr, flush=True)
     try:
         serve(args.flash, port, mtu=args.mtu, stop=lambda: bool(stopping), on_event=log)
     finally:

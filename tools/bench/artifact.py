@@ -32,6 +32,7 @@ from ...device_fw.manifest import read_header
 from ...protocol.artifact import build_full, inspect_artifact
 from ...protocol.keys import SigningKey
 from ...protocol.payload import BLOCK_MAX, ENTROPY_TABLE_BYTES
+from ..args import Parser
 
 # the copies in tests/firmware (the same files as ../shared/firmware, see SOURCES.md)
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "tests" / "firmware"
@@ -109,13 +110,21 @@ def bench_image(path: Path, key: SigningKey, work: Path) -> dict[str, object]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def build_parser() -> argparse.ArgumentParser:
+    ap = Parser(
+        prog="otaferry bench artifact",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("firmware_dir", nargs="?", default=str(DEFAULT_DIR))
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "firmware_dir", nargs="?", default=str(DEFAULT_DIR), help="folder of *.bin images"
+    )
+    ap.add_argument("--json", action="store_true", help="JSON output")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     images = sorted(Path(args.firmware_dir).rglob("*.bin"))
     if not images:
         print(f"no *.bin under {args.firmware_dir}", file=sys.stderr)

@@ -27,6 +27,7 @@ import zstandard
 
 from ...device_fw.delta_apply import apply_segment
 from ...protocol.delta import DEFAULT_SEGMENT_SIZE, encode_delta, ram_budget
+from ..args import Parser, multiple_of
 
 # the copies in tests/firmware (the same files as ../shared/firmware, see SOURCES.md)
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "tests" / "firmware"
@@ -160,12 +161,26 @@ def bench_pair(old: bytes, new: bytes, seg_size: int) -> dict[str, Any]:
 COLS = ["otaferry", "bsdiff4", "zstd_patch_from", "detools_lzma", "detools_heatshrink"]
 
 
+def build_parser() -> argparse.ArgumentParser:
+    ap = Parser(prog="otaferry bench delta", description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "firmware_dir",
+        nargs="?",
+        default=str(DEFAULT_DIR),
+        help="folder holding the pairs (default: tests/firmware)",
+    )
+    ap.add_argument(
+        "--segment-size",
+        type=multiple_of(4096),
+        default=DEFAULT_SEGMENT_SIZE,
+        help=f"target bytes per delta segment (default {DEFAULT_SEGMENT_SIZE})",
+    )
+    ap.add_argument("--json", action="store_true", help="JSON output")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="otaferry bench delta", description=__doc__.splitlines()[0])
-    ap.add_argument("firmware_dir", nargs="?", default=str(DEFAULT_DIR))
-    ap.add_argument("--segment-size", type=int, default=DEFAULT_SEGMENT_SIZE)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     root = Path(args.firmware_dir)
     rows: list[tuple[str, dict[str, Any]]] = []
     for name, a, b in PAIRS:

@@ -39,6 +39,7 @@ from ...transport.link import Link
 from ...transport.secure_link import SecureLink
 from ...transport.serial_link import SerialLink
 from ...transport.updater import PushOptions, Updater
+from ..args import Parser, non_negative_int, positive_int
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE = ROOT / "tests" / "firmware" / "micropython-esp8266" / "esp8266-20190125-v1.10.bin"
@@ -128,20 +129,26 @@ async def one_run(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    ap = Parser(
         prog="otaferry bench link",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("image", nargs="?", default=str(DEFAULT_IMAGE))
-    ap.add_argument("--baud", type=int, default=115_200)
-    ap.add_argument("--latency-ms", type=int, default=20)
+    ap.add_argument("image", nargs="?", default=str(DEFAULT_IMAGE), help="firmware to push")
+    ap.add_argument("--baud", type=positive_int, default=115_200, help="line rate (default 115200)")
+    ap.add_argument(
+        "--latency-ms", type=non_negative_int, default=20, help="one-way latency (default 20)"
+    )
     ap.add_argument("--losses", default="0,1,5", help="target frame-loss percentages")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="line simulator seed (default 1)")
     ap.add_argument("--modes", default="plain,secure", help="plain, secure or both")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
+    ap.add_argument("--json", action="store_true", help="JSON output")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     image = Path(args.image).read_bytes()
     rows = []
     for pct in (float(x) for x in args.losses.split(",")):
