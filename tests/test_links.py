@@ -20,8 +20,8 @@ from otaferry.protocol.errors import ClosedError, Reason, TransportError
 from otaferry.protocol.framing import FrameDecoder, encode_frame
 from otaferry.protocol.secure import OVERHEAD, Responder, SecureChannel
 from otaferry.protocol.x25519keys import LinkPrivateKey, LinkPublicKey
-from otaferry.transport.linesim import LineSim
 from otaferry.transport.hub import LinkHub, memory_hub
+from otaferry.transport.linesim import LineSim
 from otaferry.transport.link import FrameInbox, Link, check_frame, memory_pair
 from otaferry.transport.secure_link import PROLOGUE, SecureLink
 from otaferry.transport.serial_link import SerialLink
