@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import venv
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,6 +24,22 @@ SOURCES = ["protocol", "transport", "device_fw", "tools", "pyproject.toml", "REA
 
 def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=240, **kw)  # type: ignore[call-overload,no-any-return]
+
+
+def source_packages() -> list[str]:
+    """Every package folder under the four top-level folders, by its path in the
+    wheel (tools/top is the top-level ``otaferry`` package itself)."""
+    out = []
+    for top in ("protocol", "transport", "device_fw", "tools"):
+        for init in sorted((ROOT / top).rglob("__init__.py")):
+            rel = init.parent.relative_to(ROOT).as_posix()
+            out.append("otaferry" if rel == "tools/top" else f"otaferry/{rel}")
+    return out
+
+
+def wheel_files(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as zf:
+        return set(zf.namelist())
 
 
 def test_wheel_installs_and_cli_runs(tmp_path: Path) -> None:
@@ -51,6 +68,10 @@ def test_wheel_installs_and_cli_runs(tmp_path: Path) -> None:
     )
     wheels = list(dist.glob("otaferry-*.whl"))
     assert len(wheels) == 1
+    missing = [
+        pkg for pkg in source_packages() if f"{pkg}/__init__.py" not in wheel_files(wheels[0])
+    ]
+    assert not missing, f"packages in the tree but not in the wheel (pyproject packages): {missing}"
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)

@@ -135,7 +135,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from .protocol.errors import (
+    from otaferry.protocol.errors import (
         ClosedError,
         OtaferryError,
         ProtocolError,
@@ -144,10 +144,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         TimeoutError_,
         TransportError,
     )
-    from .protocol.frames import HelloInfo
-    from .protocol.keys import SigningKey, VerifyKey, load_signing_key, load_verify_key
-    from .protocol.pacing import AirTime, LineRate, Pacing, Unlimited
-    from .protocol.session import (
+    from otaferry.protocol.frames import HelloInfo
+    from otaferry.protocol.keys import SigningKey, VerifyKey, load_signing_key, load_verify_key
+    from otaferry.protocol.pacing import AirTime, LineRate, Pacing, Unlimited
+    from otaferry.protocol.session import (
         Accepted,
         Completed,
         DeviceInfo,
@@ -156,15 +156,15 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         Progress,
         Rejected,
     )
-    from .protocol.shared_artifact import Artifact
-    from .protocol.x25519keys import (
+    from otaferry.protocol.shared_artifact import Artifact
+    from otaferry.protocol.x25519keys import (
         LinkPrivateKey,
         LinkPublicKey,
         load_link_private_key,
         load_link_public_key,
     )
-    from .transport.hub import Hub, LinkHub, MemoryHub, PeerLink, memory_hub
-    from .transport.link import Link, memory_pair
-    from .transport.secure_link import SecureLink
-    from .transport.serial_link import SerialLink
-    from .transport.updater import PushOptions, Updater, choose_artifact
+    from otaferry.transport.hub import Hub, LinkHub, MemoryHub, PeerLink, memory_hub
+    from otaferry.transport.link import Link, memory_pair
+    from otaferry.transport.secure_link import SecureLink
+    from otaferry.transport.serial_link import SerialLink
+    from otaferry.transport.updater import PushOptions, Updater, choose_artifact

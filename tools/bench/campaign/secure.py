@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections import Counter
@@ -129,7 +130,7 @@ class SecureFuzzCampaign:
                     (delivered or [record], down, msg1, i > 0),
                     pending,
                 )
-            _reply, got = self._call(lambda r=record: ep.receive(r))
+            _reply, got = self._call(functools.partial(ep.receive, record))
             self._genuine(
                 record,
                 got == up_bodies[i],
