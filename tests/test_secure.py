@@ -846,3 +846,39 @@ def test_endpoint_answers_a_repeated_msg1_with_the_same_msg2() -> None:
     assert first == again and ep.stats["handshakes"] == 1 and ep.stats["repeats"] == 1
     gw = ini.receive(first)  # the first MSG2 arrives after all
     assert ep.receive(gw.seal(b"\x90"))[1] == b"\x90"
+
+
+# --- the handshake as a sans-IO machine ---------------------------------------------
+
+
+def test_handshake_machine_retries_with_backoff_then_times_out() -> None:
+    from otaferry.protocol.handshake import Handshake
+    from otaferry.protocol.secure import Initiator
+
+    gw, dev = LinkPrivateKey.from_raw(bytes(range(1, 33))), LinkPrivateKey.from_raw(bytes(32))
+    hs = Handshake(Initiator(gw, dev.public, LinkPrivateKey.from_raw(bytes(range(3, 35))),
+                             b"p"), rto=1.0, retries=2)  # fmt: skip
+    sent = [(0.0, hs.datagrams_to_send(0.0))]
+    assert hs.get_timer() is None or hs.get_timer() == 1.0
+    hs.departed(5.0)  # MSG1 waited 5 s for the medium: the timeout counts from there
+    assert hs.get_timer() == 6.0
+    hs.handle_timer(6.0)
+    sent.append((6.0, hs.datagrams_to_send(6.0)))
+    assert hs.get_timer() == 8.0  # doubled
+    hs.receive(b"\x00garbage", 7.0)
+    assert hs.dropped == 1 and not hs.done
+    hs.handle_timer(8.0)
+    sent.append((8.0, hs.datagrams_to_send(8.0)))
+    hs.handle_timer(12.0)
+    assert hs.error is not None and hs.error.reason == Reason.TIMEOUT
+    assert [len(s) for _, s in sent] == [1, 1, 1] and len({s[0] for _, s in sent}) == 1
+
+
+def test_handshake_rto_follows_the_medium() -> None:
+    from otaferry.protocol.handshake import MIN_RTO, handshake_rto
+    from otaferry.protocol.pacing import AirTime, LineRate, Unlimited
+
+    assert handshake_rto(Unlimited()) == MIN_RTO
+    assert handshake_rto(LineRate(11_520, latency=0.02)) == MIN_RTO
+    lora = AirTime(lambda n: 0.05 + n * 0.008, duty_cycle=0.01, turnaround=0.1)
+    assert handshake_rto(lora) > 3 * (0.2 + 2 * 0.05 + 83 * 0.008) - 1e-9 > 1.0

@@ -5,10 +5,12 @@
         await Updater(link).push(ota)
 
 The gateway is the handshake's initiator: ``connect`` sends MSG1 (again after
-``rto`` while no MSG2 comes, up to ``retries`` times) and returns once the
-channel is up. Afterwards every frame body is sealed (10 bytes: counter +
-AES-CCM-8 tag), so ``mtu`` is the inner link's minus 10. A device that lost
-the channel (it was reset) answers sealed frames with REJECT(BAD_STATE); the
+``rto``, doubling, while no MSG2 comes, up to ``retries`` times) and returns
+once the channel is up; the handshake is the sans-IO ``protocol.handshake``
+machine, and ``rto`` defaults to a few round trips of the inner link's medium
+(``handshake_rto``: its line rate or air time and turnaround). Afterwards
+every frame body is sealed (10 bytes: counter + AES-CCM-8 tag), so ``mtu``
+is the inner link's minus 10. A device that lost the channel (it was reset) answers sealed frames with REJECT(BAD_STATE); the
 link then runs a fresh handshake by itself and the session above it resumes
 through its own device-driven resume. Any other REJECT ends the link with a
 :class:`RemoteError` carrying the device's reason. Frames that fail to open
@@ -20,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from ..protocol.errors import ClosedError, Reason, RemoteError, TimeoutError_
+from ..protocol.errors import ClosedError, Reason, RemoteError
+from ..protocol.handshake import Handshake, handshake_rto
 from ..protocol.pacing import Pacing
 from ..protocol.secure import OVERHEAD, Initiator, RecordKind, SecureChannel, record_kind
 from ..protocol.x25519keys import LinkPrivateKey, LinkPublicKey
@@ -38,7 +41,7 @@ class SecureLink(Link):
         static: LinkPrivateKey,
         device: LinkPublicKey,
         *,
-        rto: float = 1.0,
+        rto: float | None = None,
         retries: int = 8,
         max_rehandshakes: int = 20,
     ) -> None:
@@ -83,27 +86,29 @@ class SecureLink(Link):
         self._in_a_row += 1
         self.channel = None
         initiator = Initiator(self.static, self.device, LinkPrivateKey.generate(), PROLOGUE)
-        msg1 = initiator.start()
-        for _attempt in range(self.retries + 1):
-            await self.inner.send(msg1)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.rto
-            while (left := deadline - loop.time()) > 0:
-                try:
-                    async with asyncio.timeout(left):
-                        packet = await self.inner.receive()
-                except TimeoutError:
-                    break
-                kind = record_kind(packet)
-                if kind is RecordKind.MSG2:
-                    self.channel = initiator.receive(packet)
-                    self._established_at = loop.time()
-                    return
-                if kind is RecordKind.REJECT and packet[1:2] != bytes([Reason.BAD_STATE]):
-                    initiator.receive(packet)  # raises RemoteError with the device's reason
-                # plaintext hellos of a booting device, stale sealed records: not ours
-                self.dropped_records += 1
-        raise TimeoutError_(f"no handshake answer after {self.retries + 1} tries")
+        hs = Handshake(initiator, rto=self._rto(), retries=self.retries)
+        loop = asyncio.get_running_loop()
+        while not hs.done:  # the thin driver of a sans-IO machine
+            for packet in hs.datagrams_to_send(loop.time()):
+                await self.inner.send(packet)
+                hs.departed(loop.time())
+            deadline = hs.get_timer()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    packet = await self.inner.receive()
+            except TimeoutError:
+                hs.handle_timer(loop.time())
+                continue
+            hs.receive(packet, loop.time())
+        self.dropped_records += hs.dropped
+        if hs.error is not None:
+            raise hs.error
+        assert hs.channel is not None
+        self.channel = hs.channel
+        self._established_at = loop.time()
+
+    def _rto(self) -> float:
+        return self.rto if self.rto is not None else handshake_rto(self.inner.pacing)
 
     async def _settle(self) -> None:
         """Wait for a re-handshake in progress (shielded from our caller's cancel)."""
@@ -135,7 +140,7 @@ class SecureLink(Link):
                     # The device was reset and lost the channel: new keys, same
                     # session. REJECTs for frames that were in flight during the
                     # last handshake are stale and ignored.
-                    if asyncio.get_running_loop().time() - self._established_at > self.rto:
+                    if asyncio.get_running_loop().time() - self._established_at > self._rto():
                         self._hs_task = asyncio.ensure_future(self.handshake())
                     continue
                 reason = Reason(code) if code in Reason._value2member_map_ else Reason.ABORTED
