@@ -10,9 +10,10 @@ once the channel is up; the handshake is the sans-IO ``protocol.handshake``
 machine, and ``rto`` defaults to a few round trips of the inner link's medium
 (``handshake_rto``: its line rate or air time and turnaround). Afterwards
 every frame body is sealed (10 bytes: counter + AES-CCM-8 tag), so ``mtu``
-is the inner link's minus 10. A device that lost the channel (it was reset) answers sealed frames with REJECT(BAD_STATE); the
-link then runs a fresh handshake by itself and the session above it resumes
-through its own device-driven resume. Any other REJECT ends the link with a
+is the inner link's minus 10. A device that lost the channel (it was reset)
+answers sealed frames with REJECT(BAD_STATE); the link then runs a fresh
+handshake by itself and the session above it resumes through its own
+device-driven resume. Any other REJECT ends the link with a
 :class:`RemoteError` carrying the device's reason. Frames that fail to open
 (tampered, replayed, stale) are dropped and counted in ``stats``.
 """
