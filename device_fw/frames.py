@@ -30,6 +30,8 @@ STATUS = 7
 COMMIT = 8
 DONE = 9
 ABORT = 10
+CONFIRM = 11  # host -> device: the check-in answer (update id, the boot's nonce)
+CONFIRMED = 12  # device -> host: the running image is confirmed (VALID)
 
 U16 = 0xFFFF
 U32 = 0xFFFFFFFF
@@ -40,6 +42,7 @@ HELLO_FIELDS = 14
 _ARITY = {
     QUERY: (2,), HELLO: (4,), OFFER: (3,), ACCEPT: (3,), REJECT: (2,),
     DATA: (3,), STATUS: (3, 5), COMMIT: (0,), DONE: (0,), ABORT: (2,),
+    CONFIRM: (2,), CONFIRMED: (1,),
 }
 
 
@@ -111,6 +114,14 @@ def commit():
     return mpack.encode([COMMIT])
 
 
+def confirm(update_id, nonce):
+    return mpack.encode([CONFIRM, update_id, nonce])
+
+
+def confirmed(update_id):
+    return mpack.encode([CONFIRMED, update_id])
+
+
 def done():
     return mpack.encode([DONE])
 
@@ -154,6 +165,10 @@ def decode(body):
         f = [a[0], a[1], _bin("chunk", a[2], 1)]
     elif code == ACCEPT:
         f = [_int("next", a[0], 0, U16 + 1), _int("base", a[1], 0, U16 + 1), _bin("bitmap", a[2])]
+    elif code == CONFIRM:
+        f = [_bin("update_id", a[0], 16, 16), _bin("nonce", a[1], 8, 8)]
+    elif code == CONFIRMED:
+        f = [_bin("update_id", a[0], 16, 16)]
     elif code in (REJECT, ABORT):
         f = [_int("reason", a[0], 0, 255), _str("message", a[1])]
     elif code == DATA:
@@ -197,6 +212,16 @@ def encode_hello_info(info):
     resume = None
     if info.get("resume_uid") is not None:
         resume = [info["resume_uid"], info["resume_next"]]
+    # Fields 15 and 16 (SPEC 8.1), sent only when set, so a hello without them
+    # is byte for byte what version 1 devices send: pending = [update id, image
+    # SHA-256, check-in nonce] while the running image awaits its check-in;
+    # failed = [update id, reason] of the last update that rolled back.
+    tail = []
+    if info.get("failed_uid") is not None:
+        tail = [None, [info["failed_uid"], info["failed_reason"]]]
+    if info.get("pending_uid") is not None:
+        pending = [info["pending_uid"], info["pending_sha256"], info["pending_nonce"]]
+        tail = [pending] + tail[1:]
     return mpack.encode([
         VERSION,
         info["device_id"],
@@ -212,7 +237,7 @@ def encode_hello_info(info):
         info["max_segment_payload"],
         info["max_offer"],
         resume,
-    ])
+    ] + tail)
 
 
 def decode_hello_info(blob):
@@ -231,6 +256,12 @@ def decode_hello_info(blob):
         raise _bad("hello codecs must be an array")
     for c in codecs:
         _str("codec", c)
+    pending = items[14] if len(items) > 14 else None
+    failed = items[15] if len(items) > 15 else None
+    if pending is not None and (not isinstance(pending, list) or len(pending) != 3):
+        raise _bad("hello pending must be nil or [uid, sha256, nonce]")
+    if failed is not None and (not isinstance(failed, list) or len(failed) != 2):
+        raise _bad("hello failed must be nil or [uid, reason]")
     return {
         "version": _int("version", items[0], 0, 255),
         "device_id": _bin("device_id", items[1], 8, 8),
@@ -247,6 +278,11 @@ def decode_hello_info(blob):
         "max_offer": _int("max_offer", items[12], 0, U32),
         "resume_uid": None if resume is None else _bin("resume uid", resume[0], 16, 16),
         "resume_next": None if resume is None else _int("resume next", resume[1], 0, U16 + 1),
+        "pending_uid": None if pending is None else _bin("pending uid", pending[0], 16, 16),
+        "pending_sha256": None if pending is None else _bin("pending sha", pending[1], 32, 32),
+        "pending_nonce": None if pending is None else _bin("pending nonce", pending[2], 8, 8),
+        "failed_uid": None if failed is None else _bin("failed uid", failed[0], 16, 16),
+        "failed_reason": None if failed is None else _int("failed reason", failed[1], 0, 255),
     }
 
 

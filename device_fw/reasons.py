@@ -37,6 +37,11 @@ CLOSED = 26  # link closed
 ABORTED = 27  # peer aborted the session
 BAD_FRAME = 28  # frame failed its CRC / decode
 IO_ERROR = 29  # local file or port error
+SELF_TEST_FAILED = 30  # the new image failed its self-test and rolled back
+CHECKIN_TIMEOUT = 31  # the new image did not reach its update server in time: rolled back
+ROLLED_BACK = 32  # the new image was reset while pending verify: rolled back
+PREVIOUSLY_FAILED = 33  # this very update failed on this device before
+ALREADY_INSTALLED = 34  # the device already runs this image
 
 NAMES = {}
 for _k, _v in list(globals().items()):

@@ -42,6 +42,11 @@ class Reason(IntEnum):
     ABORTED = 27
     BAD_FRAME = 28
     IO_ERROR = 29
+    SELF_TEST_FAILED = 30
+    CHECKIN_TIMEOUT = 31
+    ROLLED_BACK = 32
+    PREVIOUSLY_FAILED = 33
+    ALREADY_INSTALLED = 34
 
 
 class OtaferryError(Exception):

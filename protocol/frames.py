@@ -42,6 +42,7 @@ U16_MAX = 0xFFFF
 U32_MAX = 0xFFFF_FFFF
 SIGNATURE_SIZE = 64
 UID_SIZE = 16
+NONCE_SIZE = 8  # the check-in nonce a pending image announces
 DEVICE_ID_SIZE = 8
 SHA256_SIZE = 32
 
@@ -53,6 +54,8 @@ __all__ = [
     "Abort",
     "Accept",
     "Commit",
+    "Confirm",
+    "Confirmed",
     "Data",
     "Done",
     "Frame",
@@ -86,6 +89,8 @@ class FrameType(IntEnum):
     COMMIT = 8  # host -> device: all segments sent, verify and arm boot
     DONE = 9  # device -> host: image verified and selected for boot
     ABORT = 10  # either way: session over (reason, message)
+    CONFIRM = 11  # host -> device: check-in answer (update id, the boot's nonce)
+    CONFIRMED = 12  # device -> host: the running image is confirmed (VALID)
 
 
 def _bad(message: str) -> DecodeError:
@@ -305,7 +310,40 @@ class Abort:
         return _pack([FrameType.ABORT, self.reason, self.message])
 
 
-Frame: TypeAlias = Query | Hello | Offer | Accept | Reject | Data | Status | Commit | Done | Abort
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    """``[11, update_id, nonce]`` — the update server's answer to a check-in: the
+    image of update ``update_id`` that the device booted with check-in ``nonce``
+    (fresh each boot, SPEC 8.7) reached its server; mark it valid."""
+
+    update_id: bytes
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        _bytes("update_id", self.update_id, UID_SIZE, UID_SIZE)
+        _bytes("nonce", self.nonce, NONCE_SIZE, NONCE_SIZE)
+
+    def encode(self) -> bytes:
+        return _pack([FrameType.CONFIRM, self.update_id, self.nonce])
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """``[12, update_id]`` — the running image of that update is now VALID."""
+
+    update_id: bytes
+
+    def __post_init__(self) -> None:
+        _bytes("update_id", self.update_id, UID_SIZE, UID_SIZE)
+
+    def encode(self) -> bytes:
+        return _pack([FrameType.CONFIRMED, self.update_id])
+
+
+Frame: TypeAlias = (
+    Query | Hello | Offer | Accept | Reject | Data | Status | Commit | Done | Abort | Confirm
+    | Confirmed
+)
 
 
 def _parts_check(part: int, count: int) -> None:
@@ -352,6 +390,8 @@ _ARITY = {
     FrameType.COMMIT: (0,),
     FrameType.DONE: (0,),
     FrameType.ABORT: (2,),
+    FrameType.CONFIRM: (2,),
+    FrameType.CONFIRMED: (1,),
 }
 
 
@@ -377,6 +417,10 @@ def _build(ftype: FrameType, a: list[Any], n: int, poll: bool) -> Frame:
         return Commit()
     if ftype is FrameType.DONE:
         return Done()
+    if ftype is FrameType.CONFIRM:
+        return Confirm(_bytes("update_id", a[0]), _bytes("nonce", a[1]))
+    if ftype is FrameType.CONFIRMED:
+        return Confirmed(_bytes("update_id", a[0]))
     return Abort(a[0], a[1])
 
 
@@ -409,6 +453,12 @@ class HelloInfo:
     resume_uid: bytes | None = None
     resume_next: int | None = None
     version: int = PROTOCOL_VERSION
+    # fields 15-16 (SPEC 8.1), on the wire only when set:
+    pending_uid: bytes | None = None  # the running image awaits its check-in ...
+    pending_sha256: bytes | None = None  # ... with this SHA-256
+    pending_nonce: bytes | None = None  # ... and this boot's nonce
+    failed_uid: bytes | None = None  # the last update that rolled back ...
+    failed_reason: int | None = None  # ... and why (SELF_TEST_FAILED, CHECKIN_TIMEOUT, ...)
 
     FIELDS = 14
 
@@ -434,6 +484,16 @@ class HelloInfo:
         if self.resume_uid is not None:
             _bytes("resume uid", self.resume_uid, UID_SIZE, UID_SIZE)
             _int("resume next", self.resume_next, 0, U16_MAX + 1)
+        pending = (self.pending_uid, self.pending_sha256, self.pending_nonce)
+        if any(v is not None for v in pending):
+            _bytes("pending uid", self.pending_uid, UID_SIZE, UID_SIZE)
+            _bytes("pending sha256", self.pending_sha256, SHA256_SIZE, SHA256_SIZE)
+            _bytes("pending nonce", self.pending_nonce, NONCE_SIZE, NONCE_SIZE)
+        if (self.failed_uid is None) != (self.failed_reason is None):
+            raise _bad("failed needs both update id and reason")
+        if self.failed_uid is not None:
+            _bytes("failed uid", self.failed_uid, UID_SIZE, UID_SIZE)
+            _int("failed reason", self.failed_reason, 0, 255)
 
     def encode(self) -> bytes:
         resume = None if self.resume_uid is None else [self.resume_uid, self.resume_next]
@@ -453,8 +513,17 @@ class HelloInfo:
                 self.max_segment_payload,
                 self.max_offer,
                 resume,
+                *self._tail(),
             ]
         )
+
+    def _tail(self) -> list[Any]:
+        tail: list[Any] = []
+        if self.failed_uid is not None:
+            tail = [None, [self.failed_uid, self.failed_reason]]
+        if self.pending_uid is not None:
+            tail = [[self.pending_uid, self.pending_sha256, self.pending_nonce], *tail[1:]]
+        return tail
 
     @classmethod
     def decode(cls, blob: bytes) -> HelloInfo:
@@ -467,6 +536,12 @@ class HelloInfo:
         resume = items[13]
         if resume is not None and (not isinstance(resume, list) or len(resume) != 2):
             raise _bad("hello resume must be nil or [update_id, next_segment]")
+        pending = items[14] if len(items) > 14 else None
+        failed = items[15] if len(items) > 15 else None
+        if pending is not None and (not isinstance(pending, list) or len(pending) != 3):
+            raise _bad("hello pending must be nil or [update_id, sha256, nonce]")
+        if failed is not None and (not isinstance(failed, list) or len(failed) != 2):
+            raise _bad("hello failed must be nil or [update_id, reason]")
         try:
             return cls(
                 version=items[0],
@@ -484,6 +559,11 @@ class HelloInfo:
                 max_offer=items[12],
                 resume_uid=None if resume is None else _bytes("resume uid", resume[0]),
                 resume_next=None if resume is None else resume[1],
+                pending_uid=None if pending is None else _bytes("pending uid", pending[0]),
+                pending_sha256=None if pending is None else _bytes("pending sha", pending[1]),
+                pending_nonce=None if pending is None else _bytes("pending nonce", pending[2]),
+                failed_uid=None if failed is None else _bytes("failed uid", failed[0]),
+                failed_reason=None if failed is None else failed[1],
             )
         except TypeError as exc:
             raise _bad(str(exc)) from None

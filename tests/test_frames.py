@@ -3,6 +3,7 @@ encoder -> host decoder), round trips, hostile bodies, and the data-frame budget
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from otaferry.protocol.frames import (
     Abort,
     Accept,
     Commit,
+    Confirm,
+    Confirmed,
     Data,
     Done,
     Frame,
@@ -59,6 +62,9 @@ VECTORS: list[tuple[str, Frame, tuple[int, bool, list[Any]]]] = [
     ("commit", Commit(), (8, False, [])),
     ("done", Done(), (9, False, [])),
     ("abort", Abort(Reason.TIMEOUT, "no answer"), (10, False, [25, "no answer"])),
+    ("confirm", Confirm(bytes(range(16)), bytes(range(8))),
+     (11, False, [bytes(range(16)), bytes(range(8))])),
+    ("confirmed", Confirmed(bytes(range(16))), (12, False, [bytes(range(16))])),
 ]
 
 HELLO_INFO = HelloInfo(
@@ -82,14 +88,28 @@ HELLO_DEVICE = {
     "running_version": "v1.9.4", "running_sha256": bytes(range(32)), "security_counter": 3,
     "slot_size": 0x100000, "max_frame": 1024, "codecs": ["zstd", "lzrc"], "max_window_log": 13,
     "max_segment_payload": 8256, "max_offer": 16384, "resume_uid": bytes(range(16, 32)),
-    "resume_next": 7,
+    "resume_next": 7, "pending_uid": None, "pending_sha256": None, "pending_nonce": None,
+    "failed_uid": None, "failed_reason": None,
 }
+# A pending image awaiting its check-in, on a device whose previous update rolled back.
+CHECKIN_INFO = dataclasses.replace(
+    HELLO_INFO, resume_uid=None, resume_next=None, pending_uid=bytes(range(32, 48)),
+    pending_sha256=bytes(range(48, 80)), pending_nonce=b"nonce-08", failed_uid=bytes(16),
+    failed_reason=int(Reason.CHECKIN_TIMEOUT),
+)  # fmt: skip
+CHECKIN_DEVICE = dict(
+    HELLO_DEVICE, resume_uid=None, resume_next=None, pending_uid=bytes(range(32, 48)),
+    pending_sha256=bytes(range(48, 80)), pending_nonce=b"nonce-08", failed_uid=bytes(16),
+    failed_reason=31,
+)  # fmt: skip
 OFFER_BLOB = OfferBlob(1017, b"\x8f\x01\x01", SIG)
 
 # name, host value, device encoder, device decoder (result compared with `expected`)
 BLOB_VECTORS: list[tuple[str, HelloInfo | OfferBlob, Any, Any]] = [
     ("hello_info", HELLO_INFO, lambda: D.encode_hello_info(HELLO_DEVICE),
      lambda b: D.decode_hello_info(b) == HELLO_DEVICE),
+    ("hello_info_checkin", CHECKIN_INFO, lambda: D.encode_hello_info(CHECKIN_DEVICE),
+     lambda b: D.decode_hello_info(b) == CHECKIN_DEVICE),
     ("offer_blob", OFFER_BLOB, lambda: D.encode_offer_blob(1017, b"\x8f\x01\x01", SIG),
      lambda b: D.decode_offer_blob(b) == (1017, b"\x8f\x01\x01", SIG)),
 ]
@@ -119,6 +139,10 @@ def device_encode(frame: Frame) -> bytes:
         return D.commit()
     if isinstance(frame, Done):
         return D.done()
+    if isinstance(frame, Confirm):
+        return D.confirm(frame.update_id, frame.nonce)
+    if isinstance(frame, Confirmed):
+        return D.confirmed(frame.update_id)
     return D.abort(frame.reason, frame.message)
 
 
@@ -142,6 +166,10 @@ def device_view(frame: Frame) -> tuple[int, bool, list[Any]]:
         return 8, False, []
     if isinstance(frame, Done):
         return 9, False, []
+    if isinstance(frame, Confirm):
+        return 11, False, [frame.update_id, frame.nonce]
+    if isinstance(frame, Confirmed):
+        return 12, False, [frame.update_id]
     return 10, False, [frame.reason, frame.message]
 
 
@@ -149,7 +177,7 @@ def device_view(frame: Frame) -> tuple[int, bool, list[Any]]:
 
 
 def test_every_frame_type_has_a_vector() -> None:
-    assert {v[2][0] for v in VECTORS} == set(range(1, 11))
+    assert {v[2][0] for v in VECTORS} == set(range(1, 13))
     files = {p.stem for p in VECTOR_DIR.glob("*.hex")}
     assert files == {v[0] for v in VECTORS} | {v[0] for v in BLOB_VECTORS}
 
@@ -261,7 +289,8 @@ def test_hello_info_round_trip(info: HelloInfo) -> None:
 
 def test_hello_info_ignores_appended_fields() -> None:
     items = msgpack.unpackb(HELLO_INFO.encode())
-    longer = msgpack.packb([*items, "a field from version 2"], use_bin_type=True)
+    # fields 15-16 (check-in) absent as nil, then one a later version may add
+    longer = msgpack.packb([*items, None, None, "a field from a later version"], use_bin_type=True)
     assert HelloInfo.decode(longer) == HELLO_INFO
     assert D.decode_hello_info(longer)["resume_next"] == 7
 
