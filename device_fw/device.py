@@ -31,6 +31,7 @@ from .reasons import DeviceError
 from .store import Store
 
 STATE_VERSION = 1
+MAX_FAILURES = 4  # failed updates remembered (PREVIOUSLY_FAILED, and the next HELLO says why)
 DEFAULT_LIMITS = {"max_window_log": 13, "max_segment_payload": 8192 + 64, "ram_budget": 65536}
 HASH_CHUNK = 4096
 
@@ -91,6 +92,14 @@ def _check_state(s, labels):
     key = s.get("link_key")
     if key is not None and not _bin(key, 32):
         return False
+    failures = s.get("failures", [])
+    if not isinstance(failures, list) or not all(
+        isinstance(f, dict) and _bin(f["uid"], 16) and _int(f["reason"], 0, 255) for f in failures
+    ):
+        return False
+    for rec in slots.values():
+        if rec.get("uid") is not None and not _bin(rec["uid"], 16):
+            return False
     return isinstance(s.get("require_secure", True), bool)
 
 
@@ -101,6 +110,7 @@ class Device:
         look without the lock (``info``); nothing may be written. ``flash``: an
         open Flash to take over (``create`` passes its own, never unlocked)."""
         self.flash = flash if flash is not None else Flash(path, cut_at=cut_at, read_only=read_only)
+        self.checkin_nonce = None  # this boot's, while the running image awaits its check-in
         try:
             self.parts = P.read_table(self.flash)
             self.otadata_part, self.slots = P.ota_layout(self.parts)
@@ -322,7 +332,9 @@ class Device:
         progress = self.state.get("progress")
         if progress is not None:
             progress = dict(progress, done=True)
-        self._save(slots=slots, progress=progress)
+        uid = record.get("uid")
+        failures = [f for f in self.failures() if uid is None or bytes(f["uid"]) != bytes(uid)]
+        self._save(slots=slots, progress=progress, failures=failures)
         B.set_boot(self.flash, self.parts, self.slots.index(slot))
 
     # ------------------------------------------------------------ boot
@@ -348,22 +360,82 @@ class Device:
             return False
         return h.digest() == bytes(rec["sha256"])
 
-    def power_on(self, self_test=True):
+    # ------------------------------------------------------------ check-in
+
+    def failures(self):
+        """Updates that rolled back on this device, oldest first: [{uid, reason}]."""
+        return list(self.state.get("failures", []))
+
+    def record_failure(self, uid, reason):
+        """Remember that update ``uid`` failed (kept: the last MAX_FAILURES)."""
+        if uid is None:
+            return
+        kept = [f for f in self.failures() if bytes(f["uid"]) != bytes(uid)]
+        kept.append({"uid": bytes(uid), "reason": reason})
+        self._save(failures=kept[-MAX_FAILURES:])
+
+    def pending_checkin(self):
+        """While the running image awaits its check-in: {uid, sha256, nonce}, else None."""
+        if self.checkin_nonce is None or not self.running_pending():
+            return None
+        rec = self.running_image() or {}
+        if rec.get("uid") is None:
+            return None
+        return {"uid": bytes(rec["uid"]), "sha256": bytes(rec["sha256"]),
+                "nonce": self.checkin_nonce}  # fmt: skip
+
+    def confirm_running(self):
+        """The check-in succeeded: mark the running image VALID and raise the
+        security counter to its own (esp_ota_mark_app_valid_cancel_rollback)."""
+        running = self.state["running"]
+        rec = self.running_image() or {}
+        B.confirm(self.flash, self.parts, running)
+        counter = max(self.state["counter"], rec.get("security_counter", 0))
+        self._save(counter=counter, progress=None)
+        self.checkin_nonce = None
+        return rec.get("uid")
+
+    def abandon_running(self, reason):
+        """The running (pending) image gives up (self-test failed, no check-in in
+        time): record why, mark it INVALID; the caller resets next."""
+        rec = self.running_image() or {}
+        self.record_failure(rec.get("uid"), reason)
+        B.mark_invalid(self.flash, self.parts, self.state["running"], verify=self.slot_image_ok)
+        self.checkin_nonce = None
+
+    # ------------------------------------------------------------ boot
+
+    def power_on(self, self_test=True, checkin=False):
         """Reset: the bootloader picks a slot; the app self-tests and confirms.
 
         ``self_test``: True passes and confirms, False fails (the app marks
         itself invalid and resets, so the bootloader returns to the previous
         slot), None means the app dies before reaching a verdict (the image
-        stays PENDING_VERIFY; the next power_on rolls back).
+        stays PENDING_VERIFY; the next power_on rolls back). With ``checkin``
+        a passed self-test does not confirm: the image stays PENDING_VERIFY
+        with a fresh check-in nonce until its update server answers
+        (:meth:`confirm_running`) or it gives up (:meth:`abandon_running`).
+        A boot that returns from an unconfirmed image records that update as
+        failed (ROLLED_BACK, unless the image said why before it reset).
         """
         log = []
+        self.checkin_nonce = None
         result = B.boot(self.flash, self.parts, verify=self.slot_image_ok)
         log.extend(result.log)
         rolled_back = result.fallback or any("ABORTED" in line for line in result.log)
+        if rolled_back:
+            self._note_rollback(result.slot)
         if result.pending:
             rec = self.state["slots"].get(result.label) or {}
             version = rec.get("version")
-            if self_test is True:
+            if self_test is True and checkin:
+                self.checkin_nonce = port.random_bytes(8)
+                self._save(running=result.slot)
+                log.append(
+                    "app %s: self-test passed; awaiting check-in with the update server "
+                    "(PENDING_VERIFY)" % version
+                )
+            elif self_test is True:
                 B.confirm(self.flash, self.parts, result.slot)
                 counter = max(self.state["counter"], rec.get("security_counter", 0))
                 self._save(running=result.slot, counter=counter, progress=None)
@@ -372,6 +444,7 @@ class Device:
                     % (version, counter)
                 )
             elif self_test is False:
+                self.record_failure(rec.get("uid"), R.SELF_TEST_FAILED)
                 B.mark_invalid(self.flash, self.parts, result.slot, verify=self.slot_image_ok)
                 log.append("app %s: self-test FAILED, marked INVALID, resetting" % version)
                 result = B.boot(self.flash, self.parts, verify=self.slot_image_ok)
@@ -404,6 +477,20 @@ class Device:
             "rolled_back": rolled_back,
             "log": log,
         }
+
+    def _note_rollback(self, booted):
+        """The bootloader did not boot the image it was asked to: if that image
+        came from an update, that update failed (ROLLED_BACK) unless a more
+        precise reason is already recorded."""
+        for i, slot in enumerate(self.slots):
+            if i == booted:
+                continue
+            rec = self.state["slots"].get(slot.label) or {}
+            uid = rec.get("uid")
+            if uid is None or any(bytes(f["uid"]) == bytes(uid) for f in self.failures()):
+                continue
+            if self.otadata.state_of(i) in (OD.ABORTED, OD.INVALID):
+                self.record_failure(uid, R.ROLLED_BACK)
 
     # ------------------------------------------------------------ info
 

@@ -103,6 +103,21 @@ class Installer:
                 "security counter %d is below the device's %d"
                 % (m["security_counter"], ident["security_counter"]),
             )
+        uid = M.update_id(manifest_bytes)
+        running = dev.running_image()
+        if running is not None and bytes(running["sha256"]) == bytes(m["target_sha256"]):
+            raise DeviceError(
+                R.ALREADY_INSTALLED, "the device already runs this image (%s)" % m["version"]
+            )
+        for failed in dev.failures():
+            # A self-test or check-in failure is the image's own: never re-arm it.
+            # A reset while pending (ROLLED_BACK: a power cut, say) may be retried.
+            if bytes(failed["uid"]) == uid and failed["reason"] in BLOCKING_FAILURES:
+                raise DeviceError(
+                    R.PREVIOUSLY_FAILED,
+                    "this update failed on this device before (%s): build a new artifact"
+                    % R.name(failed["reason"]),
+                )
         if dev.running_pending():
             # The other slot holds the last image that confirmed itself: the
             # only way back. ESP-IDF's esp_ota_begin refuses here too.
@@ -278,8 +293,12 @@ class Installer:
                 "size": size,
                 "version": m["version"],
                 "security_counter": m["security_counter"],
+                "uid": self.uid,
             },
         )
+
+
+BLOCKING_FAILURES = (R.SELF_TEST_FAILED, R.CHECKIN_TIMEOUT)
 
 
 def _delta_codecs():

@@ -16,7 +16,8 @@ bytes and passes ``now``.
 """
 
 from . import framing
-from .receiver import Receiver
+from . import reasons as R
+from .receiver import DONE, Receiver
 from .secure import OVERHEAD, SecureEndpoint
 
 # Bound into every handshake transcript; equal to transport/secure_link.PROLOGUE.
@@ -31,8 +32,11 @@ class DeviceLoop:
     is told when the receiver's phase changes (for logging).
     """
 
-    def __init__(self, device, mtu=1024, on_event=None):
+    def __init__(self, device, mtu=1024, on_event=None, checkin_timeout=None):
         self.device = device
+        self.checkin_timeout = checkin_timeout
+        self.checkin_deadline = None
+        self.reset_requested = None  # why the device wants to reset, once it does
         self.packet_mtu = mtu
         self.endpoint = None
         if device.link_key() is not None:
@@ -44,18 +48,34 @@ class DeviceLoop:
         self.on_event = on_event
         self._phase = self.receiver.phase
 
-    def start(self):
+    def start(self, now=0.0):
         """Packets to send at power-on: the HELLO of a device that may speak in
-        plaintext (a device that requires the channel says nothing unasked)."""
+        plaintext (a device that requires the channel says nothing unasked).
+        A running image that awaits its check-in arms its deadline now."""
+        if self.checkin_timeout is not None and self.device.pending_checkin() is not None:
+            self.checkin_deadline = now + self.checkin_timeout
         if self.endpoint is None or not self.endpoint.require_secure:
             return list(self.receiver.announce())
         return []
 
     def next_deadline(self):
         """When :meth:`tick` has work to do; None: only packets wake the device."""
-        return None
+        if self.reset_requested is not None:
+            return None
+        return self.checkin_deadline
 
     def tick(self, now):
+        """Run the timers: a pending image that saw no check-in answer by its
+        deadline gives up (CHECKIN_TIMEOUT, marked INVALID) and asks for a reset,
+        so the bootloader returns to the previous image."""
+        deadline = self.checkin_deadline
+        if deadline is not None and now >= deadline and self.reset_requested is None:
+            self.checkin_deadline = None
+            if self.device.pending_checkin() is not None:
+                self.device.abandon_running(R.CHECKIN_TIMEOUT)
+                self.reset_requested = "no check-in answer in %ds: rolling back" % (
+                    self.checkin_timeout or 0
+                )
         return []
 
     def receive(self, packet, now):
@@ -85,6 +105,11 @@ class DeviceLoop:
                 return out
         for r in self.receiver.receive_frame(body, now):
             out.append(endpoint.seal(r) if endpoint is not None else r)
+        if self.receiver.confirmed:
+            self.checkin_deadline = None
+        if self.receiver.phase == DONE and self.reset_requested is None:
+            # Installed, verified, boot selected: the app resets into the new image.
+            self.reset_requested = "update installed: resetting into it"
         if self.on_event is not None and self.receiver.phase != self._phase:
             self._phase = self.receiver.phase
             self.on_event(self._phase, dict(self.receiver.stats))
@@ -94,19 +119,26 @@ class DeviceLoop:
 class StreamLoop:
     """A :class:`DeviceLoop` behind a byte stream (a UART): COBS + CRC-32 framing."""
 
-    def __init__(self, device, mtu=1024, on_event=None):
-        self.loop = DeviceLoop(device, mtu, on_event)
+    def __init__(self, device, mtu=1024, on_event=None, checkin_timeout=None):
+        self.loop = DeviceLoop(device, mtu, on_event, checkin_timeout)
         self.decoder = framing.FrameDecoder(max_frame=mtu)
 
     @property
     def receiver(self):
         return self.loop.receiver
 
-    def start(self):
-        return self._wire(self.loop.start())
+    @property
+    def reset_requested(self):
+        return self.loop.reset_requested
+
+    def start(self, now=0.0):
+        return self._wire(self.loop.start(now))
 
     def next_deadline(self):
         return self.loop.next_deadline()
+
+    def tick(self, now):
+        return self._wire(self.loop.tick(now))
 
     def feed(self, data, now):
         """Bytes from the port in; bytes for the port out (b"" for none)."""

@@ -124,8 +124,9 @@ class Receiver:
         self.decode_hook = decode_hook
         self.stats = {
             "frames": 0, "bad_frames": 0, "duplicates": 0, "dropped": 0, "stray": 0,
-            "segments": 0, "statuses": 0, "replies": 0, "sessions": 0,
+            "segments": 0, "statuses": 0, "replies": 0, "sessions": 0, "confirmed": 0,
         }
+        self.confirmed = False  # the running image was confirmed by a check-in answer
         self.phase = IDLE
         self.session_id = None
         self.last_frame_at = None
@@ -174,6 +175,8 @@ class Receiver:
     def _dispatch(self, code, poll, f):
         if code == F.QUERY:
             return self._on_query(f[0], f[1])
+        if code == F.CONFIRM:
+            return self._on_confirm(f[0], f[1])
         if code == F.ABORT:
             self._drop_session()
             return []
@@ -190,6 +193,22 @@ class Receiver:
         if code == F.DATA:
             return self._on_data(poll, f[0], f[1], f[2])
         return self._on_commit()
+
+    def _on_confirm(self, uid, nonce):
+        """The check-in answer (SPEC 8.7). Only the update the running image came
+        from, with this boot's nonce, confirms; a repeat after that is answered
+        again (its CONFIRMED may have been lost); anything else is refused."""
+        dev = self.device
+        pending = dev.pending_checkin()
+        if pending is not None and pending["uid"] == uid and pending["nonce"] == nonce:
+            dev.confirm_running()
+            self.stats["confirmed"] += 1
+            self.confirmed = True
+            return [F.confirmed(uid)]
+        running = dev.running_image() or {}
+        if pending is None and not dev.running_pending() and running.get("uid") == uid:
+            return [F.confirmed(uid)]
+        return [F.reject(R.BAD_STATE, "nothing to confirm for that update and boot")]
 
     def _answer_once(self, must, frame):
         if must or not self._answered:
@@ -254,6 +273,15 @@ class Receiver:
             "resume_uid": progress.get("uid"),
             "resume_next": progress.get("next"),
         }
+        pending = dev.pending_checkin()
+        if pending is not None:
+            info["pending_uid"] = pending["uid"]
+            info["pending_sha256"] = pending["sha256"]
+            info["pending_nonce"] = pending["nonce"]
+        failures = dev.failures()
+        if failures:
+            info["failed_uid"] = bytes(failures[-1]["uid"])
+            info["failed_reason"] = failures[-1]["reason"]
         blob = F.encode_hello_info(info)
         fixed = 2 + F.int_size(session_id)  # array, type, session id
         size = min(self.mtu, len(blob))

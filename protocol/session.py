@@ -55,6 +55,7 @@ from .frames import (
     Abort,
     Accept,
     Commit,
+    Confirm,
     Data,
     Done,
     Hello,
@@ -69,18 +70,22 @@ from .frames import (
     split_blob,
     truncate_message,
 )
+from .frames import Confirmed as ConfirmedFrame
 from .manifest import PAYLOAD_DELTA, PAYLOAD_FULL, Manifest
 from .shared_artifact import Artifact
 
 __all__ = [
     "MIN_MTU",
     "Accepted",
+    "CheckedIn",
     "Completed",
+    "Confirmed",
     "DeviceInfo",
     "Event",
     "Failed",
     "Phase",
     "Progress",
+    "Rebooting",
     "Rejected",
     "Sender",
     "SenderStats",
@@ -160,6 +165,39 @@ class Completed:
 
 
 @dataclass(frozen=True, slots=True)
+class Rebooting:
+    """(``await_checkin``) After Completed: the device resets into the new image;
+    the sender waits for it to check in, at most ``deadline_s`` seconds."""
+
+    deadline_s: float
+    update_id: bytes = field(default=b"", compare=False)
+    device_id: bytes | None = field(default=None, compare=False)
+    job_id: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedIn:
+    """The new image booted, passed its self-test and reached this sender over the
+    same path: its HELLO says "pending verify" for this update and image."""
+
+    version: str | None
+    update_id: bytes = field(default=b"", compare=False)
+    device_id: bytes | None = field(default=None, compare=False)
+    job_id: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """The device marked the new image valid (and raised its security counter):
+    the update is done. The last event of a session that awaits the check-in."""
+
+    version: str | None
+    update_id: bytes = field(default=b"", compare=False)
+    device_id: bytes | None = field(default=None, compare=False)
+    job_id: str | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """The session broke: timeout, abort (either side), or a device that keeps losing it."""
 
@@ -173,7 +211,10 @@ class Failed:
 # Every event also names its session: ``update_id`` (the update's id), ``device_id``
 # (once the device said HELLO) and ``job_id`` (when the caller gave one). They do
 # not take part in ``==``, so an event compares by what it says.
-Event: TypeAlias = DeviceInfo | Accepted | Progress | Rejected | Completed | Failed
+Event: TypeAlias = (
+    DeviceInfo | Accepted | Progress | Rejected | Completed | Rebooting | CheckedIn | Confirmed
+    | Failed
+)
 
 
 class Phase(Enum):
@@ -181,12 +222,14 @@ class Phase(Enum):
     OFFER = "offer"
     DATA = "data"
     COMMIT = "commit"
+    REBOOT = "reboot"  # DONE received; waiting for the new image's check-in HELLO
+    CONFIRM = "confirm"  # CONFIRM sent; waiting for CONFIRMED
     DONE = "done"
     REJECTED = "rejected"
     FAILED = "failed"
 
 
-_ACTIVE = (Phase.HANDSHAKE, Phase.OFFER, Phase.DATA, Phase.COMMIT)
+_ACTIVE = (Phase.HANDSHAKE, Phase.OFFER, Phase.DATA, Phase.COMMIT, Phase.REBOOT, Phase.CONFIRM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +331,8 @@ def precheck(manifest: Manifest, info: HelloInfo) -> tuple[Reason, str] | None:
             f"segments need {max(biggest, manifest.segment_size)} bytes, device buffers "
             f"{info.max_segment_payload}",
         )
+    if manifest.target_sha256 == info.running_sha256 and info.pending_uid is None:
+        return Reason.ALREADY_INSTALLED, f"the device already runs this image ({manifest.version})"
     if manifest.payload_kind == PAYLOAD_DELTA and manifest.base_sha256 != info.running_sha256:
         return Reason.WRONG_BASE, "delta base is not the image the device runs"
     return None
@@ -348,6 +393,8 @@ class Sender:
         precheck: bool = True,
         job_id: str | None = None,
         paced: bool = False,
+        await_checkin: bool = False,
+        checkin_timeout: float = 180.0,
     ) -> None:
         if not isinstance(artifact, Artifact):
             raise TypeError("Sender takes an Artifact (Artifact.parse(ota_bytes), shared)")
@@ -357,6 +404,10 @@ class Sender:
         self.signature = artifact.signature
         self._segments = artifact.segments
         self.job_id = job_id
+        self._await_checkin = await_checkin
+        self._checkin_timeout = checkin_timeout
+        self._checkin_deadline: float | None = None
+        self._completed = False
         self._paced = paced
         self._pending: deque[_Sent | None] = deque()
         if mtu < MIN_MTU:
@@ -529,6 +580,9 @@ class Sender:
     def handle_timer(self, now: float) -> None:
         if self._deadline is None or now < self._deadline or self.phase not in _ACTIVE:
             return
+        if self.phase is Phase.REBOOT:
+            self._reboot_timer(now)
+            return
         self._stats["timeouts"] += 1
         self._retries += 1
         if self._retries > self._max_retries:
@@ -544,6 +598,8 @@ class Sender:
             self._control = Query(self.session_id).encode()
         elif self.phase is Phase.COMMIT:
             self._control = Commit().encode()
+        elif self.phase is Phase.CONFIRM:
+            self._control = self._confirm_frame()
         else:
             self._stall("the timer expired")
             if self.phase not in _ACTIVE:
@@ -569,11 +625,13 @@ class Sender:
         elif isinstance(frame, Accept):
             self._on_accept(frame, now)
         elif isinstance(frame, Reject):
-            self._on_reject(frame)
+            self._on_reject(frame, now)
         elif isinstance(frame, Done):
-            self._on_done()
+            self._on_done(now)
         elif isinstance(frame, Abort):
             self._on_abort(frame, now)
+        elif isinstance(frame, ConfirmedFrame):
+            self._on_confirmed(frame)
         else:  # a host -> device frame: not for us
             self._ignore()
 
@@ -587,7 +645,11 @@ class Sender:
         self._retries = 0
 
     def _on_hello(self, frame: Hello, now: float) -> None:
-        if frame.session_id != self.session_id:
+        checking_in = self.phase in (Phase.REBOOT, Phase.CONFIRM)
+        if checking_in and frame.session_id not in (NO_SESSION, self.session_id):
+            self._ignore()
+            return
+        if not checking_in and frame.session_id != self.session_id:
             if frame.session_id == NO_SESSION and self.phase is not Phase.HANDSHAKE:
                 self._restart(now, "device announced itself (reset?)")
             elif frame.session_id == NO_SESSION:
@@ -595,7 +657,7 @@ class Sender:
             else:
                 self._ignore()
             return
-        if self.phase is not Phase.HANDSHAKE:
+        if self.phase is not Phase.HANDSHAKE and not checking_in:
             self._ignore()  # a duplicate answer to our QUERY
             return
         if frame.count != self._hello_count:
@@ -616,12 +678,30 @@ class Sender:
         # a window of full frames queued on a slow line; ``rto`` stands until the
         # first echoed OFFER/DATA frame is measured.
         self._alive(now)
+        if checking_in:
+            self.info = info
+            if not self._on_checkin_info(info, now) and frame.session_id == NO_SESSION:
+                self._control = Query(self.session_id).encode()  # it is back: ask now
+            return
         self._on_info(info, now)
 
     def _on_info(self, info: HelloInfo, now: float) -> None:
         self.info = info
         resume = info.resume_next if info.resume_uid == self.uid else None
         self._events.append(DeviceInfo(info, resume, **self._ids()))
+        if self._await_checkin and info.pending_uid == self.uid:
+            self._on_checkin_info(info, now)  # installed in an earlier session, booted
+            return
+        if info.failed_uid == self.uid and info.failed_reason in (
+            Reason.SELF_TEST_FAILED,
+            Reason.CHECKIN_TIMEOUT,
+        ):
+            reason, _ = _reason(info.failed_reason)
+            self._reject_locally(
+                Reason.PREVIOUSLY_FAILED,
+                f"this update failed on this device before ({reason.name}): build a new artifact",
+            )
+            return
         if self._precheck:
             problem = precheck(self.manifest, info)
             if problem is not None:
@@ -808,26 +888,111 @@ class Sender:
                 f"no progress in {self._stalls} rounds (in phase {self.phase.value}): {why}",
             )
 
-    def _on_reject(self, frame: Reject) -> None:
-        if self.phase is Phase.HANDSHAKE:
+    def _on_reject(self, frame: Reject, now: float) -> None:
+        if self.phase in (Phase.HANDSHAKE, Phase.REBOOT):
             self._ignore()  # no offer made in this session yet: stale
+            return
+        if self.phase is Phase.CONFIRM:
+            # "nothing to confirm": the device reset again (a new nonce): ask again
+            self._enter_reboot(now)
+            self._control = Query(self.session_id).encode()
             return
         reason, prefix = _reason(frame.reason)
         self.phase = Phase.REJECTED
         self._deadline = None
         self._events.append(Rejected(reason, prefix + frame.message, **self._ids()))
 
-    def _on_done(self) -> None:
+    def _on_done(self, now: float) -> None:
         if self.phase is not Phase.COMMIT:
             self._ignore()
             return
+        self._complete_transfer(now)
+
+    def _complete_transfer(self, now: float) -> None:
+        self._events.append(Completed(self._prefix[-1], self._n, self._resumed_from, **self._ids()))
+        self._completed = True
+        if not self._await_checkin:
+            self.phase = Phase.DONE
+            self._deadline = None
+            return
+        self._enter_reboot(now)
+
+    # ------------------------------------------------------------ check-in (SPEC 8.7)
+
+    def _enter_reboot(self, now: float) -> None:
+        """Wait for the new image to come back and say it is pending verify."""
+        self.phase = Phase.REBOOT
+        self._reset_units(self._n)
+        self._hello = {}
+        self._hello_count = 0
+        if self._checkin_deadline is None:
+            self._checkin_deadline = now + self._checkin_timeout
+            self._events.append(Rebooting(self._checkin_timeout, **self._ids()))
+        self._rto = max(self._rto, self._min_rto)
+        self._deadline = now + self._rto
+
+    def _reboot_timer(self, now: float) -> None:
+        """Ask again (QUERY), backing off, until the check-in deadline."""
+        assert self._checkin_deadline is not None
+        if now >= self._checkin_deadline:
+            self._fail(
+                Reason.CHECKIN_TIMEOUT,
+                f"the new image did not check in within {self._checkin_timeout:g} s "
+                "(the device rolls back when its own deadline passes)",
+            )
+            return
+        self._rto = min(self._rto * 2, self._max_rto, 8.0)
+        self._deadline = min(now + self._rto, self._checkin_deadline)
+        self._control = Query(self.session_id).encode()
+
+    def _confirm_frame(self) -> bytes:
+        assert self.info is not None and self.info.pending_nonce is not None
+        return Confirm(self.uid, self.info.pending_nonce).encode()
+
+    def _on_checkin_info(self, info: HelloInfo, now: float) -> bool:
+        """A HELLO after the transfer (or at the start of a later session): True
+        if it settled where this update stands on the device."""
+        target = self.manifest.target_sha256
+        if info.failed_uid == self.uid and info.failed_reason is not None:
+            reason, prefix = _reason(info.failed_reason)
+            self._fail(
+                reason,
+                f"{prefix}the device rolled back to its previous image "
+                f"({reason.name}); it runs {info.running_version}",
+                send_abort=False,
+            )
+            return True
+        if info.pending_uid == self.uid and info.pending_sha256 == target:
+            if not self._completed:
+                self._resumed_from = self._n
+                self._complete_transfer(now)
+            if self.phase is not Phase.CONFIRM:
+                self._events.append(CheckedIn(self.manifest.version, **self._ids()))
+            self.phase = Phase.CONFIRM
+            self._retries = 0
+            self._control = self._confirm_frame()
+            self._deadline = now + self._rto
+            return True
+        if self._completed and info.pending_uid is None and info.running_sha256 == target:
+            self._finish_confirmed()
+            return True
+        return False
+
+    def _finish_confirmed(self) -> None:
         self.phase = Phase.DONE
         self._deadline = None
-        self._events.append(Completed(self._prefix[-1], self._n, self._resumed_from, **self._ids()))
+        self._control = None
+        self._events.append(Confirmed(self.manifest.version, **self._ids()))
+
+    def _on_confirmed(self, frame: ConfirmedFrame) -> None:
+        if self.phase is not Phase.CONFIRM or frame.update_id != self.uid:
+            self._ignore()
+            return
+        self._finish_confirmed()
 
     def _on_abort(self, frame: Abort, now: float) -> None:
         if frame.reason == Reason.BAD_STATE:
-            if self.phase is Phase.HANDSHAKE:
+            if self.phase in (Phase.HANDSHAKE, Phase.REBOOT, Phase.CONFIRM):
                 self._ignore()
             else:
                 self._restart(now, "device has no session (reset?)")

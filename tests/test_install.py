@@ -328,10 +328,11 @@ def test_no_install_while_the_running_image_is_unconfirmed(
     with Device(str(flash)) as dev:
         assert dev.power_on(self_test=None)["state"] == "PENDING_VERIFY"
     before = slot_bytes(flash, 0)
+    third = old_image[:-1] + bytes([old_image[-1] ^ 1])  # neither image (not ALREADY_INSTALLED)
     with pytest.raises(DeviceError) as exc:
-        install(flash, build(old_image, counter=2, version="third"))
+        install(flash, build(third, counter=2, version="third"))
     assert exc.value.reason == R.BAD_STATE
     assert slot_bytes(flash, 0) == before
     with Device(str(flash)) as dev:
         dev.power_on(self_test=True)  # the unconfirmed image is aborted: back on ota_0
-    assert install(flash, build(old_image, counter=2, version="third"))["slot"] == "ota_1"
+    assert install(flash, build(third, counter=2, version="third"))["slot"] == "ota_1"
