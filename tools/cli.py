@@ -354,6 +354,30 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest frame body, {MIN_MTU}..{MAX_MTU} (default 1024)",
     )
     d.add_argument("--quiet", action="store_true", help="no log lines on stderr")
+    d.add_argument(
+        "--fail-self-test",
+        action="store_true",
+        help="a new image fails its self-test (and rolls back)",
+    )
+    d.add_argument(
+        "--no-checkin",
+        action="store_true",
+        help="a new image never talks to its server (a broken link driver): it rolls back "
+        "when the check-in deadline passes",
+    )
+    d.add_argument(
+        "--checkin-timeout",
+        type=A.positive_float,
+        default=120.0,
+        help="seconds a new image waits for its server's check-in answer before it rolls "
+        "back (default 120)",
+    )
+    d.add_argument(
+        "--no-reboot",
+        action="store_true",
+        help="serve only: no bootloader at start, no reset after an install (boot it with "
+        "'device boot')",
+    )
     d.set_defaults(func=_lazy("linkcli", "device_run"))
     d = dsub.add_parser(
         "provision", help="the device's link identity: X25519 key, accepted gateways, policy"
@@ -411,6 +435,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="silent timeouts before giving up (default 8)",
     )
     s.add_argument("--json-progress", action="store_true", help="one JSON line per event")
+    s.add_argument(
+        "--no-await-checkin",
+        action="store_true",
+        help="end at DONE (written, verified, set to boot) instead of after the new image "
+        "has booted, checked in and confirmed",
+    )
+    s.add_argument(
+        "--checkin-timeout",
+        type=A.positive_float,
+        default=180.0,
+        help="seconds after DONE for the new image to check in (default 180)",
+    )
     s.add_argument("--link-key", help="this gateway's X25519 link key (otaferry keygen --link)")
     s.add_argument("--device-pub", help="the device's link public key (device provision --out)")
     s.add_argument(

@@ -20,12 +20,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..device_fw.device import Device
 from ..protocol.artifact import build_delta, build_full
+from ..protocol.errors import RemoteError
 from ..protocol.keys import write_keypair
-from ..protocol.session import Accepted, Completed, DeviceInfo, Event, Progress
+from ..protocol.session import (
+    Accepted,
+    CheckedIn,
+    Completed,
+    Confirmed,
+    DeviceInfo,
+    Event,
+    Progress,
+    Rebooting,
+)
 from ..protocol.x25519keys import LinkPublicKey, write_link_keypair
 from ..transport.linesim import LineSim
 from ..transport.secure_link import SecureLink
@@ -35,6 +46,7 @@ from .files import read_file
 from .sample_fw import make_image
 
 HW = "otaferry-devkit-v1"
+NO_CHECKIN_TIMEOUT = 5  # s: the third case's device deadline (short, to keep the demo quick)
 BAUD = 115_200
 LATENCY_MS = 20
 
@@ -49,17 +61,17 @@ def run(args: argparse.Namespace) -> int:
     if args.workdir:
         work = Path(args.workdir)
         work.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_run(work, image))
+        return asyncio.run(_run(work, image, keep=True))
     with tempfile.TemporaryDirectory(prefix="otaferry-demo-") as tmp:
-        return asyncio.run(_run(Path(tmp), image))
+        return asyncio.run(_run(Path(tmp), image, keep=False))
 
 
 class _DeviceProcess:
     """``otaferry device run`` on the B end of the line; kill() is a power cut."""
 
-    def __init__(self, flash: Path, port: Path) -> None:
+    def __init__(self, flash: Path, port: Path, *flags: str) -> None:
         exe = Path(sys.executable).with_name("otaferry")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "otaferry.tools.cli"]
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "otaferry"]
         self.proc = subprocess.Popen(
             [
                 *cmd,
@@ -72,6 +84,7 @@ class _DeviceProcess:
                 str(flash),
                 "--baud",
                 str(BAUD),
+                *flags,
             ],
             stdout=subprocess.DEVNULL,
         )
@@ -98,7 +111,19 @@ def _boot(flash: Path, self_test: bool) -> dict[str, object]:
         return dev.info()  # type: ignore[no-any-return]
 
 
-async def _run(work: Path, image: bytes | None) -> int:
+async def _expect_rollback(
+    up: Updater, candidates: list[bytes], on_event: Callable[[Event], None]
+) -> str:
+    """Push, expecting the device to roll back: what happened, in a few words."""
+    try:
+        await up.push_best(candidates, on_event=on_event)
+    except RemoteError as exc:
+        _say("result", f"the device rolled back and said why: {exc.reason.name}")
+        return f"rolled back by itself ({exc.reason.name}), reported at its next check-in"
+    return "confirmed (NOT expected)"
+
+
+async def _run(work: Path, image: bytes | None, *, keep: bool) -> int:
     t0 = time.monotonic()
     key_path = work / "vendor.key"
     gw_path = work / "gateway.key"
@@ -134,6 +159,9 @@ async def _run(work: Path, image: bytes | None) -> int:
 
     full = build_full(v110, key, hw=[HW], chip="esp32", version="1.1.0", security_counter=1)
     delta = build_delta(v110, v120, key, hw=[HW], chip="esp32", version="1.2.0", security_counter=1)
+    v130 = make_image("1.3.0", revision=3, secure_version=1)
+    delta3 = build_delta(v110, v130, key, hw=[HW], chip="esp32", version="1.3.0",
+                         security_counter=1)  # fmt: skip
     (work / "v1.1.0.ota").write_bytes(full)
     (work / "v1.2.0-delta.ota").write_bytes(delta)
     _say(
@@ -143,7 +171,10 @@ async def _run(work: Path, image: bytes | None) -> int:
     )
 
     a, b = work / "gateway.tty", work / "device.tty"
-    payload = 0
+    payloads: list[int] = []
+    transfer_s: list[float] = []  # push start to Completed, each push
+    t1 = time.monotonic()
+    results: list[tuple[str, str]] = []
     t_push = 0.0
     async with LineSim(str(a), str(b), baud=BAUD, latency_ms=LATENCY_MS, seed=1) as sim:
         _say(
@@ -161,7 +192,12 @@ async def _run(work: Path, image: bytes | None) -> int:
                 )
                 up = Updater(
                     link,
-                    PushOptions(line_rate=BAUD / 10, rtt=2 * LATENCY_MS / 1000, max_restarts=10),
+                    PushOptions(
+                        line_rate=BAUD / 10,
+                        rtt=2 * LATENCY_MS / 1000,
+                        max_restarts=10,
+                        checkin_timeout=60,
+                    ),
                 )
                 cut_done = False
 
@@ -178,6 +214,18 @@ async def _run(work: Path, image: bytes | None) -> int:
                             f"device checked signature and compatibility; "
                             f"data from segment {ev.next_segment}",
                         )
+                    elif isinstance(ev, Completed):
+                        _say("push", f"{ev.total_bytes} B written, verified by the device, "
+                                     "set to boot")  # fmt: skip
+                    elif isinstance(ev, Rebooting):
+                        _say("reboot", f"device resets into it; waiting up to "
+                                       f"{ev.deadline_s:g} s for its check-in")  # fmt: skip
+                    elif isinstance(ev, CheckedIn):
+                        _say("checkin", f"{ev.version} booted pending-verify, passed its "
+                                        "self-test and checked in over the link")  # fmt: skip
+                    elif isinstance(ev, Confirmed):
+                        _say("confirm", f"{ev.version} confirmed: VALID, security counter "
+                                        "raised")  # fmt: skip
                     elif (
                         isinstance(ev, Progress)
                         and not cut_done
@@ -191,6 +239,9 @@ async def _run(work: Path, image: bytes | None) -> int:
                             f"{ev.total_bytes} B confirmed; restarting it",
                         )
                         restart.set()
+                    if isinstance(ev, Completed):
+                        payloads.append(ev.total_bytes)
+                        transfer_s.append(time.monotonic() - t1)
 
                 restart = asyncio.Event()
 
@@ -202,57 +253,67 @@ async def _run(work: Path, image: bytes | None) -> int:
 
                 helper = asyncio.ensure_future(restarter())
                 t1 = time.monotonic()
-                done = await up.push(full, on_event)
+                first = await up.push(full, on_event)
                 t_push += time.monotonic() - t1
-                payload += done.total_bytes
                 helper.cancel()
-                _say(
-                    "push",
-                    f"v1.1.0 written, verified by the device, set to boot "
-                    f"({time.monotonic() - t1:.1f} s)",
-                )
-                device.stop()
-                info = _boot(flash, self_test=True)
-                confirmed = info["slots"][info["running_slot"]]["version"]  # type: ignore[index]
+                results.append(("1.0.0 -> 1.1.0 (full)", "confirmed after its check-in"
+                                if isinstance(first, Confirmed) else "NOT confirmed"))  # fmt: skip
 
-                device = _DeviceProcess(flash, b)
-                t1 = time.monotonic()
-                done2: Completed = await up.push_best([delta, full], on_event=lambda e: None)
-                t_push += time.monotonic() - t1
-                payload += done2.total_bytes
-                _say(
-                    "push",
-                    f"v1.2.0 delta: {done2.total_bytes} B payload in {time.monotonic() - t1:.1f} s",
-                )
+                # 2. a delta whose self-test fails: the device rolls back by itself
                 device.stop()
-                info2 = _boot(flash, self_test=False)
+                device = _DeviceProcess(flash, b, "--fail-self-test")
+                _say("device", "restarted with a broken v1.2.0 in store: its self-test will fail")
+                t1 = time.monotonic()
+                results.append(("1.1.0 -> 1.2.0 (delta)",
+                                await _expect_rollback(up, [delta, full], on_event)))  # fmt: skip
+                t_push += time.monotonic() - t1
+
+                # 3. an image that boots but never reaches its server: rolled back at the deadline
+                device.stop()
+                device = _DeviceProcess(flash, b, "--no-checkin", "--checkin-timeout",
+                                        str(NO_CHECKIN_TIMEOUT))  # fmt: skip
+                _say(
+                    "device",
+                    f"restarted; v1.3.0 will boot but never talk to the server (a broken link "
+                    f"driver): the device gives up after {NO_CHECKIN_TIMEOUT} s",
+                )
+                t1 = time.monotonic()
+                results.append(("1.1.0 -> 1.3.0 (delta)",
+                                await _expect_rollback(up, [delta3], on_event)))  # fmt: skip
+                t_push += time.monotonic() - t1
         finally:
             device.stop()
         wire_out = sim.a_to_b.bytes_out
         wire_back = sim.b_to_a.bytes_out
-
-    running = info2["slots"][info2["running_slot"]]  # type: ignore[index]
-    ok = confirmed == "1.1.0" and running["version"] == "1.1.0"
-    goodput = payload / max(t_push, 1e-9) / (BAUD / 10)
+    payload = sum(payloads)
+    with Device(str(flash), read_only=True) as dev:
+        info2 = dev.info()
+    running = info2["slots"][info2["running_slot"]]
+    ok = (
+        results[0][1].startswith("confirmed")
+        and "SELF_TEST_FAILED" in results[1][1]
+        and "CHECKIN_TIMEOUT" in results[2][1]
+        and running["version"] == "1.1.0"
+        and running["state"] == "VALID"
+    )
     print()
     print("summary")
-    print(
-        f"  1.0.0 -> 1.1.0 (full)  : {'confirmed' if confirmed == '1.1.0' else 'FAILED'}, "
-        "resumed after a power cut mid-transfer"
-    )
-    print(
-        f"  1.1.0 -> 1.2.0 (delta) : self-test failed, rolled back to {running['version']} "
-        f"in {running['label']} by itself"
-    )
+    for name, what in results:
+        print(f"  {name:<23}: {what}")
+    print(f"  running now            : {running['version']} in {running['label']} "
+          f"({running['state']})")  # fmt: skip
+    print("  (the full update also resumed after a power cut mid-transfer)")
     print(f"  security counter       : {info2['security_counter']}")
     print(f"  payload carried        : {payload} B in {t_push:.1f} s of pushing")
     print(
         f"  bytes on the wire      : {wire_out} B to the device, {wire_back} B back "
         f"({wire_out / max(payload, 1):.3f} wire bytes per payload byte)"
     )
+    goodput = payloads[0] / max(transfer_s[0], 1e-9) / (BAUD / 10) if payloads else 0.0
     print(
-        f"  efficiency             : {goodput:.2f} of the line rate ({BAUD // 10} B/s) "
-        "(the restart after the power cut included)"
+        f"  efficiency             : {goodput:.2f} of the line rate ({BAUD // 10} B/s) for the "
+        "full image's transfer (the restart after the power cut included)"
     )
-    print(f"  total time             : {time.monotonic() - t0:.1f} s; files in {work}")
+    where = "kept in " + str(work) if keep else "in a temporary folder, now removed"
+    print(f"  total time             : {time.monotonic() - t0:.1f} s; files {where}")
     return 0 if ok else 1

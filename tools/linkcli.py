@@ -11,7 +11,16 @@ import time
 from typing import Any
 
 from ..protocol.errors import OtaferryError, Reason
-from ..protocol.session import Accepted, Completed, DeviceInfo, Event, Progress
+from ..protocol.session import (
+    Accepted,
+    CheckedIn,
+    Completed,
+    Confirmed,
+    DeviceInfo,
+    Event,
+    Progress,
+    Rebooting,
+)
 from ..protocol.x25519keys import load_link_private_key, load_link_public_key
 from ..transport.link import Link
 from ..transport.secure_link import SecureLink
@@ -73,10 +82,23 @@ class ProgressPrinter:
             if self.tty:
                 print(file=sys.stderr)
             print(
-                f"done in {now:.1f} s: {event.total_bytes} B written, verified by the device "
-                "and set to boot",
+                f"transferred in {now:.1f} s: {event.total_bytes} B written, verified by the "
+                "device and set to boot",
                 file=sys.stderr,
             )
+        elif isinstance(event, Rebooting):
+            print(
+                f"rebooting: waiting up to {event.deadline_s:g} s for the new image to check in",
+                file=sys.stderr,
+            )
+        elif isinstance(event, CheckedIn):
+            print(
+                f"checked in: {event.version} booted, passed its self-test and reached us",
+                file=sys.stderr,
+            )
+        elif isinstance(event, Confirmed):
+            print(f"confirmed in {now:.1f} s: {event.version} is valid on the device",
+                  file=sys.stderr)  # fmt: skip
 
 
 def _event_dict(event: Event, t: float) -> dict[str, Any]:
@@ -107,13 +129,15 @@ def _event_dict(event: Event, t: float) -> dict[str, Any]:
     return out
 
 
-async def push_async(args: argparse.Namespace) -> Completed:
+async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
     candidates = [read_file(p) for p in args.artifacts]
     options = PushOptions(
         window=args.window,
         line_rate=args.baud / 10,
         rto=args.rto,
         max_retries=args.retries,
+        await_checkin=not args.no_await_checkin,
+        checkin_timeout=args.checkin_timeout,
     )
     printer = ProgressPrinter(args.json_progress)
     if not args.insecure_plaintext and not (args.link_key and args.device_pub):
@@ -162,21 +186,40 @@ def device_run(args: argparse.Namespace) -> int:
     except Exception as exc:  # pyserial raises SerialException / OSError / ValueError
         raise OtaferryError(f"cannot open {args.port}: {exc}", Reason.IO_ERROR) from exc
 
-    def log(phase: str, stats: dict[str, int]) -> None:
+    ready_said: list[bool] = []
+
+    def log(kind: str, detail: dict[str, Any]) -> None:
         if args.quiet:
             return
-        if phase == "ready":  # said only once the flash is ours: a refusal stays one line
-            print(f"device: serving {args.flash} on {args.port}", file=sys.stderr, flush=True)
+        if kind == "ready":  # said only once the flash is ours: a refusal stays one line
+            if not ready_said:
+                print(f"device: serving {args.flash} on {args.port}", file=sys.stderr, flush=True)
+                ready_said.append(True)
+        elif kind == "boot":
+            for entry in detail["log"]:
+                print(f"device: boot: {entry}", file=sys.stderr, flush=True)
+        elif kind == "reset":
+            print(f"device: reset ({detail['why']})", file=sys.stderr, flush=True)
         else:
             print(
-                f"device: {phase} (frames {stats['frames']}, bad {stats['bad_frames']}, "
-                f"segments {stats['segments']})",
+                f"device: {kind} (frames {detail['frames']}, bad {detail['bad_frames']}, "
+                f"segments {detail['segments']})",
                 file=sys.stderr,
                 flush=True,
             )
 
     try:
-        serve(args.flash, port, mtu=args.mtu, stop=lambda: bool(stopping), on_event=log)
+        serve(
+            args.flash,
+            port,
+            mtu=args.mtu,
+            stop=lambda: bool(stopping),
+            on_event=log,
+            lifecycle=not args.no_reboot,
+            self_test=not args.fail_self_test,
+            checkin=not args.no_checkin,
+            checkin_timeout=args.checkin_timeout,
+        )
     finally:
         port.close()
     return 0

@@ -41,6 +41,7 @@ from ..protocol.frames import HelloInfo
 from ..protocol.manifest import PAYLOAD_DELTA
 from ..protocol.session import (
     Completed,
+    Confirmed,
     DeviceInfo,
     Event,
     Failed,
@@ -66,6 +67,13 @@ class PushOptions:
     rto: float = 1.0
     max_retries: int = 8
     max_restarts: int = 3
+    await_checkin: bool = True
+    """End only when the new image has booted, checked in and confirmed (SPEC
+    8.7); False: end at DONE (written, verified, set to boot), as before."""
+    checkin_timeout: float = 180.0
+    """Seconds from DONE for the device to reset, boot the new image and check
+    in; more than the device's own deadline (120 s by default), so a device
+    that gives up is heard reporting its rollback."""
 
 
 def choose_artifact(
@@ -151,6 +159,8 @@ class Updater:
             max_restarts=o.max_restarts,
             job_id=job_id,
             paced=True,
+            await_checkin=o.await_checkin,
+            checkin_timeout=o.checkin_timeout,
         )
 
     async def events(
@@ -160,7 +170,11 @@ class Updater:
         the .ota file's bytes), yielding every session event; each names the
         update, the device (once it said HELLO) and ``job_id``.
 
-        The last event is :class:`Completed`; a refusal or failure raises instead.
+        The last event is :class:`Confirmed` (with ``await_checkin``, the
+        default: the new image booted, checked in and is valid), else
+        :class:`Completed`; a refusal, a failure or a rollback raises instead
+        (:class:`RemoteError` with the device's reason: SELF_TEST_FAILED,
+        CHECKIN_TIMEOUT, ROLLED_BACK ...).
         """
         sender = self._sender(ota, job_id)
         self.last_sender = sender
@@ -178,7 +192,9 @@ class Updater:
                             raise TimeoutError_(event.message)
                         raise RemoteError(event.message, event.reason)
                     yield event
-                    if isinstance(event, Completed):
+                    if isinstance(event, Confirmed) or (
+                        isinstance(event, Completed) and not self.options.await_checkin
+                    ):
                         return
                 if sender.done:  # terminal without an event: should not happen
                     raise OtaferryError("session ended without an outcome", Reason.BAD_STATE)
@@ -215,15 +231,18 @@ class Updater:
         on_event: Callable[[Event], None] | None = None,
         *,
         job_id: str | None = None,
-    ) -> Completed:
-        """Push ``ota``; call ``on_event`` for every event; return the Completed event."""
+    ) -> Completed | Confirmed:
+        """Push ``ota``; call ``on_event`` for every event; return the last event:
+        :class:`Confirmed` (awaiting the check-in, the default) or :class:`Completed`."""
         # aclosing: if on_event raises, the session is aborted now, not whenever
         # the generator happens to be finalised (maybe inside the next push).
         async with contextlib.aclosing(self.events(ota, job_id=job_id)) as events:
             async for event in events:
                 if on_event is not None:
                     on_event(event)
-                if isinstance(event, Completed):
+                if isinstance(event, Confirmed) or (
+                    isinstance(event, Completed) and not self.options.await_checkin
+                ):
                     return event
         raise OtaferryError("session ended without an outcome", Reason.BAD_STATE)
 
@@ -244,7 +263,7 @@ class Updater:
         allow_full: bool = True,
         on_event: Callable[[Event], None] | None = None,
         job_id: str | None = None,
-    ) -> Completed:
+    ) -> Completed | Confirmed:
         """Pick the artifact for this device from its hello (delta if its base
         matches, else full unless ``allow_full`` is False) and push it."""
         if not candidates:
