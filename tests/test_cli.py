@@ -271,8 +271,12 @@ def test_demo_runs_as_a_command(tmp_path: Path) -> None:
         [str(exe), "demo", "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "rolled back to 1.1.0" in proc.stdout
-    assert (tmp_path / "flash.bin").is_file()
+    out = proc.stdout
+    assert "1.0.0 -> 1.1.0 (full)  : confirmed after its check-in" in out
+    assert "rolled back by itself (SELF_TEST_FAILED)" in out
+    assert "rolled back by itself (CHECKIN_TIMEOUT)" in out
+    assert "running now            : 1.1.0 in ota_1 (VALID)" in out
+    assert (tmp_path / "flash.bin").is_file() and f"files kept in {tmp_path}" in out
 
 
 def test_provision_and_revocation(

@@ -22,7 +22,14 @@ from otaferry.device_fw.device import Device
 from otaferry.protocol import errors
 from otaferry.protocol.artifact import build_delta, build_full
 from otaferry.protocol.keys import SigningKey
-from otaferry.protocol.session import Completed, DeviceInfo, Progress
+from otaferry.protocol.session import (
+    CheckedIn,
+    Completed,
+    Confirmed,
+    DeviceInfo,
+    Progress,
+    Rebooting,
+)
 from otaferry.protocol.x25519keys import LinkPrivateKey, LinkPublicKey
 from otaferry.transport.linesim import LineSim
 from otaferry.transport.link import Link
@@ -122,7 +129,12 @@ async def test_clean_push_through_the_async_api(tmp_path: Path) -> None:
         with device_process(flash, b):
             async with gateway(a, flash) as link, Updater(link, FAST) as up:
                 done = await up.push(full(new), events.append)
-    assert isinstance(done, Completed) and done.resumed_from == 0
+    # device run lives across reboots: the push ends when the new image checked in
+    assert isinstance(done, Confirmed)
+    kinds = [type(e) for e in events]
+    assert kinds.index(Completed) < kinds.index(Rebooting) < kinds.index(CheckedIn)
+    assert kinds[-1] is Confirmed
+    assert next(e for e in events if isinstance(e, Completed)).resumed_from == 0
     assert isinstance(events[0], DeviceInfo) and events[0].info.running_version == "old"
     progress = [e for e in events if isinstance(e, Progress)]
     assert progress and all(
@@ -131,8 +143,10 @@ async def test_clean_push_through_the_async_api(tmp_path: Path) -> None:
     assert progress[-1].confirmed_bytes == progress[-1].total_bytes
     assert slot_bytes(flash, 1, len(new)) == new
     with Device(str(flash)) as dev:
+        info = dev.info()
         boot = dev.power_on(self_test=True)
-    assert boot["label"] == "ota_1" and boot["version"] == "new"
+    assert info["slots"][1]["state"] == "VALID" and info["security_counter"] == 1
+    assert boot["label"] == "ota_1" and boot["version"] == "new" and boot["state"] == "VALID"
 
 
 @pytest.mark.asyncio
@@ -164,7 +178,7 @@ async def test_plaintext_only_when_the_device_allows_it(tmp_path: Path) -> None:
         with device_process(flash, b):
             async with await SerialLink.open(str(a), 460_800, mtu=1024) as raw:
                 done = await Updater(raw, FAST).push(full(new))
-    assert done.total_bytes > 0 and slot_bytes(flash, 1, len(new)) == new
+    assert isinstance(done, Confirmed) and slot_bytes(flash, 1, len(new)) == new
 
 
 @pytest.mark.asyncio
@@ -213,9 +227,10 @@ async def test_push_cli_killed_then_rerun_resumes(tmp_path: Path) -> None:
     assert second.returncode == 0, err.decode()
     events = [json.loads(x) for x in out.decode().splitlines()]
     info = next(e for e in events if e["event"] == "DeviceInfo")
-    done = events[-1]
+    done = next(e for e in events if e["event"] == "Completed")
     assert info["resume_from"] and info["resume_from"] > 0
-    assert done["event"] == "Completed" and done["resumed_from"] == info["resume_from"]
+    assert done["resumed_from"] == info["resume_from"]
+    assert events[-1]["event"] == "Confirmed"
     assert slot_bytes(flash, 1, len(new)) == new
 
 
@@ -232,11 +247,17 @@ async def test_device_power_cut_at_random_moments_until_done(tmp_path: Path) -> 
         async with line(tmp_path) as (a, b):
             procs.append(restart(flash, b))
             async with gateway(a, flash) as link:  # the handshake needs a live device
-                task = asyncio.ensure_future(Updater(link, FAST).push(full(new)))
+                transferred: list[Completed] = []
+
+                def note(event: object) -> None:
+                    if isinstance(event, Completed):
+                        transferred.append(event)
+
+                task = asyncio.ensure_future(Updater(link, FAST).push(full(new), note))
                 for _ in range(6):
                     await asyncio.wait([task], timeout=rng.uniform(0.3, 2.0))
-                    if task.done():
-                        break
+                    if task.done() or transferred:
+                        break  # (a cut while the new image is pending would roll it back)
                     procs[-1].send_signal(signal.SIGKILL)  # power cut at whatever flash op
                     procs[-1].wait()
                     kills += 1
@@ -246,7 +267,7 @@ async def test_device_power_cut_at_random_moments_until_done(tmp_path: Path) -> 
         for proc in procs:
             proc.kill()
             proc.wait()
-    assert isinstance(done, Completed)
+    assert isinstance(done, Confirmed)
     assert kills >= 3
     assert slot_bytes(flash, 0, len(old)) == old  # the active slot: never written
     assert slot_bytes(flash, 1, len(new)) == new
@@ -278,5 +299,6 @@ async def test_delta_push_picks_the_matching_delta(tmp_path: Path) -> None:
                     await up.push_best([wrong, full(new)], allow_full=False)
                 assert exc.value.reason == errors.Reason.WRONG_BASE
                 done = await up.push_best([wrong, full(new), right], on_event=events.append)
-    assert done.total_bytes < len(right)  # the delta went, not the full image
-    assert slot_bytes(flash, 1, len(new)) == new
+    sent = next(e for e in events if isinstance(e, Completed))
+    assert sent.total_bytes < len(right)  # the delta went, not the full image
+    assert isinstance(done, Confirmed) and slot_bytes(flash, 1, len(new)) == new

@@ -25,7 +25,7 @@ from otaferry.transport.link import memory_pair
 from otaferry.transport.secure_link import SecureLink
 from otaferry.transport.updater import PushOptions, Updater
 
-OPTS = PushOptions(rto=0.2, max_retries=10)
+OPTS = PushOptions(rto=0.2, max_retries=10, await_checkin=False)
 
 
 @pytest.mark.asyncio
@@ -61,7 +61,7 @@ async def test_forged_rejects_do_not_cost_session_restarts(tmp_path):
     dev.start()
     raw = ThreadLink(port)
     link = await SecureLink.connect(raw, GATEWAY, device_public(flash), rto=0.1)
-    up = Updater(link, PushOptions(rto=0.2, max_retries=10, max_restarts=3))
+    up = Updater(link, PushOptions(rto=0.2, max_retries=10, max_restarts=3, await_checkin=False))
     forged = set()
     try:
         async for ev in up.events(full(image(96, b"new"))):
@@ -82,7 +82,7 @@ async def test_cancel_racing_an_arriving_frame_is_not_lost():
     iteration as the frame it was waiting for (CPython gh-86296): the cancelled push
     carries on instead of raising CancelledError (and sends no ABORT)."""
     host, dev = memory_pair(240)
-    up = Updater(host, PushOptions(rto=0.05, max_retries=2))
+    up = Updater(host, PushOptions(rto=0.05, max_retries=2, await_checkin=False))
     task = asyncio.ensure_future(up.push(full(image(8, b"x"))))
     await dev.receive()  # the QUERY: the updater now waits in receive()
     await asyncio.sleep(0.01)
@@ -135,7 +135,7 @@ async def test_cap_is_per_outage_not_per_lifetime(tmp_path):
     try:
         for _i in range(4):  # 4 separate reboots, each push succeeds first
             dev.reset()
-            await Updater(link, PushOptions(rto=0.1, max_retries=10)).push(ota)
+            await Updater(link, PushOptions(rto=0.1, max_retries=10, await_checkin=False)).push(ota)
     finally:
         dev.halt()
 
@@ -151,7 +151,7 @@ async def test_abort_sent_before_push_raises(tmp_path):
     dev = DeviceThread(flash, port)
     dev.start()
     link = await SecureLink.connect(ThreadLink(port), GATEWAY, device_public(flash), rto=0.1)
-    up = Updater(link, PushOptions(rto=0.1))
+    up = Updater(link, PushOptions(rto=0.1, await_checkin=False))
 
     def on_event(ev):
         if isinstance(ev, Accepted):
@@ -187,7 +187,7 @@ async def test_reset_then_replayed_msg1_still_resumes(tmp_path):
     raw.sent = []
     link = await SecureLink.connect(raw, GATEWAY, device_public(flash), rto=0.1)
     old_msg1 = raw.sent[0]
-    up = Updater(link, PushOptions(rto=0.1, max_retries=6))
+    up = Updater(link, PushOptions(rto=0.1, max_retries=6, await_checkin=False))
     did = False
     try:
         async for ev in up.events(full(image(64, b"n"))):
