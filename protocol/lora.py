@@ -225,6 +225,12 @@ class RegionPacing:
         """Air time of a frame body of ``size`` bytes, its wire bytes counted."""
         return self.params.time_on_air(self._wire_size(size)) * self.time_scale
 
+    def first_rto(self, mtu: int, answer: int = 48) -> float:
+        """A first retransmit timeout: a full frame out, then the far side's answer
+        of ``answer`` bytes, which may wait out its own duty-cycle off time."""
+        back = self.airtime(answer)
+        return 2 * (self.airtime(mtu) + back + self.off_time(back)) + self.rtt_floor
+
     def max_mtu(self, limit: int) -> int:
         """The largest body <= ``limit`` whose frame fits the dwell limit."""
         return max((n for n in range(1, limit + 1) if self.allowed(n)), default=0)
