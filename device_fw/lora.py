@@ -372,7 +372,10 @@ class ModemLoop:
         air = self.airtime(len(packet))
         self.last_air = air
         self.waiting = list(self.modem.answers)
-        self.wait_until = now + (self.COMMAND_TIMEOUT + 4 * air + 1.0 if self.waiting else air)
+        # E22: no answer; its air time (and the 3-byte-time gap that ends a packet).
+        self.wait_until = now + (
+            self.COMMAND_TIMEOUT + 4 * air + 1.0 if self.waiting else max(air, 0.005)
+        )
         return self.modem.encode(self.gateway, packet)
 
 

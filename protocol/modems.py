@@ -125,6 +125,7 @@ class ModemCodec:
     # The answers that end a send, in order (REYAX: +OK once on the air; RAK: OK,
     # then +EVT:TXP2P DONE); none: only its air time ends it (E22 says nothing).
     send_answers: tuple[type[Ok] | type[TxDone], ...] = (Ok,)
+    idle_gap = 0.0
 
     def setup(self, params: LoRaParams, freq_hz: int, address: int) -> list[bytes]:
         """Commands that configure the modem, each answered OK (or FAILED)."""
@@ -283,6 +284,9 @@ class E22Codec(ModemCodec):
 
     name = "e22"
     send_answers = ()
+    # The module ends a packet after ~3 byte times of UART silence: the next
+    # write must wait at least that long, or two packets would run together.
+    idle_gap = 0.005
     SUB_PACKETS = (240, 128, 64, 32)
 
     def __init__(self, sub_packet: int = 240, channel: int = 0x12, *, e32: bool = False) -> None:

@@ -225,7 +225,7 @@ class ModemHub(Hub):
             for answer in self.codec.send_answers:
                 await self._answer(answer, limit)
             if not self.codec.send_answers:
-                await asyncio.sleep(air)
+                await asyncio.sleep(max(air, self.codec.idle_gap))
             self._pacing.finished(loop.time())
             for command in self.codec.after_send():
                 await self._command(command)
