@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 from otaferry.protocol.errors import ClosedError, Reason, TransportError
+from otaferry.protocol.lora import EU868, LoRaParams
 from otaferry.protocol.pacing import AirTime, LineRate, Unlimited
 from otaferry.transport.hub import Address, Hub, LinkHub, MemoryHub, memory_hub
-from otaferry.protocol.lora import EU868, LoRaParams
 from otaferry.transport.linesim import LineSim
+from otaferry.transport.link import Link, memory_pair
 from otaferry.transport.lora_hub import ModemHub
 from otaferry.transport.lorasim import LoRaSim
-from otaferry.transport.link import Link, memory_pair
 from otaferry.transport.serial_link import SerialLink
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.filterwarnings("error")]

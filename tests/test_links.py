@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from otaferry.protocol.errors import ClosedError, Reason, TransportError
 from otaferry.protocol.framing import FrameDecoder, encode_frame
+from otaferry.protocol.lora import EU868, LoRaParams
 from otaferry.protocol.secure import OVERHEAD, Responder, SecureChannel
 from otaferry.protocol.x25519keys import LinkPrivateKey, LinkPublicKey
 from otaferry.transport.hub import LinkHub, PeerLink, memory_hub
-from otaferry.protocol.lora import EU868, LoRaParams
 from otaferry.transport.linesim import LineSim
+from otaferry.transport.link import FrameInbox, Link, check_frame, memory_pair
 from otaferry.transport.lora_hub import ModemHub
 from otaferry.transport.lorasim import LoRaSim
-from otaferry.transport.link import FrameInbox, Link, check_frame, memory_pair
 from otaferry.transport.secure_link import PROLOGUE, SecureLink
 from otaferry.transport.serial_link import SerialLink
 
