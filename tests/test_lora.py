@@ -215,3 +215,26 @@ def test_device_modem_loop_waits_for_the_modem_and_the_duty_cycle() -> None:
     assert loop.next_deadline() == pytest.approx(1.1 + air * 99)
     assert loop.tick(1.1 + air * 98) == b""
     assert loop.tick(1.1 + air * 99.01).startswith(b"AT+SEND=0,")
+
+
+def test_plan_command_reports_packets_air_and_wall_time(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from otaferry.protocol.artifact import build_full
+    from otaferry.protocol.keys import SigningKey
+    from otaferry.tools.cli import main
+
+    image = b"".join(random.Random(4).randbytes(100) * 4 for _ in range(40))
+    ota = tmp_path / "u.ota"
+    key = SigningKey.from_seed(bytes(32))
+    ota.write_bytes(build_full(image, key, hw=["h"], chip="c", version="1"))
+    assert main(["plan", str(ota), "--link", "lora", "--sf", "9", "--json"]) == 0
+    at9 = json.loads(capsys.readouterr().out)
+    assert {"packets", "payload_per_packet", "air_time_s", "wall_time_s"} <= set(at9)
+    assert at9["payload_per_packet"] < at9["mtu"] <= 222
+    assert at9["air_time_s"] >= at9["floor_air_time_s"] > 0
+    assert at9["wall_time_s"] > 20 * at9["air_time_s"]  # 1 %: the off time dominates
+    assert main(["plan", str(ota), "--sf", "7", "--loss", "0.3", "--json"]) == 0
+    at7 = json.loads(capsys.readouterr().out)
+    assert at7["air_time_s"] < at9["air_time_s"] and at7["packets"] > at9["packets"]
+    assert main(["plan", str(ota), "--loss", "1"]) == 2  # one-line usage error

@@ -497,6 +497,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark and its arguments")
     s.set_defaults(func=cmd_bench)
 
+    s = sub.add_parser("plan", help="packets, air time and wall time of an update over LoRa")
+    s.add_argument("artifact", metavar="UPDATE.ota")
+    s.add_argument("--link", choices=("lora",), default="lora", help="the medium (lora)")
+    s.add_argument("--region", default="EU868", help="EU868 or US915 (default EU868)")
+    s.add_argument("--freq", type=A.positive_int, help="channel in Hz (default: the region's)")
+    s.add_argument("--sf", type=A.int_range(7, 12), default=9, help="spreading factor (9)")
+    s.add_argument("--bw", type=A.int_range(125, 500), default=125, help="kHz (125)")
+    s.add_argument("--cr", type=A.int_range(5, 8), default=5, help="coding rate 4/N (5)")
+    s.add_argument("--mtu", type=A.int_range(26, 255), default=222, help="frame bytes (222)")
+    s.add_argument("--modem", choices=LORA_MODEMS, help="count this modem's air bytes")
+    s.add_argument("--loss", type=A.probability, default=0.0, help="packet loss 0..<1")
+    s.add_argument("--devices", type=A.positive_int, default=1, help="devices, one after another")
+    s.add_argument("--json", action="store_true", help="JSON output")
+    s.set_defaults(func=_lazy("plan", "run"))
+
     s = sub.add_parser("demo", help="the whole flow on a simulated device (the quick start)")
     s.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
     s.add_argument(
