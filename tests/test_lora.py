@@ -237,4 +237,6 @@ def test_plan_command_reports_packets_air_and_wall_time(tmp_path, capsys) -> Non
     assert main(["plan", str(ota), "--sf", "7", "--loss", "0.3", "--json"]) == 0
     at7 = json.loads(capsys.readouterr().out)
     assert at7["air_time_s"] < at9["air_time_s"] and at7["packets"] > at9["packets"]
-    assert main(["plan", str(ota), "--loss", "1"]) == 2  # one-line usage error
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", str(ota), "--loss", "1"])
+    assert exit_.value.code == 2 and "--loss" in capsys.readouterr().err  # a usage error
