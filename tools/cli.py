@@ -498,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("plan", help="packets, air time and wall time of an update over LoRa")
-    s.add_argument("artifact", metavar="UPDATE.ota")
+    s.add_argument("artifact", metavar="UPDATE.ota", help="the update to plan")
     s.add_argument("--link", choices=("lora",), default="lora", help="the medium (lora)")
     s.add_argument("--region", default="EU868", help="EU868 or US915 (default EU868)")
     s.add_argument("--freq", type=A.positive_int, help="channel in Hz (default: the region's)")
