@@ -53,6 +53,12 @@ def cobs_decode(data):
     return bytes(out)
 
 
+def max_wire_size(body_size):
+    """Upper bound of the bytes encode_frame puts on the wire (= protocol/framing.py)."""
+    raw = body_size + CRC_SIZE
+    return raw + 1 + raw // 254 + 2
+
+
 def encode_frame(body):
     body = bytes(body)
     return b"\x00" + cobs_encode(body + crc32(body).to_bytes(CRC_SIZE, "little")) + b"\x00"

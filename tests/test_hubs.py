@@ -17,10 +17,13 @@ from pathlib import Path
 
 import pytest
 from otaferry.protocol.errors import ClosedError, Reason, TransportError
+from otaferry.protocol.lora import EU868, LoRaParams
 from otaferry.protocol.pacing import AirTime, LineRate, Unlimited
 from otaferry.transport.hub import Address, Hub, LinkHub, MemoryHub, memory_hub
 from otaferry.transport.linesim import LineSim
 from otaferry.transport.link import Link, memory_pair
+from otaferry.transport.lora_hub import ModemHub
+from otaferry.transport.lorasim import LoRaSim
 from otaferry.transport.serial_link import SerialLink
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.filterwarnings("error")]
@@ -53,12 +56,38 @@ async def serial_medium(tmp_path: Path) -> AsyncIterator[Medium]:
             yield hub, {1: dev}
 
 
-@pytest.fixture(params=["memory", "pair", "serial"])
+@contextlib.asynccontextmanager
+async def lora_medium(tmp_path: Path, modem: str) -> AsyncIterator[Medium]:
+    """The gateway's modem hub against two device modems (their own hubs' views of
+    the gateway, address 0) through lora-sim's emulated modems on real ptys; the
+    air runs 100 times real time without a duty cycle (hubs test the contract)."""
+    params = LoRaParams(sf=7, bw=250_000)
+    fast = {"time_scale": 0.01, "duty_cycle": 1.0}
+    paths = [tmp_path / n for n in ("gw", "d1", "d2")]
+    async with LoRaSim(modem, paths, params=params, plan=EU868, seed=2, **fast):  # type: ignore[arg-type]
+        gw = await ModemHub.open(str(paths[0]), modem, params, peers=(1, 2), mtu=MTU, **fast)
+        ends = [
+            await ModemHub.open(
+                str(paths[i]), modem, params, address=i, peers=(0,), mtu=MTU, **fast
+            )
+            for i in (1, 2)
+        ]
+        try:
+            async with gw:
+                yield gw, {1: ends[0].link(0), 2: ends[1].link(0)}
+        finally:
+            for end in ends:
+                await end.aclose()
+
+
+@pytest.fixture(params=["memory", "pair", "serial", "lora-rak3172", "lora-e22"])
 def make_medium(request: pytest.FixtureRequest, tmp_path: Path) -> MediumFactory:
     if request.param == "memory":
         return memory_medium
     if request.param == "pair":
         return pair_medium
+    if request.param.startswith("lora-"):
+        return lambda: lora_medium(tmp_path, request.param[5:])
     return lambda: serial_medium(tmp_path)
 
 

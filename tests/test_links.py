@@ -18,11 +18,14 @@ from pathlib import Path
 import pytest
 from otaferry.protocol.errors import ClosedError, Reason, TransportError
 from otaferry.protocol.framing import FrameDecoder, encode_frame
+from otaferry.protocol.lora import EU868, LoRaParams
 from otaferry.protocol.secure import OVERHEAD, Responder, SecureChannel
 from otaferry.protocol.x25519keys import LinkPrivateKey, LinkPublicKey
-from otaferry.transport.hub import LinkHub, memory_hub
+from otaferry.transport.hub import LinkHub, PeerLink, memory_hub
 from otaferry.transport.linesim import LineSim
 from otaferry.transport.link import FrameInbox, Link, check_frame, memory_pair
+from otaferry.transport.lora_hub import ModemHub
+from otaferry.transport.lorasim import LoRaSim
 from otaferry.transport.secure_link import PROLOGUE, SecureLink
 from otaferry.transport.serial_link import SerialLink
 
@@ -211,8 +214,35 @@ async def line_hub_links() -> AsyncIterator[Pair]:
         await b.aclose()
 
 
-@pytest.fixture(params=["memory", "pty", "linesim", "secure", "hub-peer", "line-hub"])
+def lora_links(tmp_path: Path) -> PairFactory:
+    """The gateway hub's view of device 1 against the device hub's view of the
+    gateway, RAK3172 modems in lora-sim (real ptys), air at 100 times real time."""
+
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[Pair]:
+        params = LoRaParams(sf=7, bw=250_000)
+        fast = {"time_scale": 0.01, "duty_cycle": 1.0}
+        gw_path, dev_path = tmp_path / "gw", tmp_path / "dev"
+        async with LoRaSim("rak3172", [gw_path, dev_path], params=params, plan=EU868, **fast):  # type: ignore[arg-type]
+            gw = await ModemHub.open(str(gw_path), "rak3172", params, peers=(1,), mtu=MTU, **fast)
+            dev = await ModemHub.open(
+                str(dev_path), "rak3172", params, address=1, peers=(0,), mtu=MTU, **fast
+            )
+            try:
+                yield gw.link(1), dev.link(0)
+            finally:
+                await gw.aclose()
+                await dev.aclose()
+
+    return factory
+
+
+@pytest.fixture(
+    params=["memory", "pty", "linesim", "secure", "hub-peer", "line-hub", "lora-rak3172"]
+)
 def make_pair(request: pytest.FixtureRequest, tmp_path: Path) -> PairFactory:
+    if request.param == "lora-rak3172":
+        return lora_links(tmp_path)
     if request.param == "memory":
         return memory_links
     if request.param == "hub-peer":
@@ -224,6 +254,10 @@ def make_pair(request: pytest.FixtureRequest, tmp_path: Path) -> PairFactory:
     if request.param == "pty":
         return pty_links
     return linesim_links(tmp_path)
+
+
+def _half_duplex(link: Link) -> bool:
+    return isinstance(link, PeerLink) and isinstance(link.hub, ModemHub)
 
 
 def _frame(size: int, rng: random.Random) -> bytes:
@@ -256,7 +290,13 @@ async def test_every_size_up_to_mtu_both_ways(make_pair: PairFactory) -> None:
             return got
 
         async with asyncio.timeout(20):
-            forward, backward = await asyncio.gather(pump(a, b, frames), pump(b, a, frames[::-7]))
+            if _half_duplex(a):  # a radio loses what arrives while it sends: one way at a time
+                forward = await pump(a, b, frames)
+                backward = await pump(b, a, frames[::-7])
+            else:
+                forward, backward = await asyncio.gather(
+                    pump(a, b, frames), pump(b, a, frames[::-7])
+                )
         assert forward == frames
         assert backward == frames[::-7]
 

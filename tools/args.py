@@ -88,6 +88,17 @@ def multiple_of(step: int) -> Callable[[str], int]:
     return check
 
 
+def probability(text: str) -> float:
+    """A loss rate: 0 <= p < 1 (1 would never finish)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be within 0..<1")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)

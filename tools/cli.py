@@ -196,6 +196,12 @@ def cmd_linesim(args: argparse.Namespace) -> int:
     return linesim.main(args.rest)
 
 
+def cmd_lorasim(args: argparse.Namespace) -> int:
+    from ..transport import lorasim
+
+    return lorasim.main(args.rest)
+
+
 # ---------------------------------------------------------------- parser
 
 U32_MAX = 2**32 - 1
@@ -217,6 +223,35 @@ def _version() -> str:
         return version("otaferry")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
+
+
+LORA_MODEMS = ("rylr998", "rylr896", "rak3172", "e22", "e32")
+
+
+def _radio_options(s: argparse.ArgumentParser) -> None:
+    """The LoRa options shared by push and device run (with --lora-modem)."""
+    s.add_argument(
+        "--lora-modem",
+        choices=LORA_MODEMS,
+        help="the port is this LoRa modem (AT / fixed-address protocol), not a framed UART",
+    )
+    s.add_argument("--region", default="EU868", help="EU868 or US915 (default EU868)")
+    s.add_argument("--freq", type=A.positive_int, help="channel in Hz (default: the region's)")
+    s.add_argument("--sf", type=A.int_range(7, 12), default=7, help="spreading factor (7)")
+    s.add_argument("--bw", type=A.int_range(125, 500), default=125, help="kHz (125)")
+    s.add_argument("--cr", type=A.int_range(5, 8), default=5, help="coding rate 4/N (5)")
+    s.add_argument("--preamble", type=A.int_range(6, 65535), default=8, help="symbols (8)")
+    s.add_argument(
+        "--duty-cycle",
+        type=A.positive_float,
+        help="override the sub-band's (a bench only)",
+    )
+    s.add_argument(
+        "--time-scale",
+        type=A.positive_float,
+        default=1.0,
+        help="only against lora-sim --time-scale: the air runs this many times real time",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,8 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--mtu",
         type=mtu,
-        default=1024,
-        help=f"largest frame body, {MIN_MTU}..{MAX_MTU} (default 1024)",
+        help=f"largest frame body, {MIN_MTU}..{MAX_MTU} (default 1024; LoRa: the modem's)",
+    )
+    _radio_options(d)
+    d.add_argument(
+        "--address", type=A.int_range(1, 65534), default=1, help="LoRa: this device's address (1)"
     )
     d.add_argument("--quiet", action="store_true", help="no log lines on stderr")
     d.add_argument(
@@ -413,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="stable JSON output")
     d.set_defaults(func=_lazy("devicecli", "info"))
 
-    s = sub.add_parser("push", help="push an update to a device over a serial line")
+    s = sub.add_parser("push", help="push an update to a device over a serial line or LoRa")
     s.add_argument("--port", required=True, help="pyserial URL: /dev/ttyUSB0, socket://h:p, ...")
     s.add_argument("--baud", type=A.positive_int, default=115200, help="line rate (default 115200)")
     s.add_argument(
@@ -422,8 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--mtu",
         type=mtu,
-        default=1024,
-        help=f"largest frame body, {MIN_MTU}..{MAX_MTU} (default 1024)",
+        help=f"largest frame body, {MIN_MTU}..{MAX_MTU} (default 1024; LoRa: the modem's)",
+    )
+    _radio_options(s)
+    s.add_argument(
+        "--to", type=A.int_range(1, 65534), help="LoRa: the device's address (with --lora-modem)"
     )
     s.add_argument(
         "--rto", type=A.positive_float, default=1.0, help="first retransmit timeout, s (default 1)"
@@ -476,6 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_linesim)
 
     s = sub.add_parser(
+        "lora-sim",
+        help="emulated LoRa modems (RYLR998, RAK3172, E22) on pseudo-terminals, one channel",
+        add_help=False,
+    )
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="lora-sim's own arguments (-h for them)")
+    s.set_defaults(func=cmd_lorasim)
+
+    s = sub.add_parser(
         "bench",
         help="benchmarks: 'bench delta|artifact DIR', 'bench link [IMAGE]', 'bench campaign', "
         "'bench fleet [--sessions N]'",
@@ -483,6 +532,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark and its arguments")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("plan", help="packets, air time and wall time of an update over LoRa")
+    s.add_argument("artifact", metavar="UPDATE.ota", help="the update to plan")
+    s.add_argument("--link", choices=("lora",), default="lora", help="the medium (lora)")
+    s.add_argument("--region", default="EU868", help="EU868 or US915 (default EU868)")
+    s.add_argument("--freq", type=A.positive_int, help="channel in Hz (default: the region's)")
+    s.add_argument("--sf", type=A.int_range(7, 12), default=9, help="spreading factor (9)")
+    s.add_argument("--bw", type=A.int_range(125, 500), default=125, help="kHz (125)")
+    s.add_argument("--cr", type=A.int_range(5, 8), default=5, help="coding rate 4/N (5)")
+    s.add_argument("--mtu", type=A.int_range(26, 255), default=222, help="frame bytes (222)")
+    s.add_argument("--modem", choices=LORA_MODEMS, help="count this modem's air bytes")
+    s.add_argument("--loss", type=A.probability, default=0.0, help="packet loss 0..<1")
+    s.add_argument("--devices", type=A.positive_int, default=1, help="devices, one after another")
+    s.add_argument("--json", action="store_true", help="JSON output")
+    s.set_defaults(func=_lazy("plan", "run"))
 
     s = sub.add_parser("demo", help="the whole flow on a simulated device (the quick start)")
     s.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
@@ -512,7 +576,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # Commands that own their argument parsing (listed in the help via build_parser).
-PASSTHROUGH = {"linesim": cmd_linesim, "bench": cmd_bench}
+PASSTHROUGH = {"linesim": cmd_linesim, "lora-sim": cmd_lorasim, "bench": cmd_bench}
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:

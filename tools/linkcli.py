@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -11,6 +12,8 @@ import time
 from typing import Any
 
 from ..protocol.errors import OtaferryError, Reason
+from ..protocol.lora import LoRaParams, Region, RegionPacing, region
+from ..protocol.pacing import Pacing
 from ..protocol.session import (
     Accepted,
     CheckedIn,
@@ -23,9 +26,11 @@ from ..protocol.session import (
 )
 from ..protocol.x25519keys import load_link_private_key, load_link_public_key
 from ..transport.link import Link
+from ..transport.lora_hub import ModemHub
 from ..transport.secure_link import SecureLink
 from ..transport.serial_link import SerialLink
 from ..transport.updater import PushOptions, Updater
+from .args import UsageError
 from .files import read_file
 
 
@@ -146,8 +151,24 @@ async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
             "(otaferry device provision --out), or --insecure-plaintext on a bench",
             Reason.BAD_KEY,
         )
-    async with await SerialLink.open(args.port, args.baud, mtu=args.mtu) as raw:
-        link: Link = raw
+    async with contextlib.AsyncExitStack() as stack:
+        link: Link
+        if args.lora_modem:
+            link = await stack.enter_async_context(await _open_lora(args))
+            pacing = link.pacing
+            assert isinstance(pacing, RegionPacing)
+            options = PushOptions(
+                window=args.window,
+                rto=max(args.rto, pacing.first_rto(link.mtu)),
+                max_retries=args.retries,
+                await_checkin=not args.no_await_checkin,
+                checkin_timeout=args.checkin_timeout,
+            )
+        else:
+            link = await stack.enter_async_context(
+                await SerialLink.open(args.port, args.baud, mtu=args.mtu or 1024)
+            )
+        raw = link
         if not args.insecure_plaintext:
             link = await SecureLink.connect(
                 raw,
@@ -163,6 +184,61 @@ async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
         )
 
 
+def radio(args: argparse.Namespace) -> tuple[LoRaParams, Region, int]:
+    """The LoRa settings of a command line (checked: one-line errors)."""
+    plan = region(args.region)
+    params = LoRaParams(args.sf, args.bw * 1000, args.cr, args.preamble)
+    freq = args.freq or plan.default_hz
+    plan.check(params, freq)
+    return params, plan, freq
+
+
+async def _open_lora(args: argparse.Namespace) -> Link:
+    """The device's view of the gateway's modem hub (closing it closes the hub)."""
+    if args.to is None:
+        raise UsageError("push --lora-modem needs --to ADDR (the device's address)")
+    params, plan, freq = radio(args)
+    hub = await ModemHub.open(
+        args.port,
+        args.lora_modem,
+        params,
+        region=plan,
+        freq_hz=freq,
+        address=0,
+        peers=(args.to,),
+        mtu=args.mtu,
+        baudrate=args.baud,
+        duty_cycle=args.duty_cycle,
+        time_scale=args.time_scale,
+    )
+    return _HubLink(hub, args.to)
+
+
+class _HubLink(Link):
+    """One peer's view that owns its hub: closing it closes the modem port."""
+
+    def __init__(self, hub: ModemHub, peer: int) -> None:
+        self.hub = hub
+        self.view = hub.link(peer)
+
+    @property
+    def mtu(self) -> int:
+        return self.view.mtu
+
+    @property
+    def pacing(self) -> Pacing:
+        return self.view.pacing
+
+    async def send(self, frame: bytes) -> None:
+        await self.view.send(frame)
+
+    async def receive(self) -> bytes:
+        return await self.view.receive()
+
+    async def aclose(self) -> None:
+        await self.hub.aclose()
+
+
 def push(args: argparse.Namespace) -> int:
     asyncio.run(push_async(args))
     return 0
@@ -174,6 +250,10 @@ def device_run(args: argparse.Namespace) -> int:
     from .devicecli import require_flash_file
 
     require_flash_file(args.flash)  # before the port is opened and "serving" is said
+    lora = None
+    if args.lora_modem:
+        params, plan, freq = radio(args)
+        lora = (params.sf, params.bw, params.cr, params.preamble, freq, plan.name)
     stopping = []
 
     def _stop(*_: object) -> None:
@@ -193,7 +273,9 @@ def device_run(args: argparse.Namespace) -> int:
             return
         if kind == "ready":  # said only once the flash is ours: a refusal stays one line
             if not ready_said:
-                print(f"device: serving {args.flash} on {args.port}", file=sys.stderr, flush=True)
+                via = f" via {args.lora_modem} address {args.address}" if args.lora_modem else ""
+                print(f"device: serving {args.flash} on {args.port}{via}", file=sys.stderr,
+                      flush=True)  # fmt: skip
                 ready_said.append(True)
         elif kind == "boot":
             for entry in detail["log"]:
@@ -209,17 +291,31 @@ def device_run(args: argparse.Namespace) -> int:
             )
 
     try:
-        serve(
-            args.flash,
-            port,
-            mtu=args.mtu,
-            stop=lambda: bool(stopping),
-            on_event=log,
-            lifecycle=not args.no_reboot,
-            self_test=not args.fail_self_test,
-            checkin=not args.no_checkin,
-            checkin_timeout=args.checkin_timeout,
-        )
+        life = {
+            "lifecycle": not args.no_reboot,
+            "self_test": not args.fail_self_test,
+            "checkin": not args.no_checkin,
+            "checkin_timeout": args.checkin_timeout,
+        }
+        if lora is not None:
+            from ..device_fw.lora import serve_modem
+
+            serve_modem(
+                args.flash,
+                port,
+                args.lora_modem,
+                args.address,
+                lora,
+                mtu=args.mtu,
+                stop=lambda: bool(stopping),
+                on_event=log,
+                time_scale=args.time_scale,
+                duty_cycle=args.duty_cycle,
+                **life,
+            )
+        else:
+            serve(args.flash, port, mtu=args.mtu or 1024, stop=lambda: bool(stopping),
+                  on_event=log, **life)  # fmt: skip
     finally:
         port.close()
     return 0
