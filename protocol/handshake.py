@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import OtaferryError, Reason, TimeoutError_
+from .errors import DecodeError, OtaferryError, ProtocolError, Reason, RemoteError, TimeoutError_
 from .pacing import Pacing
 from .secure import MSG1_SIZE, MSG2_SIZE, Initiator, RecordKind, SecureChannel, record_kind
 
@@ -40,8 +40,17 @@ class Handshake:
     """One handshake attempt series; see the module docstring."""
 
     def __init__(
-        self, initiator: Initiator, *, rto: float, retries: int, max_rto: float = 60.0
+        self,
+        initiator: Initiator,
+        *,
+        rto: float,
+        retries: int,
+        max_rto: float = 60.0,
+        keys: tuple[str, str] | None = None,
     ) -> None:
+        """``keys``: (this gateway's key id, the expected device key id), hex, to
+        name in errors."""
+        self._keys = keys
         if rto <= 0 or retries < 0:
             raise ValueError("rto must be > 0 and retries >= 0")
         self._initiator = initiator
@@ -55,6 +64,8 @@ class Handshake:
         self.channel: SecureChannel | None = None
         self.error: OtaferryError | None = None
         self.dropped = 0
+        self.auth_failures = 0  # MSG2s that did not authenticate (dropped)
+        self._auth_error: ProtocolError | None = None
 
     @property
     def done(self) -> bool:
@@ -79,6 +90,16 @@ class Handshake:
     def handle_timer(self, now: float) -> None:
         if self.done or self._deadline is None or now < self._deadline:
             return
+        if self.attempts > self._retries and self._auth_error is not None:
+            key = self._auth_error.fields.get("device_key", "?")
+            self.error = ProtocolError(
+                f"the device answered, but not with the key expected ({key}): is the device "
+                "public key given (--device-pub) the one of the device on this port? "
+                "(otaferry device provision --flash F --out DEV.pub prints it)",
+                Reason.BAD_KEY,
+                device_key=key,
+            )
+            return
         if self.attempts > self._retries:
             self.error = TimeoutError_(
                 f"no handshake answer after {self.attempts} tries "
@@ -89,19 +110,54 @@ class Handshake:
         self._rto = min(self._rto * 2, self._max_rto)
         self._due = True
 
+    def _explain(self, exc: RemoteError) -> RemoteError:
+        """The device's REJECT, said so that a person knows which key to fix."""
+        gateway, device = self._keys or ("?", "?")
+        if exc.reason == Reason.BAD_SIGNATURE:
+            return RemoteError(
+                f"the device refused the handshake: it does not hold the device key {device} "
+                "this gateway expects (--device-pub: use the key 'otaferry device provision "
+                f"--out' writes), or does not accept this gateway's key {gateway} "
+                "('device provision --gateway-pub')",
+                Reason.BAD_KEY,
+                device_key=device,
+                gateway_key=gateway,
+            )
+        if exc.reason == Reason.BAD_KEY:
+            return RemoteError(
+                f"the device does not accept this gateway's key {gateway}: add it with "
+                "'otaferry device provision --flash F --gateway-pub GW.pub'",
+                Reason.BAD_KEY,
+                gateway_key=gateway,
+            )
+        return exc
+
     def receive(self, packet: bytes, now: float) -> None:
         """A packet from the link: MSG2 completes; a REJECT other than BAD_STATE
-        ends with the device's reason; anything else is not ours and is dropped."""
+        ends with the device's reason; a MSG2 that does not authenticate (a stale
+        one from an earlier handshake, or a device holding another key) is
+        dropped and remembered, so a timeout can say which key was not
+        accepted; anything else is not ours and is dropped."""
         if self.done:
             return
         kind = record_kind(packet)
         try:
             if kind is RecordKind.MSG2:
-                self.channel = self._initiator.receive(packet)
+                try:
+                    self.channel = self._initiator.receive(packet, final=False)
+                except (DecodeError, ProtocolError) as exc:
+                    if isinstance(exc, RemoteError):
+                        raise
+                    self.auth_failures += 1
+                    self._auth_error = exc
+                    self.dropped += 1
                 return
             if kind is RecordKind.REJECT and packet[1:2] != bytes([Reason.BAD_STATE]):
                 self._initiator.receive(packet)  # raises RemoteError with the reason
-        except OtaferryError as exc:  # the device's REJECT, or a MSG2 that fails
+        except RemoteError as exc:
+            self.error = self._explain(exc)
+            return
+        except OtaferryError as exc:  # a MSG2 that fails for good
             self.error = exc
             return
         self.dropped += 1

@@ -257,9 +257,23 @@ class Initiator:
         self._state = _HsState.SENT
         return header + self._ephemeral.public.raw + sealed
 
-    def receive(self, msg2: bytes) -> SecureChannel:
+    def receive(self, msg2: bytes, *, final: bool = True) -> SecureChannel:
+        """Check MSG2 (see the class docstring). With ``final=False`` a MSG2 that
+        does not authenticate (or is not a MSG2) is only dropped: the raise says
+        why, and the initiator still waits for the right one (a stale MSG2 of an
+        earlier handshake must not kill this one)."""
         if self._state is not _HsState.SENT:
             raise ProtocolError(f"no MSG2 expected ({self._state.value})", Reason.BAD_STATE)
+        saved = (self._sym.ck, self._sym.h, self._sym.k)
+        try:
+            return self._receive(msg2)
+        except (DecodeError, ProtocolError) as exc:
+            if not final and not isinstance(exc, RemoteError):
+                self._sym.ck, self._sym.h, self._sym.k = saved
+                self._state = _HsState.SENT
+            raise
+
+    def _receive(self, msg2: bytes) -> SecureChannel:
         self._state = _HsState.FAILED
         data = bytes(msg2)
         if len(data) == REJECT_SIZE and data[0] == REJECT:

@@ -882,3 +882,65 @@ def test_handshake_rto_follows_the_medium() -> None:
     assert handshake_rto(LineRate(11_520, latency=0.02)) == MIN_RTO
     lora = AirTime(lambda n: 0.05 + n * 0.008, duty_cycle=0.01, turnaround=0.1)
     assert handshake_rto(lora) > 3 * (0.2 + 2 * 0.05 + 83 * 0.008) - 1e-9 > 1.0
+
+
+def _pair_keys() -> tuple[LinkPrivateKey, LinkPrivateKey]:
+    gw = LinkPrivateKey.from_raw(bytes(range(1, 33)))
+    return gw, LinkPrivateKey.from_raw(bytes(range(9, 41)))
+
+
+def test_a_stale_msg2_during_a_re_handshake_is_dropped_not_fatal() -> None:
+    """Issue [F] 4: a duplicate MSG2 of an earlier handshake, arriving during the
+    next one, used to end it; it is dropped and the right MSG2 completes."""
+    from otaferry.protocol.handshake import Handshake
+
+    gw, dev = _pair_keys()
+    old = H.Initiator(gw, dev.public, LinkPrivateKey.from_raw(bytes(range(2, 34))), b"p")
+    old_msg2 = H.Responder(dev, [gw.public], LinkPrivateKey.from_raw(bytes(range(5, 37))),
+                           b"p").receive(old.start())  # fmt: skip
+    new = H.Initiator(gw, dev.public, LinkPrivateKey.from_raw(bytes(range(3, 35))), b"p")
+    hs = Handshake(new, rto=1.0, retries=3)
+    (msg1,) = hs.datagrams_to_send(0.0)
+    hs.receive(old_msg2, 0.1)  # the stale duplicate
+    assert not hs.done and hs.auth_failures == 1
+    responder = H.Responder(dev, [gw.public], LinkPrivateKey.from_raw(bytes(range(6, 38))), b"p")
+    hs.receive(responder.receive(msg1), 0.2)
+    assert hs.channel is not None and hs.error is None
+    assert responder.channel is not None
+    assert responder.channel.open(hs.channel.seal(b"hello")) == b"hello"
+
+
+def test_a_wrong_device_key_is_named_in_the_error() -> None:
+    """Issue [N] 3: with a wrong --device-pub the device cannot authenticate MSG1 and
+    refuses it (BAD_SIGNATURE), which read like a firmware-signature failure. The
+    error names both keys and how to fix them; a MSG2 that never authenticates
+    (someone else answering) is named the same way when the handshake gives up."""
+    from otaferry.protocol.handshake import Handshake
+    from otaferry.protocol.secure import encode_reject
+
+    gw, dev = _pair_keys()
+    ids = (gw.public.key_id.hex(), dev.public.key_id.hex())
+
+    def fresh(retries: int) -> Any:
+        eph = LinkPrivateKey.from_raw(bytes(range(4, 36)))
+        return Handshake(H.Initiator(gw, dev.public, eph, b"p"), rto=1.0, retries=retries,
+                         keys=ids)  # fmt: skip
+
+    hs = fresh(3)
+    hs.datagrams_to_send(0.0)
+    hs.receive(encode_reject(Reason.BAD_SIGNATURE), 0.1)
+    assert hs.error is not None and hs.error.reason == Reason.BAD_KEY
+    assert ids[0] in hs.error.message and ids[1] in hs.error.message
+    assert "--device-pub" in hs.error.message and "\n" not in hs.error.message
+
+    other = LinkPrivateKey.from_raw(bytes(range(20, 52)))  # answers as if it were the device
+    hs = fresh(1)
+    now = 0.0
+    while not hs.done:
+        for _msg1 in hs.datagrams_to_send(now):
+            forged = H.Initiator(other, gw.public, LinkPrivateKey.generate(), b"p")
+            hs.receive(b"\xe2" + forged.start()[2:35] + bytes(8), now)  # a MSG2 from nobody
+        now = hs.get_timer() or now
+        hs.handle_timer(now)
+    assert hs.error is not None and hs.error.reason == Reason.BAD_KEY and hs.auth_failures == 2
+    assert ids[1] in hs.error.message and "--device-pub" in hs.error.message

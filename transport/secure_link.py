@@ -87,7 +87,8 @@ class SecureLink(Link):
         self._in_a_row += 1
         self.channel = None
         initiator = Initiator(self.static, self.device, LinkPrivateKey.generate(), PROLOGUE)
-        hs = Handshake(initiator, rto=self._rto(), retries=self.retries)
+        keys = (self.static.public.key_id.hex(), self.device.key_id.hex())
+        hs = Handshake(initiator, rto=self._rto(), retries=self.retries, keys=keys)
         loop = asyncio.get_running_loop()
         while not hs.done:  # the thin driver of a sans-IO machine
             for packet in hs.datagrams_to_send(loop.time()):
