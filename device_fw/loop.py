@@ -45,6 +45,7 @@ class DeviceLoop:
             )
             mtu -= OVERHEAD
         self.receiver = Receiver(device, mtu=mtu)
+        self._announced = False  # the sealed HELLO after the boot's first handshake
         self.on_event = on_event
         self._phase = self.receiver.phase
 
@@ -85,14 +86,19 @@ class DeviceLoop:
         endpoint = self.endpoint
         if endpoint is not None:
             handshakes = endpoint.stats["handshakes"]
-            reply, body = endpoint.receive(packet)
+            reply, body = endpoint.receive(packet, now)
             if reply is not None:
                 out.append(reply)
             if (
                 endpoint.stats["handshakes"] != handshakes
                 and endpoint.pending
                 and endpoint.channel is None
+                and not self._announced
             ):
+                # Once per boot: later handshakes with no channel may be forged
+                # MSG1s, and a HELLO for each would make the device answer
+                # several bytes for every byte an attacker sends.
+                self._announced = True
                 # A new channel after a reset (none was running): say at once who
                 # we are and where we stand (session 0), so a sender whose session
                 # died with our power cut resumes now instead of after its

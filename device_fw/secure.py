@@ -44,6 +44,11 @@ _HS_NONCE = bytes(NONCE_SIZE)
 _RATCHET_LABEL = b"otaferry-link-v1 ratchet"
 _ZERO32 = bytes(32)
 
+PENDING_SLOTS = 5  # answered handshakes waiting for their first sealed frame (> the burst)
+OPENED_MEMORY = 16  # MSG1s of sessions that ran, refused unanswered if replayed
+HANDSHAKE_BURST = 4  # handshakes (X25519 work) at once ...
+HANDSHAKE_INTERVAL = 0.5  # ... then one per this many seconds
+
 STAT_NAMES = ("sealed", "opened", "malformed", "auth_failed", "replayed", "too_old", "exhausted")
 
 
@@ -397,6 +402,13 @@ class SecureEndpoint:
     keys. A MSG1 equal to the last one answered gets the same MSG2 again
     (a gateway retransmitting after a lost MSG2), with no new keys.
 
+    The work an unauthenticated peer can cause is bounded: a MSG1 of a session
+    that already ran is dropped unanswered (no X25519); new handshakes are rate
+    limited (HANDSHAKE_BURST, then one per HANDSHAKE_INTERVAL s: beyond that a
+    MSG1 is dropped unanswered); and PENDING_SLOTS answered handshakes wait for
+    their first sealed frame side by side, so a replayed MSG1 right after a
+    genuine one does not displace it.
+
     Plaintext frames (msgpack arrays) pass only with ``require_secure=False``
     and only while no secure channel runs, so an attacker cannot slip a
     plaintext frame into a secure session.
@@ -409,15 +421,23 @@ class SecureEndpoint:
         self.prologue = bytes(prologue)
         self.random_bytes = random_bytes or port.random_bytes
         self.channel = None
-        self.pending = None
         self.gateway = None  # raw key of the gateway of the running channel
-        self._pending_gateway = None
         self.last_error = None  # reason code of the last failed handshake
-        self._last = None  # (MSG1, MSG2) of the last handshake answered
+        # Answered handshakes whose channel nobody has opened yet, newest first:
+        # (msg1, msg2, channel, gateway key, digest). A new MSG1 does not evict the
+        # one a genuine gateway is about to use unless PENDING_SLOTS others came
+        # since (and those are rate limited), so one replayed MSG1 cannot cut it.
+        self._pendings = []
+        self._opened = []  # digests of MSG1s whose channel opened: replays cost no DH
+        self._tokens = float(HANDSHAKE_BURST)
+        self._token_time = None
         self.stats = {
             "handshakes": 0,
             "handshake_failed": 0,
             "repeats": 0,
+            "replayed_msg1": 0,
+            "rate_limited": 0,
+            "responder_runs": 0,
             "plain_refused": 0,
             "plain_passed": 0,
             "unexpected": 0,
@@ -427,13 +447,19 @@ class SecureEndpoint:
             self.stats[name] = 0
 
     @property
+    def pending(self):
+        """The newest answered handshake's channel, not yet opened (or None)."""
+        return self._pendings[0][2] if self._pendings else None
+
+    @property
     def secure(self):
         return self.channel is not None
 
-    def receive(self, packet):
+    def receive(self, packet, now=None):
+        """``now`` (seconds, any origin) enables the handshake rate limit."""
         kind = record_kind(packet)
         if kind == "msg1":
-            return self._handshake(packet), None
+            return self._handshake(packet, now), None
         if kind == "sealed":
             body = self._open(packet)
             if body is None and self.channel is None:
@@ -461,14 +487,41 @@ class SecureEndpoint:
             raise DeviceError(R.BAD_STATE, "no secure channel and plaintext is refused")
         return bytes(body)
 
-    def _handshake(self, msg1):
+    def _take_token(self, now):
+        """The handshake budget: HANDSHAKE_BURST at once, then one per
+        HANDSHAKE_INTERVAL seconds. Without a clock (``now`` None), unlimited."""
+        if now is None:
+            return True
+        if self._token_time is not None:
+            self._tokens = min(
+                float(HANDSHAKE_BURST),
+                self._tokens + max(0.0, now - self._token_time) / HANDSHAKE_INTERVAL,
+            )
+        self._token_time = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _handshake(self, msg1, now=None):
         msg1 = bytes(msg1)
-        if self._last is not None and self._last[0] == msg1:
-            # The gateway repeats a MSG1 whose MSG2 it did not get (or an attacker
-            # replays it): the same answer again, no new keys. A fresh MSG2 here
-            # would leave a gateway that got the first one with keys we dropped.
-            self.stats["repeats"] += 1
-            return self._last[1]
+        for entry in self._pendings:
+            if entry[0] == msg1:
+                # The gateway repeats a MSG1 whose MSG2 it did not get (or an attacker
+                # replays it): the same answer again, no new keys. A fresh MSG2 here
+                # would leave a gateway that got the first one with keys we dropped.
+                self.stats["repeats"] += 1
+                return entry[1]
+        digest = port.sha256(msg1).digest()[:8]
+        if digest in self._opened:
+            # A recorded MSG1 of a session that already ran: nobody can finish it,
+            # and answering costs X25519 work and air time. Dropped unanswered.
+            self.stats["replayed_msg1"] += 1
+            return None
+        if not self._take_token(now):
+            self.stats["rate_limited"] += 1  # unanswered: costs nothing and says nothing
+            return None
+        self.stats["responder_runs"] += 1
         responder = Responder(
             self.static, self.gateways, self.random_bytes(KEY_SIZE), self.prologue
         )
@@ -479,22 +532,25 @@ class SecureEndpoint:
             self.last_error = exc.reason
             return encode_reject(exc.reason)
         self.stats["handshakes"] += 1
-        self._last = (msg1, msg2)
-        self.pending = responder.channel
-        self._pending_gateway = responder.initiator
+        self._pendings.insert(0, (msg1, msg2, responder.channel, responder.initiator, digest))
+        del self._pendings[PENDING_SLOTS:]
         return msg2
 
     def _open(self, record):
-        if self.pending is not None:
-            reason, body = self.pending.try_open(record)
-            if body is not None:
-                self.pending.stats["opened"] += 1
-                self.channel, self.pending = self.pending, None
-                self.gateway = self._pending_gateway
-                self.stats["opened"] += 1
-                return body
+        if self._pendings:
+            reason = "auth_failed"
+            for entry in self._pendings:
+                reason, body = entry[2].try_open(record)
+                if body is not None:
+                    entry[2].stats["opened"] += 1
+                    self.channel = entry[2]
+                    self.gateway = entry[3]
+                    self._pendings = []
+                    self._opened.insert(0, entry[4])
+                    del self._opened[OPENED_MEMORY:]
+                    self.stats["opened"] += 1
+                    return body
             if self.channel is None:
-                self.pending.stats[reason] += 1
                 self.stats[reason] += 1
                 return None
         if self.channel is None:

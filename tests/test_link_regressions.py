@@ -198,3 +198,29 @@ async def test_reset_then_replayed_msg1_still_resumes(tmp_path):
         assert did
     finally:
         dev.halt()
+
+
+def test_forged_msg1s_get_no_hello_after_the_first_handshake_of_a_boot(tmp_path):
+    """Issue [M] 6: each new handshake with no channel running made the device send
+    its sealed HELLO too: 3.4 bytes out per byte of forged MSG1 in. The unasked
+    HELLO now goes once per boot (the genuine gateway QUERYs anyway)."""
+    from otaferry.device_fw.loop import LINK_PROLOGUE, DeviceLoop
+    from otaferry.protocol.secure import Initiator
+    from otaferry.protocol.x25519keys import LinkPrivateKey
+
+    flash = make_flash(str(tmp_path / "f.bin"), image(16))
+    with Device(flash) as dev:
+        loop = DeviceLoop(dev, mtu=256)
+        from otaferry.protocol.x25519keys import LinkPublicKey
+
+        public = LinkPublicKey.from_raw(dev.link_public())
+        first = loop.receive(Initiator(GATEWAY, public, LinkPrivateKey.generate(),
+                                       LINK_PROLOGUE).start(), 0.0)  # fmt: skip
+        assert len(first) >= 2  # MSG2 and the sealed HELLO
+        bytes_in = bytes_out = 0
+        for i in range(20):  # replays of fresh-looking MSG1s nobody completes
+            msg1 = Initiator(GATEWAY, public, LinkPrivateKey.generate(), LINK_PROLOGUE).start()
+            out = loop.receive(msg1, 1.0 + i)
+            bytes_in += len(msg1)
+            bytes_out += sum(map(len, out))
+        assert bytes_out <= bytes_in  # at most a MSG2 (41 B) per MSG1 (42 B): no amplification

@@ -779,9 +779,10 @@ def test_endpoint_keeps_the_running_channel_across_a_replayed_msg1() -> None:
     gw = ini.receive(ep.receive(msg1)[0])
     assert ep.receive(gw.seal(b"\x90"))[1] == b"\x90"
     running = ep.channel
-    replayed, _ = ep.receive(msg1)  # an attacker replays the old MSG1 ...
-    assert replayed is not None and replayed[0] == 0xE2  # ... and gets the old MSG2 back
-    assert ep.channel is running and ep.stats["repeats"] == 1
+    replayed, _ = ep.receive(msg1)  # an attacker replays the MSG1 of the running session ...
+    assert replayed is None  # ... and gets nothing: no X25519 work, no bytes (issue [M] 6)
+    assert ep.channel is running and ep.stats["replayed_msg1"] == 1
+    assert ep.stats["responder_runs"] == 1
     other = H.Initiator(GATEWAY, DEVICE.public, key("gw eph b")).start()
     assert ep.receive(other[:10] + msg1[10:])[0] == b"\xe3\x05"  # spliced: BAD_SIGNATURE
     reply, _ = ep.receive(other)  # a genuine new MSG1 whose sender never goes on
@@ -944,3 +945,45 @@ def test_a_wrong_device_key_is_named_in_the_error() -> None:
         hs.handle_timer(now)
     assert hs.error is not None and hs.error.reason == Reason.BAD_KEY and hs.auth_failures == 2
     assert ids[1] in hs.error.message and "--device-pub" in hs.error.message
+
+
+# --- issue [M] 6: the work an unauthenticated peer can cause -------------------------
+
+
+def test_replayed_msg1s_right_after_msg2_do_not_displace_the_genuine_handshake() -> None:
+    """One recorded MSG1 replayed right after the device's MSG2 used to replace the
+    pending channel (7 such injections made a push time out). Answered handshakes
+    now wait side by side, and the genuine gateway's first sealed frame opens."""
+    ep = _endpoint()
+    recorded = [H.Initiator(GATEWAY, DEVICE.public, key(f"old {i}")).start() for i in range(7)]
+    ini = H.Initiator(GATEWAY, DEVICE.public, key("genuine"))
+    msg2 = ep.receive(ini.start(), 10.0)[0]
+    answered = 0
+    for i, old in enumerate(recorded):  # the attacker injects them all, at once
+        answered += ep.receive(old, 10.0 + i * 0.01)[0] is not None
+    assert answered <= D.HANDSHAKE_BURST - 1  # the rest: rate limited, unanswered
+    channel = ini.receive(msg2)
+    assert ep.receive(channel.seal(b"\x91\x01"), 10.2)[1] == b"\x91\x01"
+    assert ep.channel is not None and ep.stats["opened"] == 1
+    assert ep.stats["rate_limited"] == len(recorded) - answered
+
+
+def test_a_flood_of_forged_msg1s_costs_bounded_work_and_no_amplification() -> None:
+    """1,000 forged MSG1s (the right key hint, garbage keys) over 10 s: before, each
+    cost 2 X25519 operations and got an answer; now at most HANDSHAKE_BURST plus one
+    per HANDSHAKE_INTERVAL are even tried, and the device sends far fewer bytes
+    than it receives."""
+    ep = _endpoint()
+    rng = random.Random(6)
+    hint = GATEWAY.public.hint
+    bytes_in = bytes_out = 0
+    for i in range(1000):
+        msg1 = bytes([0xE1, hint]) + rng.randbytes(32 + 8)
+        reply, body = ep.receive(msg1, i * 0.01)
+        assert body is None
+        bytes_in += len(msg1)
+        bytes_out += len(reply) if reply else 0
+    tried = ep.stats["responder_runs"]
+    assert tried <= D.HANDSHAKE_BURST + 10.0 / D.HANDSHAKE_INTERVAL + 1
+    assert ep.stats["rate_limited"] == 1000 - tried
+    assert bytes_out <= 2 * tried and bytes_out / bytes_in < 0.01
