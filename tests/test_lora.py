@@ -196,7 +196,16 @@ def test_device_modem_loop_waits_for_the_modem_and_the_duty_cycle() -> None:
             self.wait_until, self.off_until, self.last_air = None, 0.0, 0.0
             self.started = True
             self.stats = {"rx": 0, "tx": 0, "modem_errors": 0, "foreign": 0}
-            self.loop = None  # type: ignore[assignment]
+            self.loop = Idle()  # type: ignore[assignment]
+
+    class Idle:  # the DeviceLoop inside, with nothing to say and no timer
+        reset_requested = None
+
+        def tick(self, now: float) -> list[bytes]:
+            return []
+
+        def next_deadline(self) -> None:
+            return None
 
     loop = Loop()
     assert loop.start(0.0) == b"AT+ADDRESS=1\r\n"
