@@ -423,8 +423,7 @@ class Device:
         result = B.boot(self.flash, self.parts, verify=self.slot_image_ok)
         log.extend(result.log)
         rolled_back = result.fallback or any("ABORTED" in line for line in result.log)
-        if rolled_back:
-            self._note_rollback(result.slot)
+        self._note_rollback(result.slot)
         if result.pending:
             rec = self.state["slots"].get(result.label) or {}
             version = rec.get("version")
@@ -479,18 +478,21 @@ class Device:
         }
 
     def _note_rollback(self, booted):
-        """The bootloader did not boot the image it was asked to: if that image
-        came from an update, that update failed (ROLLED_BACK) unless a more
-        precise reason is already recorded."""
-        for i, slot in enumerate(self.slots):
-            if i == booted:
-                continue
-            rec = self.state["slots"].get(slot.label) or {}
-            uid = rec.get("uid")
-            if uid is None or any(bytes(f["uid"]) == bytes(uid) for f in self.failures()):
-                continue
-            if self.otadata.state_of(i) in (OD.ABORTED, OD.INVALID):
-                self.record_failure(uid, R.ROLLED_BACK)
+        """An installed update (progress done) whose slot this boot did not take has
+        not run to its check-in: its entry was ABORTED, its image check failed, or
+        a power cut tore the otadata write that selected it. Record it
+        (ROLLED_BACK, unless the image said why before it reset), so its sender
+        hears why. The progress stays: a rerun of the same update re-verifies the
+        slot and re-arms it (ROLLED_BACK never blocks, and re-arming clears it)."""
+        prog = self.state.get("progress") or {}
+        uid = prog.get("uid")
+        labels = [slot.label for slot in self.slots]
+        if uid is None or not prog.get("done") or prog.get("slot") not in labels:
+            return
+        if labels.index(prog["slot"]) == booted:
+            return
+        if not any(bytes(f["uid"]) == bytes(uid) for f in self.failures()):
+            self.record_failure(uid, R.ROLLED_BACK)
 
     # ------------------------------------------------------------ info
 

@@ -79,6 +79,33 @@ def test_power_cut_campaign_catches_progress_saved_before_the_data(
     assert not C.powercut_ok(s, 20)
 
 
+def test_power_cuts_in_the_check_in_window(tmp_path: Path) -> None:
+    """Issue [F] 6: cuts at every flash op of a boot that checks in (and is
+    confirmed), of one that never hears back, and of one whose self-test fails:
+    0 bricks, every rollback reported, and no device left VALID on an image that
+    never checked in; both outcomes of the confirm leg occur."""
+    s = C.CheckinCutCampaign(C.firmware("simba"), tmp_path).run()
+    assert s["cuts"] >= 12 and all(n > 0 for n in s["legs"].values()), s["legs"]
+    assert s["bricks"] == 0 and s["confirmed_without_checkin"] == 0, s["problems"]
+    assert s["failed"] == 0, s["problems"]
+    assert s["confirm_outcomes"]["confirmed"] > 0 and s["confirm_outcomes"]["rolled back"] > 0
+    assert C.checkin_ok(s)
+
+
+def test_check_in_campaign_catches_a_device_that_confirms_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A planted fault: the old behaviour, a passed self-test confirms at once."""
+    power_on = Device.power_on
+
+    def eager(self: Any, self_test: Any = True, checkin: bool = False) -> Any:
+        return power_on(self, self_test=self_test, checkin=False)
+
+    monkeypatch.setattr(Device, "power_on", eager)
+    s = C.CheckinCutCampaign(C.firmware("simba"), tmp_path).run()
+    assert s["confirmed_without_checkin"] > 0 and not C.checkin_ok(s)
+
+
 # ------------------------------------------------------------------ frame fuzzing
 
 

@@ -29,6 +29,12 @@ the device's unasked HELLO, resuming at the persisted segment and sending
 nothing below it); the new image must then boot, confirm, be byte-identical
 and have advanced the security counter.
 
+**Check-in cuts** (``checkin.py``). An armed update, then power-on and the
+check-in answer (or none: the deadline passes; or a failing self-test), cut at
+every flash op; power returns and the same firmware behaves the same way again.
+0 bricks, every rollback reported, and the image that never checked in is
+never seen VALID.
+
 **Legitimate flash writes** (checked by FlashAudit on every attempt, before
 the flash model's own ``protect()`` guard): the passive slot, from its start
 to the largest image any artifact signed by the trusted key asks for, rounded
@@ -79,6 +85,7 @@ from __future__ import annotations
 # Protocol names the tests reach through this package, as they did through the module.
 from ....protocol.session import Accepted, split_artifact
 from .audit import FlashAudit, Guard
+from .checkin import CheckinCutCampaign, checkin_campaign, checkin_ok
 from .cli import main
 from .common import (
     NEW_COUNTER,
@@ -113,6 +120,7 @@ __all__ = [
     "SMALL_CSV",
     "SMALL_FLASH",
     "Accepted",
+    "CheckinCutCampaign",
     "Firmware",
     "FlashAudit",
     "FrameFuzzCampaign",
@@ -123,6 +131,8 @@ __all__ = [
     "PowerCutCampaign",
     "SecureFuzzCampaign",
     "build",
+    "checkin_campaign",
+    "checkin_ok",
     "firmware",
     "fuzz_campaign",
     "fuzz_ok",

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from .checkin import checkin_campaign, checkin_ok
 from .common import PAIRS
 from .fuzz import fuzz_campaign, fuzz_ok
 from .hostile import hostile_campaign
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=int, default=100_000, help="tampered secure records")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pair", choices=sorted(PAIRS), default="esp8266")
-    ap.add_argument("--only", default="powercut,fuzz,secure,hostile")
+    ap.add_argument("--only", default="powercut,checkin,fuzz,secure,hostile")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     if "powercut" in only:
         results["powercut"] = powercut_campaign(args.cuts, args.seed, args.pair, say)
         verdict["powercut"] = powercut_ok(results["powercut"], args.cuts)
+    if "checkin" in only:
+        results["checkin"] = checkin_campaign(args.pair, say)
+        verdict["checkin"] = checkin_ok(results["checkin"])
     if "fuzz" in only:
         results["fuzz"] = fuzz_campaign(args.frames, args.seed, say)
         verdict["fuzz"] = fuzz_ok(results["fuzz"], args.frames)

@@ -90,7 +90,22 @@ def _hostile(s: dict[str, Any]) -> None:
             print(f"  ! {r['case']}: {p}")
 
 
-SECTIONS = {"powercut": _powercut, "fuzz": _fuzz, "secure": _secure, "hostile": _hostile}
+def _checkin(s: dict[str, Any]) -> None:
+    legs = ", ".join(f"{k} {v}" for k, v in s["legs"].items())
+    print(f"\nCHECK-IN CUTS  {s['cuts']} cuts ({legs})")
+    print(f"  bricks {s['bricks']}, confirmed without a check-in {s['confirmed_without_checkin']}, "
+          f"failed {s['failed']}; confirm leg: {s['confirm_outcomes']}")  # fmt: skip
+    for row in s["problems"][:5]:
+        print(f"  {row['leg']} cut {row['index']}: {'; '.join(row['problems'])}")
+
+
+SECTIONS = {
+    "powercut": _powercut,
+    "checkin": _checkin,
+    "fuzz": _fuzz,
+    "secure": _secure,
+    "hostile": _hostile,
+}
 
 
 def print_report(results: dict[str, Any]) -> None:
