@@ -472,10 +472,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--retries",
         type=A.non_negative_int,
-        default=8,
-        help="silent timeouts before giving up (default 8)",
+        default=5,
+        help="silent timeouts in a row before giving up, in the handshake and in the session "
+        "(default 5: about a minute with the doubling timeout)",
     )
     s.add_argument("--json-progress", action="store_true", help="one JSON line per event")
+    s.add_argument(
+        "--timeout",
+        type=A.positive_float,
+        help="give up after this many seconds in all (default: the protocol's own limits)",
+    )
     s.add_argument(
         "--no-await-checkin",
         action="store_true",

@@ -5,133 +5,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
-import time
 from typing import Any
 
-from ..protocol.errors import OtaferryError, Reason
+from ..protocol.errors import OtaferryError, Reason, TimeoutError_
 from ..protocol.lora import LoRaParams, Region, RegionPacing, region
+from ..protocol.manifest import PAYLOAD_DELTA
 from ..protocol.pacing import Pacing
 from ..protocol.session import (
-    Accepted,
-    CheckedIn,
     Completed,
     Confirmed,
-    DeviceInfo,
-    Event,
-    Progress,
-    Rebooting,
 )
+from ..protocol.shared_artifact import Artifact
 from ..protocol.x25519keys import load_link_private_key, load_link_public_key
 from ..transport.link import Link
 from ..transport.lora_hub import ModemHub
 from ..transport.secure_link import SecureLink
 from ..transport.serial_link import SerialLink
-from ..transport.updater import PushOptions, Updater
+from ..transport.updater import PushOptions, Updater, choose_artifact
 from .args import UsageError
 from .files import read_file
-
-
-class ProgressPrinter:
-    """One line of bytes / rate / ETA, redrawn in place on a terminal."""
-
-    def __init__(self, json_lines: bool) -> None:
-        self.json = json_lines
-        self.t0 = time.monotonic()
-        self.first_bytes: int | None = None
-        self.tty = sys.stderr.isatty()
-        self.last_line = -1.0
-
-    def __call__(self, event: Event) -> None:
-        now = time.monotonic() - self.t0
-        if self.json:
-            print(json.dumps(_event_dict(event, now)), flush=True)
-            return
-        if isinstance(event, DeviceInfo):
-            info = event.info
-            resume = f", resuming at segment {event.resume_from}" if event.resume_from else ""
-            print(
-                f"device {info.device_id.hex()} hw {info.hw} chip {info.chip} runs "
-                f"{info.running_version}{resume}",
-                file=sys.stderr,
-            )
-        elif isinstance(event, Accepted):
-            print(
-                f"accepted: signature and compatibility checked by the device, "
-                f"starting at segment {event.next_segment}",
-                file=sys.stderr,
-            )
-        elif isinstance(event, Progress):
-            if self.first_bytes is None:
-                self.first_bytes = event.confirmed_bytes
-                self.t_first = now
-            done = event.confirmed_bytes - self.first_bytes
-            rate = done / max(now - self.t_first, 1e-6)
-            left = event.total_bytes - event.confirmed_bytes
-            eta = left / rate if rate > 0 else float("inf")
-            pct = 100 * event.confirmed_bytes / max(1, event.total_bytes)
-            line = (
-                f"{pct:5.1f} %  {event.confirmed_bytes}/{event.total_bytes} B  "
-                f"{rate / 1024:6.1f} KiB/s  ETA {eta:5.0f} s  "
-                f"segment {event.segments_done}/{event.segments_total}"
-            )
-            print(
-                ("\r" + line) if self.tty else line,
-                end="" if self.tty else "\n",
-                file=sys.stderr,
-                flush=True,
-            )
-        elif isinstance(event, Completed):
-            if self.tty:
-                print(file=sys.stderr)
-            print(
-                f"transferred in {now:.1f} s: {event.total_bytes} B written, verified by the "
-                "device and set to boot",
-                file=sys.stderr,
-            )
-        elif isinstance(event, Rebooting):
-            print(
-                f"rebooting: waiting up to {event.deadline_s:g} s for the new image to check in",
-                file=sys.stderr,
-            )
-        elif isinstance(event, CheckedIn):
-            print(
-                f"checked in: {event.version} booted, passed its self-test and reached us",
-                file=sys.stderr,
-            )
-        elif isinstance(event, Confirmed):
-            print(f"confirmed in {now:.1f} s: {event.version} is valid on the device",
-                  file=sys.stderr)  # fmt: skip
-
-
-def _event_dict(event: Event, t: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"event": type(event).__name__, "t": round(t, 3)}
-    if isinstance(event, DeviceInfo):
-        out.update(
-            device_id=event.info.device_id.hex(),
-            hw=event.info.hw,
-            chip=event.info.chip,
-            running_version=event.info.running_version,
-            resume_from=event.resume_from,
-        )
-    elif isinstance(event, Accepted):
-        out["next_segment"] = event.next_segment
-    elif isinstance(event, Progress):
-        out.update(
-            confirmed_bytes=event.confirmed_bytes,
-            total_bytes=event.total_bytes,
-            segments_done=event.segments_done,
-            segments_total=event.segments_total,
-        )
-    elif isinstance(event, Completed):
-        out.update(
-            total_bytes=event.total_bytes,
-            segments_total=event.segments_total,
-            resumed_from=event.resumed_from,
-        )
-    return out
+from .progress import ProgressView
 
 
 async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
@@ -144,7 +39,7 @@ async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
         await_checkin=not args.no_await_checkin,
         checkin_timeout=args.checkin_timeout,
     )
-    printer = ProgressPrinter(args.json_progress)
+    printer = args._view
     if not args.insecure_plaintext and not (args.link_key and args.device_pub):
         raise OtaferryError(
             "push is encrypted: give --link-key (otaferry keygen --link) and --device-pub "
@@ -170,18 +65,50 @@ async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
             )
         raw = link
         if not args.insecure_plaintext:
+            view = printer
+
+            def retrying(attempts: int, deadline: float) -> None:
+                view.waiting(f"waiting for the device on {args.port}: no handshake answer yet "
+                             f"(try {attempts} of {args.retries + 1})")  # fmt: skip
+
             link = await SecureLink.connect(
                 raw,
                 load_link_private_key(args.link_key),
                 load_link_public_key(args.device_pub),
-                rto=args.rto,
+                rto=None,  # from the medium (a few round trips), doubling
+                retries=args.retries,
+                on_retry=retrying,
             )
         up = Updater(link, options)
         if len(candidates) == 1 and not args.no_full_fallback:
+            printer.say(f"sending {_describe(candidates[0])}")
             return await up.push(candidates[0], printer)
-        return await up.push_best(
-            candidates, allow_full=not args.no_full_fallback, on_event=printer
-        )
+        info = await up.hello(candidates[0])
+        chosen = choose_artifact(candidates, info, allow_full=not args.no_full_fallback)
+        printer.say(f"chose {_describe(chosen)} of {len(candidates)}: {_why(chosen, info)}")
+        return await up.push(chosen, printer)
+
+
+def _describe(ota: bytes | Artifact) -> str:
+    m = Artifact.of(ota).manifest if isinstance(ota, Artifact) else _manifest(ota)
+    kind = "delta" if m.payload_kind == PAYLOAD_DELTA else "full image"
+    size = ota.size if isinstance(ota, Artifact) else len(ota)
+    return f"{kind} {m.version} ({size} B)"
+
+
+def _manifest(ota: bytes) -> Any:
+    import io
+
+    from ..protocol.artifact import ArtifactReader
+
+    return ArtifactReader(io.BytesIO(ota)).manifest
+
+
+def _why(chosen: bytes | Artifact, info: Any) -> str:
+    m = _manifest(chosen) if isinstance(chosen, bytes) else chosen.manifest
+    if m.payload_kind == PAYLOAD_DELTA:
+        return f"its base is the image the device runs ({info.running_version}), and it is smallest"
+    return "no delta matches the image the device runs; the smallest full image goes"
 
 
 def radio(args: argparse.Namespace) -> tuple[LoRaParams, Region, int]:
@@ -240,8 +167,46 @@ class _HubLink(Link):
 
 
 def push(args: argparse.Namespace) -> int:
-    asyncio.run(push_async(args))
+    view = ProgressView(args.json_progress)
+    args._view = view
+    try:
+        asyncio.run(_with_timeout(push_async(args), args.timeout))
+    except KeyboardInterrupt:
+        view.close()
+        last = view.last
+        where = f" at {last.confirmed_bytes}/{last.total_bytes} B confirmed" if last else ""
+        print(f"\notaferry: interrupted{where}: run the same push again to resume where the "
+              "device stands", file=sys.stderr)  # fmt: skip
+        return 130
+    except OtaferryError as exc:
+        view.failed(exc.reason.name, exc.message)
+        raise _with_cause(exc, args) from None
+    view.close()
     return 0
+
+
+async def _with_timeout(work: Any, seconds: float | None) -> Any:
+    if seconds is None:
+        return await work
+    try:
+        async with asyncio.timeout(seconds):
+            return await work
+    except TimeoutError:
+        raise TimeoutError_(f"gave up after --timeout {seconds:g} s") from None
+
+
+def _with_cause(exc: OtaferryError, args: argparse.Namespace) -> OtaferryError:
+    """A timeout in the handshake says what is likely wrong."""
+    if exc.reason != Reason.TIMEOUT or "handshake" not in exc.message:
+        return exc
+    if args.insecure_plaintext:
+        hint = ("a device that requires the secure channel ignores plaintext: drop "
+                "--insecure-plaintext and give --link-key/--device-pub, or allow it with "
+                "'device provision --allow-plaintext'")  # fmt: skip
+    else:
+        hint = (f"no device answered on {args.port}: is 'otaferry device run' (or the board) "
+                f"on that port, at {args.baud} baud?")  # fmt: skip
+    return TimeoutError_(f"{exc.message}; {hint}")
 
 
 def device_run(args: argparse.Namespace) -> int:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 from ..protocol.errors import ClosedError, Reason, RemoteError
 from ..protocol.handshake import Handshake, handshake_rto
@@ -45,6 +47,7 @@ class SecureLink(Link):
         rto: float | None = None,
         retries: int = 8,
         max_rehandshakes: int = 20,
+        on_retry: Callable[[int, float], None] | None = None,
     ) -> None:
         self.inner = inner
         self.static = static
@@ -52,6 +55,7 @@ class SecureLink(Link):
         self.rto = rto
         self.retries = retries
         self.max_rehandshakes = max_rehandshakes
+        self.on_retry = on_retry  # (attempts so far, deadline of the next) while MSG1 waits
         self.channel: SecureChannel | None = None
         self.handshakes = 0
         self.dropped_records = 0
@@ -65,9 +69,9 @@ class SecureLink(Link):
 
     @classmethod
     async def connect(
-        cls, inner: Link, static: LinkPrivateKey, device: LinkPublicKey, **kw: float | int
+        cls, inner: Link, static: LinkPrivateKey, device: LinkPublicKey, **kw: Any
     ) -> SecureLink:
-        link = cls(inner, static, device, **kw)  # type: ignore[arg-type]
+        link = cls(inner, static, device, **kw)
         await link.handshake()
         return link
 
@@ -100,6 +104,8 @@ class SecureLink(Link):
                     packet = await self.inner.receive()
             except TimeoutError:
                 hs.handle_timer(loop.time())
+                if self.on_retry is not None and not hs.done:
+                    self.on_retry(hs.attempts, hs.get_timer() or 0.0)
                 continue
             hs.receive(packet, loop.time())
         self.dropped_records += hs.dropped
