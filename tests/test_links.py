@@ -499,3 +499,49 @@ def test_device_and_gateway_bind_the_same_prologue() -> None:
     from otaferry.device_fw.serve import LINK_PROLOGUE
 
     assert LINK_PROLOGUE == PROLOGUE
+
+
+# --- the board on the bench (issue [N] 5) ------------------------------------------
+
+
+def test_rfc2217_urls_get_ign_set_control_unless_they_say_otherwise() -> None:
+    from otaferry.transport.serial_link import rfc2217_url
+
+    assert rfc2217_url("rfc2217://host:4000") == "rfc2217://host:4000?ign_set_control"
+    assert rfc2217_url("rfc2217://h:1?logging=debug") == "rfc2217://h:1?logging=debug&ign_set_control"
+    assert rfc2217_url("rfc2217://h:1?ign_set_control") == "rfc2217://h:1?ign_set_control"
+    assert rfc2217_url("/dev/ttyUSB0") == "/dev/ttyUSB0"
+
+
+@pytest.mark.asyncio
+async def test_opening_holds_dtr_and_rts_inactive_and_reset_is_explicit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ESP32 dev kit resets when RTS (EN) goes active: opening the port must not
+    move the lines; --before/--after reset pulse EN and leave both inactive."""
+    import serial
+
+    moves: list[tuple[str, bool]] = []
+    real = serial.serial_for_url
+
+    def watched(*args: object, **kw: object) -> object:
+        ser = real(*args, **kw)
+        cls = type(ser)
+
+        class Watched(cls):  # type: ignore[misc, valid-type]
+            @cls.rts.setter  # type: ignore[attr-defined, untyped-decorator]
+            def rts(self, value: bool) -> None:
+                moves.append(("rts", value))
+                cls.rts.fset(self, value)  # type: ignore[attr-defined]
+
+        ser.__class__ = Watched
+        return ser
+
+    monkeypatch.setattr(serial, "serial_for_url", watched)
+    async with await SerialLink.open("loop://", 115200, mtu=64) as link:
+        assert link._ser.dtr is False and link._ser.rts is False
+    assert ("rts", True) not in moves
+    moves.clear()
+    async with await SerialLink.open("loop://", 115200, mtu=64, before="reset", after="reset"):
+        pass
+    assert moves.count(("rts", True)) == 2 and moves[-1] == ("rts", False)

@@ -478,6 +478,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--json-progress", action="store_true", help="one JSON line per event")
     s.add_argument(
+        "--before",
+        choices=["no-reset", "reset"],
+        default="no-reset",
+        help="at open: hold DTR/RTS inactive (no-reset, the default: no accidental reset of "
+        "an auto-reset board) or pulse EN through RTS (reset), as esptool's --before",
+    )
+    s.add_argument(
+        "--after",
+        choices=["no-reset", "reset"],
+        default="no-reset",
+        help="at the end: leave the board alone (no-reset) or pulse EN (reset)",
+    )
+    s.add_argument(
         "--timeout",
         type=A.positive_float,
         help="give up after this many seconds in all (default: the protocol's own limits)",

@@ -61,7 +61,8 @@ async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
             )
         else:
             link = await stack.enter_async_context(
-                await SerialLink.open(args.port, args.baud, mtu=args.mtu or 1024)
+                await SerialLink.open(args.port, args.baud, mtu=args.mtu or 1024,
+                                      before=args.before, after=args.after)  # fmt: skip
             )
         raw = link
         if not args.insecure_plaintext:

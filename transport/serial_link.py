@@ -154,6 +154,42 @@ class _ThreadedPort(asyncio.Transport):
             self._report(self._protocol.connection_lost, error)
 
 
+BEFORE = ("no-reset", "reset")
+AFTER = ("no-reset", "reset")
+RESET_PULSE = 0.1  # s EN is held low (esptool's classic reset holds it 100 ms)
+
+
+def rfc2217_url(url: str) -> str:
+    """``url`` with ``ign_set_control`` for rfc2217:// (esp_rfc2217_server resets
+    the chip when the client moves DTR/RTS), unless the URL sets control itself."""
+    if not url.startswith("rfc2217://") or "ign_set_control" in url:
+        return url
+    return url + ("&" if "?" in url else "?") + "ign_set_control"
+
+
+def _pulse_reset(ser: Any) -> None:
+    """EN low for RESET_PULSE through RTS (IO0 left high: DTR inactive): a reset
+    into the application, as esptool's hard_reset."""
+    import time
+
+    ser.dtr = False
+    ser.rts = True
+    time.sleep(RESET_PULSE)
+    ser.rts = False
+
+
+def _open_port(url: str, baudrate: int, before: str, options: dict[str, Any]) -> Any:
+    """Open with DTR and RTS inactive from the first moment: pyserial applies the
+    line states set before open(), so no edge reaches an auto-reset circuit."""
+    ser = serial.serial_for_url(rfc2217_url(url), baudrate=baudrate, do_not_open=True, **options)
+    ser.dtr = False
+    ser.rts = False
+    ser.open()
+    if before == "reset":
+        _pulse_reset(ser)
+    return ser
+
+
 def _has_fileno(ser: Any) -> bool:
     try:
         ser.fileno()
@@ -183,6 +219,8 @@ class SerialLink(Link):
     ) -> None:
         self._pacing = pacing
         self._tx = asyncio.Lock()
+        self._ser: Any = None
+        self._after = "no-reset"
         self._transport = transport
         self._protocol = protocol
         self._inbox = inbox
@@ -198,6 +236,8 @@ class SerialLink(Link):
         *,
         mtu: int = DEFAULT_MTU,
         pace: bool = True,
+        before: str = "no-reset",
+        after: str = "no-reset",
         **serial_options: Any,
     ) -> SerialLink:
         """Open ``url`` (any pyserial URL) at ``baudrate``; extra options go to pyserial.
@@ -208,16 +248,25 @@ class SerialLink(Link):
         returns about when a frame starts on the line and the sender's send times
         are departures; off for ports that pace themselves.
 
+        ``before`` / ``after`` (as esptool's): DTR and RTS are held inactive by
+        default, so opening the port does not reset a board wired for
+        auto-reset (ESP32 dev kits: RTS to EN, DTR to IO0); "reset" pulses EN
+        through RTS at open / at close. An ``rfc2217://`` URL gets
+        ``ign_set_control`` unless it asks otherwise: esptool's
+        ``esp_rfc2217_server`` resets the chip when it sees control lines move.
+
         Failures (no such port, permission, bad settings) raise
         :class:`TransportError` naming the port.
         """
         if mtu < 1:
             raise ValueError("mtu must be >= 1")
         loop = asyncio.get_running_loop()
+        if before not in BEFORE or after not in AFTER:
+            raise ValueError(f"before must be one of {BEFORE}, after one of {AFTER}")
         # serial_for_url may block (socket:// connects, rfc2217:// negotiates).
         opening = loop.run_in_executor(
             None,
-            functools.partial(serial.serial_for_url, url, baudrate=baudrate, **serial_options),
+            functools.partial(_open_port, url, baudrate, before, serial_options),
         )
         try:
             ser = await asyncio.shield(opening)
@@ -247,7 +296,10 @@ class SerialLink(Link):
                 burst=max_wire_size(mtu),
                 overhead=lambda n: max_wire_size(n) - n,
             )
-        return cls(transport, protocol, inbox, port=url, mtu=mtu, pacing=pacing)
+        link = cls(transport, protocol, inbox, port=url, mtu=mtu, pacing=pacing)
+        link._ser = ser
+        link._after = after
+        return link
 
     def __repr__(self) -> str:
         return f"SerialLink({self._port!r}, mtu={self._mtu})"
@@ -297,6 +349,9 @@ class SerialLink(Link):
         return await self._inbox.get()
 
     async def aclose(self) -> None:
+        if not self._closed and self._after == "reset" and self._ser is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(None, _pulse_reset, self._ser)
         if not self._closed:
             self._closed = True
             self._inbox.fail(self._closed_error, drain=False)
