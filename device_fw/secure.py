@@ -20,6 +20,8 @@ PROTOCOL_NAME = b"otaferry-link-v1_KK_25519_AESCCM8_SHA256"
 MSG1 = 0xE1
 MSG2 = 0xE2
 REJECT = 0xE3
+IDENTIFY = 0xE4  # first contact: asks for the static public key (SPEC 9.10)
+IDENTITY = 0xE5
 
 KEY_SIZE = 32
 AEAD_KEY_SIZE = 16
@@ -67,6 +69,8 @@ def record_kind(packet):
         return "msg2"
     if first == REJECT:
         return "reject"
+    if first == IDENTIFY:
+        return "identify"
     return "unknown"
 
 
@@ -433,6 +437,7 @@ class SecureEndpoint:
         self._token_time = None
         self.stats = {
             "handshakes": 0,
+            "identified": 0,
             "handshake_failed": 0,
             "repeats": 0,
             "replayed_msg1": 0,
@@ -469,6 +474,14 @@ class SecureEndpoint:
                 # attacker can forge it too: it can only cost a handshake.
                 return encode_reject(R.BAD_STATE), None
             return None, body
+        if kind == "identify":
+            # First contact (SPEC 9.10): the static public key, which is public. The
+            # request is padded to the answer's size: no amplification.
+            if len(packet) < 1 + KEY_SIZE:
+                self.stats["unexpected"] += 1
+                return None, None
+            self.stats["identified"] += 1
+            return bytes([IDENTITY]) + port.x25519_public(self.static), None
         if kind == "plain":
             if self.require_secure or self.channel is not None:
                 self.stats["plain_refused"] += 1

@@ -40,6 +40,8 @@ PROTOCOL_NAME = b"otaferry-link-v1_KK_25519_AESCCM8_SHA256"
 MSG1 = 0xE1
 MSG2 = 0xE2
 REJECT = 0xE3
+IDENTIFY = 0xE4  # first contact: "who are you?" (padded to the answer's size)
+IDENTITY = 0xE5  # the device's static X25519 public key, unauthenticated
 
 AEAD_KEY_SIZE = 16
 TAG_SIZE = 8
@@ -95,6 +97,8 @@ class RecordKind(Enum):
     MSG1 = "msg1"
     MSG2 = "msg2"
     REJECT = "reject"
+    IDENTIFY = "identify"
+    IDENTITY = "identity"
     PLAIN = "plain"
     UNKNOWN = "unknown"
 
@@ -108,9 +112,27 @@ def record_kind(packet: bytes | bytearray | memoryview) -> RecordKind:
         return RecordKind.SEALED
     if 0x90 <= first <= 0x9F or first in (0xDC, 0xDD):  # msgpack fixarray, array16/32
         return RecordKind.PLAIN
-    return {MSG1: RecordKind.MSG1, MSG2: RecordKind.MSG2, REJECT: RecordKind.REJECT}.get(
-        first, RecordKind.UNKNOWN
-    )
+    return {
+        MSG1: RecordKind.MSG1,
+        MSG2: RecordKind.MSG2,
+        REJECT: RecordKind.REJECT,
+        IDENTIFY: RecordKind.IDENTIFY,
+        IDENTITY: RecordKind.IDENTITY,
+    }.get(first, RecordKind.UNKNOWN)
+
+
+def encode_identify() -> bytes:
+    """First contact (SPEC 9.10): ask a device for its static public key. Padded
+    to the answer's size, so the device never sends more than it receives."""
+    return bytes([IDENTIFY]) + bytes(DH_SIZE)
+
+
+def decode_identity(packet: bytes) -> LinkPublicKey | None:
+    """The device's answer to :func:`encode_identify`, or None for anything else.
+    Unauthenticated: trust it only after checking its fingerprint out of band."""
+    if len(packet) != 1 + DH_SIZE or packet[0] != IDENTITY:
+        return None
+    return LinkPublicKey.from_raw(bytes(packet[1:]))
 
 
 def encode_reject(reason: Reason | int) -> bytes:

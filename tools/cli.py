@@ -446,6 +446,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="also accept plaintext frames (bench only)",
     )
     d.set_defaults(func=_lazy("devicecli", "provision"))
+    d = dsub.add_parser(
+        "query", help="ask a device over its port who it is and where it stands (or its key)"
+    )
+    d.add_argument("--port", required=True, help="pyserial URL or device path")
+    d.add_argument("--baud", type=A.positive_int, default=115200, help="line rate (default 115200)")
+    d.add_argument(
+        "--mtu", type=mtu, default=1024, help=f"largest frame body, {MIN_MTU}..{MAX_MTU}"
+    )
+    d.add_argument("--link-key", help="this gateway's X25519 link key (otaferry keygen --link)")
+    d.add_argument("--device-pub", help="the device's link public key")
+    d.add_argument(
+        "--insecure-plaintext", action="store_true", help="no secure channel (bench only)"
+    )
+    d.add_argument(
+        "--identify",
+        action="store_true",
+        help="first contact: fetch the device's link public key (unauthenticated: check its "
+        "key id out of band before trusting it)",
+    )
+    d.add_argument("--save", help="with --identify: write the key (PEM) to this new file")
+    d.add_argument(
+        "--retries", type=A.non_negative_int, default=5, help="unanswered tries (default 5)"
+    )
+    d.add_argument("--json", action="store_true", help="stable JSON output")
+    d.set_defaults(func=_lazy("linkcli", "device_query"))
     d = dsub.add_parser("info", help="slots, states, versions, security counter")
     d.add_argument("--flash", required=True, help=flash_help + "; read even while it runs")
     d.add_argument("--json", action="store_true", help="stable JSON output")

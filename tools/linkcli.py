@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from typing import Any
@@ -61,8 +62,9 @@ async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
             )
         else:
             link = await stack.enter_async_context(
-                await SerialLink.open(args.port, args.baud, mtu=args.mtu or 1024,
-                                      before=args.before, after=args.after)  # fmt: skip
+                await SerialLink.open(
+                    args.port, args.baud, mtu=args.mtu or 1024, before=args.before, after=args.after
+                )
             )
         raw = link
         if not args.insecure_plaintext:
@@ -285,3 +287,81 @@ def device_run(args: argparse.Namespace) -> int:
     finally:
         port.close()
     return 0
+
+
+def device_query(args: argparse.Namespace) -> int:
+    """``otaferry device query``: ask a device over its port who it is and where it
+    stands; ``--identify`` fetches its link public key (first contact)."""
+    return asyncio.run(_device_query(args))
+
+
+async def _device_query(args: argparse.Namespace) -> int:
+    from ..transport.updater import fetch_device_key, query_device
+
+    async with await SerialLink.open(args.port, args.baud, mtu=args.mtu) as raw:
+        if args.identify:
+            key = await fetch_device_key(raw, retries=args.retries)
+            if args.save:
+                with open(args.save, "xb") as f:
+                    f.write(key.to_pem())
+            out = {"link_public_key": key.raw.hex(), "key_id": key.key_id.hex(),
+                   "saved": args.save}  # fmt: skip
+            if args.json:
+                print(json.dumps(out, indent=2))
+            else:
+                print(f"device link key {key.raw.hex()} (key id {key.key_id.hex()})")
+                if args.save:
+                    print(f"saved to {args.save}")
+            print(
+                "first contact, unauthenticated: anyone on this line could have answered. "
+                "Trust the key only after comparing its key id with what "
+                "'otaferry device provision --flash F' printed for this board (or its label).",
+                file=sys.stderr,
+            )
+            return 0
+        link: Link = raw
+        if not args.insecure_plaintext:
+            if not (args.link_key and args.device_pub):
+                raise OtaferryError(
+                    "the query goes inside the secure channel: give --link-key and "
+                    "--device-pub (or --identify for first contact, or --insecure-plaintext)",
+                    Reason.BAD_KEY,
+                )
+            link = await SecureLink.connect(
+                raw, load_link_private_key(args.link_key), load_link_public_key(args.device_pub),
+                retries=args.retries,
+            )  # fmt: skip
+        info = await query_device(link, retries=args.retries)
+    out = {
+        "device_id": info.device_id.hex(),
+        "hw": info.hw,
+        "chip": info.chip,
+        "running_version": info.running_version,
+        "running_sha256": info.running_sha256.hex() if info.running_sha256 else None,
+        "security_counter": info.security_counter,
+        "passive_slot_size": info.slot_size,
+        "max_frame": info.max_frame,
+        "codecs": list(info.codecs),
+        "update_in_progress": None if info.resume_uid is None else {
+            "update_id": info.resume_uid.hex(), "next_segment": info.resume_next},
+        "pending_checkin": None if info.pending_uid is None else {
+            "update_id": info.pending_uid.hex(),
+            "image_sha256": info.pending_sha256.hex() if info.pending_sha256 else None},
+        "last_failure": None if info.failed_uid is None else {
+            "update_id": info.failed_uid.hex(),
+            "reason": _reason_name(info.failed_reason)},
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(out, indent=2, sort_keys=True))
+    else:
+        width = max(map(len, out))
+        for k, v in out.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def _reason_name(code: int | None) -> str | int | None:
+    if code is None:
+        return None
+    return Reason(code).name if code in Reason._value2member_map_ else code
+

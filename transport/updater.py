@@ -31,14 +31,16 @@ from typing import Self
 
 from ..protocol.artifact import ArtifactReader
 from ..protocol.errors import (
+    DecodeError,
     OtaferryError,
     Reason,
     RemoteError,
     TimeoutError_,
     TransportError,
 )
-from ..protocol.frames import HelloInfo
+from ..protocol.frames import Abort, Hello, HelloInfo, Query, decode_frame
 from ..protocol.manifest import PAYLOAD_DELTA
+from ..protocol.secure import decode_identity, encode_identify
 from ..protocol.session import (
     Completed,
     Confirmed,
@@ -50,9 +52,10 @@ from ..protocol.session import (
     window_for,
 )
 from ..protocol.shared_artifact import Artifact
+from ..protocol.x25519keys import LinkPublicKey
 from .link import Link
 
-__all__ = ["PushOptions", "Updater", "choose_artifact"]
+__all__ = ["PushOptions", "Updater", "choose_artifact", "fetch_device_key", "query_device"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,3 +274,52 @@ class Updater:
         info = await self.hello(candidates[0])
         chosen = choose_artifact(candidates, info, allow_full=allow_full)
         return await self.push(chosen, on_event, job_id=job_id)
+
+
+async def query_device(link: Link, *, rto: float = 1.0, retries: int = 5) -> HelloInfo:
+    """Ask the device who it is and where it stands (QUERY -> HELLO), with no
+    update in hand: its id, hardware, running image, counter, a pending check-in
+    or the last rollback. Raises TimeoutError_ when it does not answer."""
+    session_id = secrets.randbits(32) or 1
+    parts: dict[int, bytes] = {}
+    wait = rto
+    for _attempt in range(retries + 1):
+        await link.send(Query(session_id).encode())
+        try:
+            async with asyncio.timeout(wait):
+                while True:
+                    try:
+                        frame = decode_frame(await link.receive())
+                    except DecodeError:
+                        continue
+                    if not isinstance(frame, Hello) or frame.session_id != session_id:
+                        continue
+                    parts[frame.part] = frame.chunk
+                    if len(parts) == frame.count:
+                        blob = b"".join(parts[i] for i in range(frame.count))
+                        await link.send(Abort(Reason.ABORTED, "query only").encode())
+                        return HelloInfo.decode(blob)
+        except TimeoutError:
+            wait = min(wait * 2, 30.0)
+    raise TimeoutError_(f"no answer to {retries + 1} queries")
+
+
+async def fetch_device_key(link: Link, *, rto: float = 1.0, retries: int = 5) -> LinkPublicKey:
+    """First contact (SPEC 9.10): the device's static X25519 public key, over the
+    raw link. Unauthenticated: whoever answers could be an impostor, so the
+    caller must show its fingerprint to be checked before it is trusted."""
+    wait = rto
+    for _attempt in range(retries + 1):
+        await link.send(encode_identify())
+        try:
+            async with asyncio.timeout(wait):
+                while True:
+                    key = decode_identity(await link.receive())
+                    if key is not None:
+                        return key
+        except TimeoutError:
+            wait = min(wait * 2, 30.0)
+    raise TimeoutError_(
+        f"no answer to {retries + 1} identity requests (does the device have a link key?)"
+    )
+

@@ -1,0 +1,58 @@
+"""``otaferry device query`` against ``otaferry device run`` over real ptys (issue [N] 6)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from otaferry.device_fw.device import Device
+from otaferry.protocol.keys import SigningKey
+from otaferry.protocol.x25519keys import LinkPrivateKey, LinkPublicKey, load_link_public_key
+from paths import SIMBA_SHELL_OLD
+
+OTAFERRY = str(Path(sys.executable).with_name("otaferry"))
+
+
+def test_query_identifies_the_device_and_reads_its_state_over_the_link(tmp_path: Path) -> None:
+    gw = LinkPrivateKey.from_raw(bytes(range(1, 33)))
+    (tmp_path / "gw.key").write_bytes(gw.to_pem())
+    flash = tmp_path / "flash.bin"
+    Device.create(
+        str(flash), hw="board", chip="esp32", trusted_keys=[SigningKey.from_seed(bytes(32))
+        .public.raw], image=SIMBA_SHELL_OLD.read_bytes(), version="1.0",
+        gateways=[gw.public.raw],
+    ).close()  # fmt: skip
+    with Device(str(flash)) as dev:
+        real = LinkPublicKey.from_raw(dev.link_public())
+    a, b = tmp_path / "a", tmp_path / "b"
+    procs = [subprocess.Popen([OTAFERRY, "linesim", "--baud", "921600", str(a), str(b)],
+                              stderr=subprocess.DEVNULL)]  # fmt: skip
+    try:
+        for _ in range(100):
+            if a.exists() and b.exists():
+                break
+            time.sleep(0.05)
+        procs.append(subprocess.Popen([OTAFERRY, "device", "run", "--quiet", "--port", str(b),
+                                       "--baud", "921600", "--flash", str(flash)]))  # fmt: skip
+        common = ["device", "query", "--port", str(a), "--baud", "921600"]
+        first = subprocess.run([OTAFERRY, *common, "--identify", "--save",
+                                str(tmp_path / "dev.pub")],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        assert real.key_id.hex() in first.stdout and "unauthenticated" in first.stderr
+        assert load_link_public_key(tmp_path / "dev.pub").raw == real.raw
+        state = subprocess.run([OTAFERRY, *common, "--link-key", str(tmp_path / "gw.key"),
+                                "--device-pub", str(tmp_path / "dev.pub"), "--json"],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert state.returncode == 0, state.stderr
+        doc = json.loads(state.stdout)
+        assert doc["hw"] == "board" and doc["chip"] == "esp32"
+        assert doc["running_version"] == "1.0" and doc["security_counter"] == 0
+        assert doc["pending_checkin"] is None and doc["last_failure"] is None
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(10)
