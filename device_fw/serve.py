@@ -14,7 +14,9 @@ driver on a board. No threads, no asyncio.
 """
 
 from .device import Device
+from .flash import PowerCut
 from .loop import LINK_PROLOGUE, StreamLoop
+from .reasons import DeviceError
 
 READ_SIZE = 512
 DEFAULT_CHECKIN_TIMEOUT = 120.0
@@ -28,7 +30,7 @@ __all__ = ["DEFAULT_CHECKIN_TIMEOUT", "LINK_PROLOGUE", "READ_SIZE", "serve"]
 
 
 def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None, lifecycle=False,
-          self_test=True, checkin=True, checkin_timeout=DEFAULT_CHECKIN_TIMEOUT):
+          self_test=True, checkin=True, checkin_timeout=DEFAULT_CHECKIN_TIMEOUT, reopen=None):
     """Serve one device until ``stop()`` returns True (forever by default).
 
     ``on_event(kind, detail)`` is told "ready" once the device is open, its
@@ -37,7 +39,10 @@ def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None, life
     receiver's phase at every change. ``self_test``: the verdict of a pending
     image's self-test (False: it fails and rolls back). ``checkin``: False
     models a new image whose link driver is broken: it never answers the
-    server, and rolls back when ``checkin_timeout`` passes.
+    server, and rolls back when ``checkin_timeout`` passes. ``reopen()``: when
+    the port fails (a USB adapter pulled, the other end gone), called for a new
+    port (None: stop); the device keeps running meanwhile, as a board would.
+    Without it a port error ends ``serve``.
     """
     if clock is None:
         import time
@@ -68,12 +73,21 @@ def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None, life
                         port.write(out)
                 if lifecycle and loop.reset_requested is not None:
                     break
-                data = port.read(READ_SIZE)
-                if not data or silent:
-                    continue  # a broken link driver hears nothing and says nothing
-                out = loop.feed(data, clock())
-                if out:
-                    port.write(out)
+                try:
+                    data = port.read(READ_SIZE)
+                    if not data or silent:
+                        continue  # a broken link driver hears nothing and says nothing
+                    out = loop.feed(data, clock())
+                    if out:
+                        port.write(out)
+                except Exception as exc:
+                    if reopen is None or isinstance(exc, (DeviceError, PowerCut)):
+                        raise
+                    if on_event is not None:
+                        on_event("port", {"error": str(exc)})
+                    port = reopen()
+                    if port is None:
+                        return receiver
             else:
                 return receiver
             if on_event is not None:

@@ -56,3 +56,55 @@ def test_query_identifies_the_device_and_reads_its_state_over_the_link(tmp_path:
         for proc in reversed(procs):
             proc.terminate()
             proc.wait(10)
+
+
+def test_device_run_waits_for_its_port_to_come_back(tmp_path: Path) -> None:
+    """Issue [N] 1: device run died with a raw SerialException when its port went
+    away. A board does not: it says so, waits, and serves again on the same path."""
+    gw = LinkPrivateKey.from_raw(bytes(range(1, 33)))
+    flash = tmp_path / "flash.bin"
+    Device.create(
+        str(flash), hw="board", chip="esp32", trusted_keys=[SigningKey.from_seed(bytes(32))
+        .public.raw], image=SIMBA_SHELL_OLD.read_bytes(), version="1.0",
+        gateways=[gw.public.raw],
+    ).close()  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+
+    def line() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([OTAFERRY, "linesim", "--baud", "921600", str(a), str(b)],
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        for _ in range(100):
+            if a.exists() and b.exists():
+                break
+            time.sleep(0.05)
+        return proc
+
+    sim = line()
+    log = tmp_path / "device.log"
+    device = subprocess.Popen([OTAFERRY, "device", "run", "--port", str(b), "--baud", "921600",
+                               "--flash", str(flash)], stderr=log.open("wb"))  # fmt: skip
+    try:
+        time.sleep(1.0)
+        sim.terminate()
+        sim.wait(10)
+        for _ in range(100):
+            if "waiting for it to come back" in log.read_text():
+                break
+            time.sleep(0.05)
+        assert device.poll() is None, log.read_text()  # still running
+        sim = line()
+        for _ in range(100):
+            if "is back" in log.read_text():
+                break
+            time.sleep(0.1)
+        assert "is back" in log.read_text(), log.read_text()
+        query = subprocess.run([OTAFERRY, "device", "query", "--port", str(a), "--baud",
+                                "921600", "--identify"], capture_output=True, text=True,
+                               timeout=60)  # fmt: skip
+        assert query.returncode == 0, query.stderr + log.read_text()
+        assert "Traceback" not in log.read_text()
+    finally:
+        device.terminate()
+        device.wait(10)
+        sim.terminate()
+        sim.wait(10)

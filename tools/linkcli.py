@@ -8,6 +8,7 @@ import contextlib
 import json
 import signal
 import sys
+import time
 from typing import Any
 
 from ..protocol.errors import OtaferryError, Reason, TimeoutError_
@@ -250,6 +251,9 @@ def device_run(args: argparse.Namespace) -> int:
                 print(f"device: boot: {entry}", file=sys.stderr, flush=True)
         elif kind == "reset":
             print(f"device: reset ({detail['why']})", file=sys.stderr, flush=True)
+        elif kind == "port":
+            print(f"device: port {args.port} failed ({detail['error']}); waiting for it to come "
+                  "back", file=sys.stderr, flush=True)  # fmt: skip
         else:
             print(
                 f"device: {kind} (frames {detail['frames']}, bad {detail['bad_frames']}, "
@@ -282,8 +286,24 @@ def device_run(args: argparse.Namespace) -> int:
                 **life,
             )
         else:
+
+            def reopen() -> Any:
+                nonlocal port
+                with contextlib.suppress(Exception):
+                    port.close()
+                while not stopping:
+                    try:
+                        port = open_serial(args.port, args.baud)
+                    except Exception:  # not back yet
+                        time.sleep(0.5)
+                        continue
+                    if not args.quiet:
+                        print(f"device: port {args.port} is back", file=sys.stderr, flush=True)
+                    return port
+                return None
+
             serve(args.flash, port, mtu=args.mtu or 1024, stop=lambda: bool(stopping),
-                  on_event=log, **life)  # fmt: skip
+                  on_event=log, reopen=reopen, **life)  # fmt: skip
     finally:
         port.close()
     return 0
