@@ -117,3 +117,58 @@ def test_push_to_a_port_with_no_device_says_so_and_gives_up_soon(tmp_path) -> No
     assert sum("waiting for the device" in ln for ln in lines) == 2, run.stderr
     assert lines[-1].startswith("otaferry: error[TIMEOUT]: ") and "no device answered" in lines[-1]
     assert elapsed < 30  # 0.5 + 1 + 2 s of handshake timeouts, not minutes
+
+
+def test_a_line_that_vanishes_mid_push_is_one_error_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue [N] 1: a link vanishing mid-push printed ~18 lines of asyncio's "Fatal write
+    error on serial transport" before the error. Now: the progress so far, one line."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from otaferry.device_fw.device import Device
+    from otaferry.protocol.artifact import build_full
+    from otaferry.protocol.keys import SigningKey
+    from otaferry.protocol.x25519keys import LinkPrivateKey, LinkPublicKey
+    from paths import ESP8266_V110, SIMBA_SHELL_OLD
+
+    exe = str(Path(sys.executable).with_name("otaferry"))
+    vendor, gw = SigningKey.from_seed(bytes(32)), LinkPrivateKey.from_raw(bytes(range(1, 33)))
+    (tmp_path / "gw.key").write_bytes(gw.to_pem())
+    flash = tmp_path / "flash.bin"
+    Device.create(str(flash), hw="b", chip="esp8266", trusted_keys=[vendor.public.raw],
+                  image=SIMBA_SHELL_OLD.read_bytes(), version="1", gateways=[gw.public.raw],
+                  ).close()  # fmt: skip
+    with Device(str(flash)) as dev:
+        (tmp_path / "dev.pub").write_bytes(LinkPublicKey.from_raw(dev.link_public()).to_pem())
+    (tmp_path / "new.ota").write_bytes(build_full(ESP8266_V110.read_bytes(), vendor, hw=["b"],
+                                                  chip="esp8266", version="2"))  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+    sim = subprocess.Popen([exe, "linesim", "--baud", "115200", str(a), str(b)],
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    for _ in range(100):
+        if a.exists() and b.exists():
+            break
+        time.sleep(0.05)
+    device = subprocess.Popen([exe, "device", "run", "--quiet", "--port", str(b), "--flash",
+                               str(flash)])  # fmt: skip
+    try:
+        push = subprocess.Popen(
+            [exe, "push", "--port", str(a), "--link-key", str(tmp_path / "gw.key"),
+             "--device-pub", str(tmp_path / "dev.pub"), str(tmp_path / "new.ota")],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(4.0)  # into the data phase
+        sim.kill()  # the line (the USB adapter) is gone
+        _, err = push.communicate(timeout=120)
+    finally:
+        device.terminate()
+        device.wait(10)
+        if sim.poll() is None:
+            sim.kill()
+    lines = err.strip().splitlines()
+    assert push.returncode == 1, err
+    assert "Traceback" not in err and "Fatal write error" not in err, err
+    assert lines[-1].startswith("otaferry: error["), err
+    assert sum(ln.startswith("otaferry: error[") for ln in lines) == 1

@@ -189,7 +189,18 @@ def push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_transport_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A port that vanishes mid-push makes pyserial-asyncio report "Fatal write error
+    on serial transport" with a traceback through the loop's handler; the push then
+    fails with one line of its own (TransportError), so that report is dropped.
+    Anything else goes to the default handler."""
+    if isinstance(context.get("exception"), OSError) or "serial" in str(context.get("message")):
+        return
+    loop.default_exception_handler(context)
+
+
 async def _with_timeout(work: Any, seconds: float | None) -> Any:
+    asyncio.get_running_loop().set_exception_handler(_quiet_transport_errors)
     if seconds is None:
         return await work
     try:
