@@ -71,6 +71,8 @@ def record_kind(packet):
         return "reject"
     if first == IDENTIFY:
         return "identify"
+    if first == IDENTITY:
+        return "identity"  # a device never gets one; named so both sides agree
     return "unknown"
 
 
