@@ -336,3 +336,59 @@ def test_no_install_while_the_running_image_is_unconfirmed(
     with Device(str(flash)) as dev:
         dev.power_on(self_test=True)  # the unconfirmed image is aborted: back on ota_0
     assert install(flash, build(third, counter=2, version="third"))["slot"] == "ota_1"
+
+
+# --- check-in policy (issue [F] 4) --------------------------------------------------
+
+
+def test_an_update_that_failed_its_self_test_is_never_re_armed(
+    tmp_path: Path, old_image: bytes, new_image: bytes, new_artifact: bytes
+) -> None:
+    flash = make_device(tmp_path, old_image)
+    install(flash, new_artifact)
+    with Device(str(flash)) as dev:
+        boot = dev.power_on(self_test=False, checkin=True)
+        assert boot["label"] == "ota_0" and boot["rolled_back"]
+        assert [f["reason"] for f in dev.failures()] == [R.SELF_TEST_FAILED]
+    with pytest.raises(DeviceError) as exc:
+        install(flash, new_artifact)  # the same artifact: refused before any erase
+    assert exc.value.reason == R.PREVIOUSLY_FAILED and "SELF_TEST_FAILED" in exc.value.message
+    again = build(new_image, version="new-fixed")  # a new artifact of that image: accepted
+    assert install(flash, again)["slot"] == "ota_1"
+    with Device(str(flash)) as dev:
+        assert dev.failures()[-1]["reason"] == R.SELF_TEST_FAILED  # the old one, kept
+
+
+def test_a_missed_check_in_blocks_but_a_reset_while_pending_does_not(
+    tmp_path: Path, old_image: bytes, new_artifact: bytes
+) -> None:
+    flash = make_device(tmp_path, old_image)
+    install(flash, new_artifact)
+    with Device(str(flash)) as dev:
+        dev.power_on(checkin=True)
+        assert dev.pending_checkin() is not None
+        # power cut while pending: the next boot returns to ota_0 and says so
+    with Device(str(flash)) as dev:
+        assert dev.power_on(checkin=True)["label"] == "ota_0"
+        assert [f["reason"] for f in dev.failures()] == [R.ROLLED_BACK]
+    install(flash, new_artifact)  # ROLLED_BACK may be retried: re-armed, failure cleared
+    with Device(str(flash)) as dev:
+        assert dev.failures() == []
+        dev.power_on(checkin=True)
+        dev.abandon_running(R.CHECKIN_TIMEOUT)  # the deadline passes without an answer
+        assert dev.power_on(checkin=True)["label"] == "ota_0"
+    with pytest.raises(DeviceError) as exc:
+        install(flash, new_artifact)
+    assert exc.value.reason == R.PREVIOUSLY_FAILED
+
+
+def test_the_running_image_is_not_offered_again(
+    tmp_path: Path, old_image: bytes, new_artifact: bytes
+) -> None:
+    flash = make_device(tmp_path, old_image)
+    install(flash, new_artifact)
+    with Device(str(flash)) as dev:
+        dev.power_on(self_test=True)  # confirmed (no check-in asked)
+    with pytest.raises(DeviceError) as exc:
+        install(flash, new_artifact)
+    assert exc.value.reason == R.ALREADY_INSTALLED

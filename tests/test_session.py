@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import io
 import math
 import random
 import shutil
@@ -951,3 +952,33 @@ def test_events_name_the_update_the_device_and_the_job(tmp_path: Path, pristine:
         assert event.update_id == uid and event.job_id == "job-7"
         assert event.device_id is not None and event.device_id.hex() == device_id
     assert sim.of(Accepted)[0] == Accepted(0)  # the names take no part in ==
+
+
+def test_the_sender_refuses_a_failed_update_and_the_running_image_from_the_hello(
+    tmp_path: Path, pristine: Path, programmer: Firmware
+) -> None:
+    """Issue [F] 4, host side: the HELLO names the last failed update; the precheck
+    refuses it (PREVIOUSLY_FAILED) and the image already running (ALREADY_INSTALLED)
+    without sending a byte of it."""
+    from otaferry.device_fw.installer import install_stream
+
+    _old, new, art = programmer
+    flash = fresh(pristine, tmp_path / "f.bin")
+    with Device(str(flash)) as dev:
+        install_stream(dev, io.BytesIO(art))
+        dev.power_on(self_test=False, checkin=True)  # fails, rolls back, records it
+    with Device(str(flash)) as dev:
+        up, down = lines()
+        sim = Sim(sender_for(art), RX.Receiver(dev), up, down).run()
+    (rejected,) = sim.of(Rejected)
+    assert rejected.reason == Reason.PREVIOUSLY_FAILED and rejected.local
+    assert "SELF_TEST_FAILED" in rejected.message and sim.data_sent == {}
+    fixed = build(new, version="fixed")
+    with Device(str(flash)) as dev:
+        install_stream(dev, io.BytesIO(fixed))
+        dev.power_on(self_test=True)
+    with Device(str(flash)) as dev:
+        up, down = lines()
+        sim = Sim(sender_for(fixed), RX.Receiver(dev), up, down).run()
+    (rejected,) = sim.of(Rejected)
+    assert rejected.reason == Reason.ALREADY_INSTALLED and rejected.local

@@ -241,10 +241,7 @@ def device_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    try:
-        port = open_serial(args.port, args.baud)
-    except Exception as exc:  # pyserial raises SerialException / OSError / ValueError
-        raise OtaferryError(f"cannot open {args.port}: {exc}", Reason.IO_ERROR) from exc
+    port = _open_device_port(args, stopping)
 
     ready_said: list[bool] = []
 
@@ -318,6 +315,31 @@ def device_run(args: argparse.Namespace) -> int:
     finally:
         port.close()
     return 0
+
+
+PORT_APPEAR_S = 10.0  # a path that is not there yet (a line simulator starting): wait this long
+
+
+def _open_device_port(args: argparse.Namespace, stopping: list[bool]) -> Any:
+    """The device's port. A device path that does not exist yet is waited for (a
+    line simulator or a USB adapter coming up), saying so; then one-line errors."""
+    import os
+
+    from ..device_fw.port import open_serial
+
+    deadline = time.monotonic() + PORT_APPEAR_S
+    said = False
+    while True:
+        try:
+            return open_serial(args.port, args.baud)
+        except Exception as exc:  # pyserial raises SerialException / OSError / ValueError
+            missing = "://" not in args.port and not os.path.exists(args.port)
+            if not missing or time.monotonic() > deadline or stopping:
+                raise OtaferryError(f"cannot open {args.port}: {exc}", Reason.IO_ERROR) from exc
+            if not said and not args.quiet:
+                print(f"device: waiting for {args.port} to appear", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(0.1)
 
 
 def device_query(args: argparse.Namespace) -> int:
