@@ -155,3 +155,17 @@ class StreamLoop:
 
     def _wire(self, packets):
         return b"".join(framing.encode_frame(p) for p in packets)
+
+
+def power_up(device, lifecycle, self_test, checkin, on_event):
+    """Power-on of a device that lives across reboots (``lifecycle``): the
+    bootloader and the app's self-test, told to ``on_event("boot", result)``.
+    Returns True when the booted image must stay silent (``checkin`` False: a
+    new image whose link driver is broken never answers its server)."""
+    if not lifecycle:
+        return False
+    boot = device.power_on(self_test=self_test, checkin=True)
+    if on_event is not None:
+        on_event("boot", boot)
+    return not checkin and device.pending_checkin() is not None
+

@@ -417,6 +417,7 @@ def serve_modem(
     image that sees no check-in answer in time rolls back).
     """
     from .device import Device
+    from .loop import power_up
 
     if clock is None:
         import time
@@ -426,12 +427,7 @@ def serve_modem(
     while stop is None or not stop():
         device = Device(flash_path)
         try:
-            silent = False
-            if lifecycle:
-                boot = device.power_on(self_test=self_test, checkin=True)
-                if on_event is not None:
-                    on_event("boot", boot)
-                silent = not checkin and device.pending_checkin() is not None
+            silent = power_up(device, lifecycle, self_test, checkin, on_event)
             loop = ModemLoop(device, kind, address, radio, mtu, on_event, time_scale, duty_cycle,
                              checkin_timeout=checkin_timeout if lifecycle else None)  # fmt: skip
             if on_event is not None:

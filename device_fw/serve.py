@@ -15,7 +15,7 @@ driver on a board. No threads, no asyncio.
 
 from .device import Device
 from .flash import PowerCut
-from .loop import LINK_PROLOGUE, StreamLoop
+from .loop import LINK_PROLOGUE, StreamLoop, power_up
 from .reasons import DeviceError
 
 READ_SIZE = 512
@@ -52,12 +52,7 @@ def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None, life
     while stop is None or not stop():
         device = Device(flash_path)
         try:
-            silent = False
-            if lifecycle:
-                boot = device.power_on(self_test=self_test, checkin=True)
-                if on_event is not None:
-                    on_event("boot", boot)
-                silent = not checkin and device.pending_checkin() is not None
+            silent = power_up(device, lifecycle, self_test, checkin, on_event)
             loop = StreamLoop(device, mtu, on_event, checkin_timeout if lifecycle else None)
             receiver = loop.receiver
             if on_event is not None:

@@ -16,15 +16,20 @@ from paths import SIMBA_SHELL_OLD
 OTAFERRY = str(Path(sys.executable).with_name("otaferry"))
 
 
+def _board(tmp_path: Path, gw: LinkPrivateKey) -> Path:
+    """A simulated board running 1.0 that accepts the gateway ``gw``."""
+    flash = tmp_path / "flash.bin"
+    vendor = SigningKey.from_seed(bytes(32)).public.raw
+    Device.create(str(flash), hw="board", chip="esp32", trusted_keys=[vendor],
+                  image=SIMBA_SHELL_OLD.read_bytes(), version="1.0",
+                  gateways=[gw.public.raw]).close()  # fmt: skip
+    return flash
+
+
 def test_query_identifies_the_device_and_reads_its_state_over_the_link(tmp_path: Path) -> None:
     gw = LinkPrivateKey.from_raw(bytes(range(1, 33)))
     (tmp_path / "gw.key").write_bytes(gw.to_pem())
-    flash = tmp_path / "flash.bin"
-    Device.create(
-        str(flash), hw="board", chip="esp32", trusted_keys=[SigningKey.from_seed(bytes(32))
-        .public.raw], image=SIMBA_SHELL_OLD.read_bytes(), version="1.0",
-        gateways=[gw.public.raw],
-    ).close()  # fmt: skip
+    flash = _board(tmp_path, gw)
     with Device(str(flash)) as dev:
         real = LinkPublicKey.from_raw(dev.link_public())
     a, b = tmp_path / "a", tmp_path / "b"
@@ -62,12 +67,7 @@ def test_device_run_waits_for_its_port_to_come_back(tmp_path: Path) -> None:
     """Issue [N] 1: device run died with a raw SerialException when its port went
     away. A board does not: it says so, waits, and serves again on the same path."""
     gw = LinkPrivateKey.from_raw(bytes(range(1, 33)))
-    flash = tmp_path / "flash.bin"
-    Device.create(
-        str(flash), hw="board", chip="esp32", trusted_keys=[SigningKey.from_seed(bytes(32))
-        .public.raw], image=SIMBA_SHELL_OLD.read_bytes(), version="1.0",
-        gateways=[gw.public.raw],
-    ).close()  # fmt: skip
+    flash = _board(tmp_path, gw)
     a, b = tmp_path / "a", tmp_path / "b"
 
     def line() -> subprocess.Popen[bytes]:

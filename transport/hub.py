@@ -34,19 +34,17 @@ import abc
 import asyncio
 import contextlib
 from collections.abc import Hashable, Iterable
-from types import TracebackType
-from typing import Self
 
 from ..protocol.errors import ClosedError, Reason, TransportError
 from ..protocol.pacing import Pacing, Unlimited
-from .link import FrameInbox, Inbox, Link, check_frame
+from .link import ClosesOnExit, FrameInbox, Inbox, Link, check_frame
 
 __all__ = ["Address", "Hub", "LinkHub", "MemoryHub", "PeerLink", "memory_hub"]
 
 Address = Hashable
 
 
-class Hub(abc.ABC):
+class Hub(ClosesOnExit, abc.ABC):
     """Abstract addressed medium; see the module docstring for the contract."""
 
     def __init__(self) -> None:
@@ -118,17 +116,6 @@ class Hub(abc.ABC):
         for view in list(self._views.values()):
             view._shut("hub closed")
         await self._close_medium()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class PeerLink(Link):

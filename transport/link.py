@@ -42,7 +42,25 @@ T = TypeVar("T")
 _UNLIMITED = Unlimited()
 
 
-class Link(abc.ABC):
+class ClosesOnExit:
+    """``async with x:`` closes ``x`` (its ``aclose``) on the way out."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class Link(ClosesOnExit, abc.ABC):
     """Abstract frame link; see the module docstring for the contract."""
 
     @property
@@ -64,17 +82,6 @@ class Link(abc.ABC):
 
     @abc.abstractmethod
     async def aclose(self) -> None: ...
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def check_frame(frame: bytes, mtu: int) -> bytes:
