@@ -548,6 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="JSON output")
     s.set_defaults(func=_lazy("plan", "run"))
 
+    from .gatewaycli import add_parsers as gateway_parsers
+
+    gateway_parsers(sub, _lazy)
+
     s = sub.add_parser("demo", help="the whole flow on a simulated device (the quick start)")
     s.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
     s.add_argument(
