@@ -79,7 +79,7 @@ def settings_from(args: argparse.Namespace) -> MqttSettings:
         cert=Path(args.cert) if args.cert else None,
         key=Path(args.key) if args.key else None,
         username=args.username or user, password=args.password or password,
-        client_id=f"otaferry-cli-{secrets.token_hex(6)}",
+        client_id=f"otaferry-cli-{secrets.token_hex(6)}", timeout=5.0,
     )  # fmt: skip
 
 
@@ -130,7 +130,7 @@ def _final(result: dict[str, Any]) -> int:
     what = "; ".join(f"{d} {r.get('phase')} ({r.get('reason')}: {r.get('message')})"
                      for d, r in bad)  # fmt: skip
     reason = next((r.get("reason") for _, r in bad if r.get("reason")), None)
-    code = Reason[reason] if reason in Reason.__members__ else Reason.ABORTED
+    code = Reason[str(reason)] if reason in Reason.__members__ else Reason.ABORTED
     raise OtaferryError(f"job {result.get('job_id')}: {result.get('state')}: {what}", code)
 
 

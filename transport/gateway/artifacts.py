@@ -1,6 +1,6 @@
 """The artifact cache: ``.ota`` files by SHA-256, taken in over MQTT in chunks.
 
-An artifact arrives as ``count`` chunks on ``artifact/<sha256>/chunk`` (JSON:
+An artifact arrives as ``count`` chunks on ``artifact/<sha256>/chunk/<i>`` (JSON:
 ``index``, ``count``, ``size``, ``data`` base64; :data:`CHUNK_SIZE` raw bytes
 each, about 43 KB a message, well under any broker's limit: AWS IoT Core's is
 128 KB). Chunks are written at their offset into ``<sha256>.part`` as they come,
@@ -68,6 +68,7 @@ class ArtifactCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.trusted = list(trusted)
         self._parsed: dict[str, Artifact] = {}
+        self.refused: dict[str, ChunkResult] = {}
 
     def path(self, sha256: str) -> Path:
         return self.folder / f"{sha256}.ota"
@@ -109,6 +110,8 @@ class ArtifactCache:
         """Take one chunk message; raises OtaferryError(MALFORMED) for a bad message."""
         if self.has(sha256):
             return ChunkResult("accepted")
+        if sha256 in self.refused:
+            return self.refused[sha256]
         try:
             msg = json.loads(payload)
             index, count, size = int(msg["index"]), int(msg["count"]), int(msg["size"])
@@ -146,6 +149,7 @@ class ArtifactCache:
             self._parsed[sha256] = self.verify(ota, sha256)
         except OtaferryError as exc:
             part.unlink(missing_ok=True)
-            return ChunkResult("rejected", count, count, exc.reason, exc.message)
+            self.refused[sha256] = ChunkResult("rejected", count, count, exc.reason, exc.message)
+            return self.refused[sha256]
         os.replace(part, self.path(sha256))
         return ChunkResult("accepted", count, count)

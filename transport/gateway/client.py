@@ -114,8 +114,8 @@ class JobClient:
             state = known.get(self.topics.artifact_state(sha), {})
             if state.get("state") == "accepted":
                 return sha
-        for payload in chunks:
-            await self._publish(self.topics.chunk(sha), payload)
+        for i, payload in enumerate(chunks):
+            await self._publish(self.topics.chunk(sha, i), payload, retain=True)
         return sha
 
     async def submit(self, job_id: str, devices: list[str], artifacts: list[str]) -> None:

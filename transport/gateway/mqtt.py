@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,6 +38,11 @@ import aiomqtt
 from ...protocol.errors import ClosedError, Reason, TransportError
 
 __all__ = ["Message", "MqttSession", "MqttSettings", "Northbound", "tls_context"]
+
+# paho logs socket errors itself; otaferry reports them as its own errors instead, so
+# its logger is kept quiet unless an application configures it.
+_LOG = logging.getLogger("otaferry.transport.mqtt")
+_LOG.addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,7 @@ class MqttSession:
         self._client = aiomqtt.Client(
             s.host,
             s.port,
+            logger=_LOG,
             username=s.username,
             password=s.password,
             identifier=s.client_id,

@@ -253,7 +253,7 @@ class Gateway:
             if kind == "job":
                 self._on_job(key, message.payload)
             elif kind == "chunk":
-                self._on_chunk(key, message.payload)
+                self._on_chunk(key, message.payload, message.topic)
         except OtaferryError as exc:
             self.log("bad_message", topic=message.topic, reason=exc.reason.name, error=exc.message)
 
@@ -325,12 +325,19 @@ class Gateway:
                 self._finish(ex, "cancelled", None, "cancelled before it started")
         self._publish_result(job_id)
 
-    def _on_chunk(self, sha: str, payload: bytes) -> None:
+    def _on_chunk(self, sha: str, payload: bytes, topic_in: str) -> None:
         assert self.cache is not None and self.north is not None
         if not valid_sha256(sha):
             raise OtaferryError(f"artifact {sha!r}: not a SHA-256 in hex", Reason.MALFORMED)
+        known = self.cache.has(sha) or sha in self.cache.refused
         result = self.cache.chunk(sha, payload)
         topic = self.topics.artifact_state(sha)
+        if result.state != "receiving":  # the retained chunks have done their work: clear them
+            if known:
+                self.north.set_state(topic_in, b"")
+                return
+            for i in range(min(result.count, 4096)):
+                self.north.set_state(self.topics.chunk(sha, i), b"")
         if result.state == "receiving":
             if result.have == 1:
                 self.north.set_state(topic, self._encode({"state": "receiving",

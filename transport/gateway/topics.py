@@ -7,7 +7,9 @@ a site with ``mosquitto_sub -v -t 'otaferry/site-7/#'``.
 in (the cloud publishes, the gateway subscribes):
   jobs/<job_id>              retained; {"op": "update", "devices": [...], "artifacts": [sha256...]}
                              or {"op": "cancel"} (replaces the request); QoS 1
-  artifact/<sha256>/chunk    {"index", "count", "size", "data": base64}; QoS 1, not retained
+  artifact/<sha256>/chunk/<i>  {"index", "count", "size", "data": base64}; retained, QoS 1
+                             (so an upload made while the gateway is away reaches it; the
+                             gateway clears them once it accepted the artifact)
 
 out (the gateway publishes, all retained, QoS 1):
   health                     {"state": "online"|"offline", "links", "active_sessions",
@@ -52,12 +54,12 @@ class Topics:
     def jobs_filter(self) -> str:
         return f"{self.root}/jobs/+"
 
-    def chunk(self, sha256: str) -> str:
-        return f"{self.root}/artifact/{sha256}/chunk"
+    def chunk(self, sha256: str, index: int) -> str:
+        return f"{self.root}/artifact/{sha256}/chunk/{index}"
 
     @property
     def chunks_filter(self) -> str:
-        return f"{self.root}/artifact/+/chunk"
+        return f"{self.root}/artifact/+/chunk/+"
 
     # out
     @property
@@ -88,6 +90,6 @@ class Topics:
         parts = topic[len(self.root) + 1 :].split("/")
         if len(parts) == 2 and parts[0] == "jobs":
             return "job", parts[1]
-        if len(parts) == 3 and parts[0] == "artifact" and parts[2] == "chunk":
+        if len(parts) == 4 and parts[0] == "artifact" and parts[2] == "chunk":
             return "chunk", parts[1]
         return None
