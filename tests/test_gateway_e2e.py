@@ -260,3 +260,16 @@ def test_mutual_tls_end_to_end(tmp_path: Path) -> None:
             assert len(no_cert.stderr.strip().splitlines()) == 1
     finally:
         broker.stop()
+
+
+def test_demo_gateway(tmp_path: Path, local_broker: str) -> None:
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).with_name("otaferry"))
+    proc = subprocess.run([exe, "demo", "--gateway", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=150)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "job demo-job-1         : done (SUCCEEDED)" in proc.stdout
+    assert proc.stdout.count("runs 1.1.0 in ota_1 (VALID)") == 2
+    assert "Traceback" not in proc.stderr

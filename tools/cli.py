@@ -558,6 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--image",
         help="firmware for the first update (default: a generated ESP32 app image v1.1.0)",
     )
+    s.add_argument(
+        "--gateway",
+        action="store_true",
+        help="architecture 2: a broker, the gateway service, two devices, a job over MQTT",
+    )
     s.set_defaults(func=_lazy("demo", "run"))
 
     return p

@@ -161,6 +161,7 @@ class Gateway:
         self.started_at = time.time()
         self.finished: asyncio.Queue[Execution] = asyncio.Queue()
         self._health_timer: asyncio.TimerHandle | None = None
+        self._closed = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -222,6 +223,12 @@ class Gateway:
             with contextlib.suppress(BaseException):
                 await t
         assert self.north is not None
+        for device, live in self._live.items():  # the last progress held back by the throttle
+            if live.timer is not None:
+                self._publish_device(device, force=True)
+        if self._health_timer is not None:
+            self._health_timer.cancel()
+        self._closed = True
         self.north.set_state(self.topics.health, self._health("offline"))
         if self.north.connected.is_set():
             await self.north.flush(3.0)
@@ -588,6 +595,8 @@ class Gateway:
         live = self._live_for(device)
         now = time.monotonic()
         wait = live.last_publish + self.config.progress_interval - now
+        if self._closed:
+            return
         if not force and wait > 0:
             if live.timer is None:
                 live.timer = asyncio.get_running_loop().call_later(
@@ -674,7 +683,7 @@ class Gateway:
         })  # fmt: skip
 
     def _publish_health(self) -> None:
-        if self.north is None or self._health_timer is not None:
+        if self.north is None or self._health_timer is not None or self._closed:
             return
 
         def go() -> None:
