@@ -527,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "bench",
         help="benchmarks: 'bench delta|artifact DIR', 'bench link [IMAGE]', 'bench campaign', "
-        "'bench fleet [--sessions N]'",
+        "'bench fleet [--sessions N]', 'bench gateway [--memory N] [--ptys M]'",
         add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark and its arguments")
@@ -571,12 +571,18 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import artifact, campaign, delta, fleet, link
 
-    benches = {
+    def gateway(rest: list[str]) -> int:
+        from .bench import gateway as bench_gateway
+
+        return bench_gateway.main(rest)
+
+    benches: dict[str, Callable[[list[str]], int]] = {
         "delta": delta.main,
         "artifact": artifact.main,
         "link": link.main,
         "campaign": campaign.main,
         "fleet": fleet.main,
+        "gateway": gateway,
     }
     if not args.rest or args.rest[0] not in benches:
         print(f"usage: otaferry bench {{{','.join(benches)}}} [ARGS] [options]  (-h for each)")

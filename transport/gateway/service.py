@@ -132,7 +132,7 @@ class Gateway:
         *,
         log: Callable[..., None] | None = None,
         hubs: dict[str, Hub] | None = None,
-        options: PushOptions | None = None,
+        options: dict[str, PushOptions] | None = None,
         device_keys: dict[str, LinkPublicKey] | None = None,
     ) -> None:
         self.config = config
@@ -145,7 +145,7 @@ class Gateway:
             d.id: (link, d) for link in config.links for d in link.devices
         }
         self._device_keys = dict(device_keys or {})
-        self._options = options
+        self._options = dict(options or {})
         self._link_key: LinkPrivateKey | None = None
         self.store: JobStore | None = None
         self.cache: ArtifactCache | None = None
@@ -162,6 +162,7 @@ class Gateway:
         self.finished: asyncio.Queue[Execution] = asyncio.Queue()
         self._health_timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._result_timers: dict[str, asyncio.TimerHandle] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -228,6 +229,8 @@ class Gateway:
                 self._publish_device(device, force=True)
         if self._health_timer is not None:
             self._health_timer.cancel()
+        for job_id in list(self._result_timers):
+            self._result_now(job_id)
         self._closed = True
         self.north.set_state(self.topics.health, self._health("offline"))
         if self.north.connected.is_set():
@@ -422,8 +425,8 @@ class Gateway:
             self._tasks.pop(key, None)
 
     def _push_options(self, link: LinkConfig) -> PushOptions:
-        if self._options is not None:
-            return self._options
+        if link.name in self._options:
+            return self._options[link.name]
         return PushOptions(
             line_rate=link.baud / 10 if link.kind == "serial" else None,
             rto=self.config.rto,
@@ -640,7 +643,28 @@ class Gateway:
         self._publish_health()
 
     def _publish_result(self, job_id: str) -> None:
+        """The job's result: at once when it is final, else at most once per
+        ``progress_interval`` (a job for a thousand devices changes a thousand times)."""
+        if job_id in self._result_timers or self._closed:
+            return
+        assert self.store is not None
+        if all(e.terminal for e in self.store.executions(job_id)):
+            self._result_now(job_id)
+            return
+
+        def go() -> None:
+            self._result_timers.pop(job_id, None)
+            if not self._closed:
+                self._result_now(job_id)
+
+        loop = asyncio.get_running_loop()
+        self._result_timers[job_id] = loop.call_later(self.config.progress_interval, go)
+
+    def _result_now(self, job_id: str) -> None:
         assert self.store is not None and self.north is not None
+        timer = self._result_timers.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
         execs = self.store.executions(job_id)
         devices = {e.device: {"phase": e.phase, "aws": aws_state(e.phase, e.reason),
                               "reason": e.reason, "message": e.message} for e in execs}  # fmt: skip
