@@ -183,6 +183,20 @@ def test_e22_codec_frames_fit_one_sub_packet_and_resync() -> None:
     assert dev.EbyteModem().feed(frame) == [("rx", 0x0102, b"answer")]
 
 
+class _IdleDeviceLoop:
+    """The device loop under the modem loop, saying nothing: since check-in (F) the modem
+    loop also ticks it and asks its deadline, so the stub needs both."""
+
+    def tick(self, now: float) -> list[bytes]:
+        return []
+
+    def next_deadline(self) -> None:
+        return None
+
+    def receive(self, packet: bytes, now: float) -> list[bytes]:
+        return []
+
+
 def test_device_modem_loop_waits_for_the_modem_and_the_duty_cycle() -> None:
     class Loop(dev.ModemLoop):
         def __init__(self) -> None:
@@ -196,7 +210,7 @@ def test_device_modem_loop_waits_for_the_modem_and_the_duty_cycle() -> None:
             self.wait_until, self.off_until, self.last_air = None, 0.0, 0.0
             self.started = True
             self.stats = {"rx": 0, "tx": 0, "modem_errors": 0, "foreign": 0}
-            self.loop = None  # type: ignore[assignment]
+            self.loop = _IdleDeviceLoop()  # type: ignore[assignment]
 
     loop = Loop()
     assert loop.start(0.0) == b"AT+ADDRESS=1\r\n"
