@@ -571,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "bench",
         help="benchmarks: 'bench delta|artifact DIR', 'bench link [IMAGE]', 'bench campaign', "
-        "'bench fleet [--sessions N]'",
+        "'bench fleet [--sessions N]', 'bench gateway [--memory N] [--ptys M]'",
         add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark and its arguments")
@@ -592,11 +592,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="JSON output")
     s.set_defaults(func=_lazy("plan", "run"))
 
+    from .gatewaycli import add_parsers as gateway_parsers
+
+    gateway_parsers(sub, _lazy)
+
     s = sub.add_parser("demo", help="the whole flow on a simulated device (the quick start)")
     s.add_argument("--workdir", help="keep the files here (default: a temporary folder)")
     s.add_argument(
         "--image",
         help="firmware for the first update (default: a generated ESP32 app image v1.1.0)",
+    )
+    s.add_argument(
+        "--gateway",
+        action="store_true",
+        help="architecture 2: a broker, the gateway service, two devices, a job over MQTT",
     )
     s.set_defaults(func=_lazy("demo", "run"))
 
@@ -606,12 +615,18 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import artifact, campaign, delta, fleet, link
 
-    benches = {
+    def gateway(rest: list[str]) -> int:
+        from .bench import gateway as bench_gateway
+
+        return bench_gateway.main(rest)
+
+    benches: dict[str, Callable[[list[str]], int]] = {
         "delta": delta.main,
         "artifact": artifact.main,
         "link": link.main,
         "campaign": campaign.main,
         "fleet": fleet.main,
+        "gateway": gateway,
     }
     if not args.rest or args.rest[0] not in benches:
         print(f"usage: otaferry bench {{{','.join(benches)}}} [ARGS] [options]  (-h for each)")

@@ -56,6 +56,10 @@ def _say(step: str, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "gateway", False):
+        from .demo_gateway import run as run_gateway
+
+        return run_gateway(args.workdir)
     # Read the given image before anything is made, so a wrong path fails first.
     image = read_file(args.image) if args.image else None
     if args.workdir:

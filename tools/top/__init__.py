@@ -14,7 +14,9 @@ The names an integrator needs, importable from here::
   ``update_id``, ``device_id`` and ``job_id``;
 - errors: :class:`OtaferryError` and its tree, every one with a :class:`Reason`;
 - keys: :func:`load_link_private_key`, :func:`load_link_public_key` (X25519 link keys),
-  :func:`load_signing_key`, :func:`load_verify_key` (Ed25519 artifact keys) and their classes.
+  :func:`load_signing_key`, :func:`load_verify_key` (Ed25519 artifact keys) and their classes;
+- the gateway service: :class:`Gateway` (jobs over MQTT, sessions to many devices), its
+  :class:`GatewayConfig` from :func:`load_config` (TOML), and :class:`JobClient` (a submitter).
 
 The layers themselves are ``otaferry.protocol`` (sans-IO), ``otaferry.transport``
 (asyncio), ``otaferry.device_fw`` (the device side) and ``otaferry.tools`` (the CLI);
@@ -74,6 +76,10 @@ _WHERE = {
     "LinkPublicKey": "protocol.x25519keys",
     "load_link_private_key": "protocol.x25519keys",
     "load_link_public_key": "protocol.x25519keys",
+    "Gateway": "transport.gateway",
+    "GatewayConfig": "transport.gateway",
+    "JobClient": "transport.gateway",
+    "load_config": "transport.gateway",
 }
 
 __all__ = [
@@ -85,8 +91,11 @@ __all__ = [
     "DeviceInfo",
     "Event",
     "Failed",
+    "Gateway",
+    "GatewayConfig",
     "HelloInfo",
     "Hub",
+    "JobClient",
     "LineRate",
     "Link",
     "LinkHub",
@@ -112,6 +121,7 @@ __all__ = [
     "VerifyKey",
     "__version__",
     "choose_artifact",
+    "load_config",
     "load_link_private_key",
     "load_link_public_key",
     "load_signing_key",
@@ -163,6 +173,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         load_link_private_key,
         load_link_public_key,
     )
+    from otaferry.transport.gateway import Gateway, GatewayConfig, JobClient, load_config
     from otaferry.transport.hub import Hub, LinkHub, MemoryHub, PeerLink, memory_hub
     from otaferry.transport.link import Link, memory_pair
     from otaferry.transport.secure_link import SecureLink

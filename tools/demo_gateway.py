@@ -1,0 +1,230 @@
+"""``otaferry demo --gateway``: architecture 2 on one machine.
+
+A broker (the Mosquitto on 127.0.0.1:1883 when one answers, else a ``mosquitto`` the
+demo starts on a free loopback port), the gateway service (``transport/gateway``, the
+same code ``otaferry gateway`` runs, configured by a ``gateway.toml`` written here), two
+simulated ESP32s (``otaferry device run``, their own processes) each behind its own line
+simulator (two real pseudo-terminals at 921,600 baud), and a job for both submitted over
+MQTT with :class:`~otaferry.transport.gateway.client.JobClient`, whose device states are
+followed to the check-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..device_fw.device import Device
+from ..protocol.artifact import build_full
+from ..protocol.errors import OtaferryError, Reason
+from ..protocol.keys import write_keypair
+from ..protocol.x25519keys import LinkPublicKey, write_link_keypair
+from ..transport.gateway.client import JobClient
+from ..transport.gateway.config import load_config
+from ..transport.gateway.mqtt import MqttSettings
+from ..transport.gateway.service import Gateway, Log
+from ..transport.linesim import LineSim
+from .sample_fw import make_image
+
+HW = "otaferry-devkit-v1"
+BAUD = 921_600
+
+
+def _say(step: str, text: str) -> None:
+    print(f"[{step:>7}] {text}", flush=True)
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _broker(work: Path) -> Any:
+    if _port_open(1883):
+        _say("broker", "the Mosquitto on 127.0.0.1:1883")
+        yield 1883
+        return
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if exe is None:
+        raise OtaferryError(
+            "no MQTT broker: nothing answers on 127.0.0.1:1883 and there is no "
+            "mosquitto binary (apt-get install mosquitto)",
+            Reason.IO_ERROR,
+        )
+    port = _free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    proc = subprocess.Popen(
+        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(100):
+            if _port_open(port):
+                break
+            time.sleep(0.05)
+        _say("broker", f"started {exe} on 127.0.0.1:{port}")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def run(workdir: str | None) -> int:
+    if workdir:
+        work = Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        return _main(work)
+    with tempfile.TemporaryDirectory(prefix="otaferry-gwdemo-") as tmp:
+        return _main(Path(tmp))
+
+
+def _main(work: Path) -> int:
+    with _broker(work) as port:
+        return asyncio.run(_run(work, port))
+
+
+async def _run(work: Path, port: int) -> int:
+    t0 = time.monotonic()
+    for p in work.glob("*.key*"):
+        p.unlink()
+    vendor = write_keypair(work / "vendor.key")
+    gw_key = write_link_keypair(work / "gateway.key")
+    old = make_image("1.0.0", revision=0, code_size=120_000)
+    new = make_image("1.1.0", revision=1, secure_version=1, code_size=120_000)
+    ota = build_full(new, vendor, hw=[HW], chip="esp32", version="1.1.0", security_counter=1)
+    devices = []
+    for i in range(2):
+        flash = work / f"device{i}.bin"
+        flash.unlink(missing_ok=True)
+        dev_id = secrets.token_bytes(8)
+        with Device.create(
+            str(flash),
+            hw=HW,
+            chip="esp32",
+            trusted_keys=[vendor.public.raw],
+            image=old,
+            version="1.0.0",
+            device_id=dev_id,
+            gateways=[gw_key.public.raw],
+        ) as dev:
+            pub = LinkPublicKey.from_raw(dev.link_public())
+        (work / f"device{i}.pub").write_bytes(pub.to_pem())
+        devices.append((dev_id.hex(), flash))
+    prefix = f"otaferry-demo-{secrets.token_hex(3)}"
+    links = "".join(
+        f'[[links]]\nname = "uart{i}"\nport = "{work / f"gw{i}.tty"}"\nbaud = {BAUD}\n'
+        f'[[links.devices]]\nid = "{dev_id}"\npublic_key = "device{i}.pub"\n'
+        for i, (dev_id, _) in enumerate(devices)
+    )
+    (work / "gateway.toml").write_text(
+        'gateway_id = "demo-site"\nlink_key = "gateway.key"\ntrusted_keys = ["vendor.key.pub"]\n'
+        'cache_dir = "cache"\njob_store = "jobs.sqlite"\nprogress_interval = 0.5\n'
+        f'[broker]\nurl = "mqtt://127.0.0.1:{port}"\nprefix = "{prefix}"\n{links}'
+    )
+    _say(
+        "site",
+        f"2 simulated ESP32s running v1.0.0; gateway.toml: 2 UART links at {BAUD} "
+        f"baud; topics under {prefix}/demo-site/",
+    )
+    exe = Path(sys.executable).with_name("otaferry")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "otaferry"]
+    procs: list[subprocess.Popen[bytes]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for i, (_, flash) in enumerate(devices):
+            await stack.enter_async_context(
+                LineSim(
+                    str(work / f"gw{i}.tty"),
+                    str(work / f"dev{i}.tty"),
+                    baud=BAUD,
+                    latency_ms=2,
+                    seed=i,
+                )
+            )
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *cmd,
+                        "device",
+                        "run",
+                        "--quiet",
+                        "--port",
+                        str(work / f"dev{i}.tty"),
+                        "--flash",
+                        str(flash),
+                        "--baud",
+                        str(BAUD),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )
+            )
+        try:
+            config = load_config(work / "gateway.toml")
+            gateway = Gateway(config, log=Log("text", stream=open(work / "gateway.log", "w")))  # noqa: SIM115
+            stop = asyncio.Event()
+            service = asyncio.ensure_future(gateway.run(stop))
+            _say("gateway", "service running (log in gateway.log): subscribed to its jobs")
+            async with JobClient(MqttSettings("127.0.0.1", port), prefix, "demo-site") as client:
+                sha = await client.upload(ota)
+                _say(
+                    "upload",
+                    f"v1.1.0.ota ({len(ota)} B) published in 32 KiB chunks; sha256 {sha[:16]}...",
+                )
+                await client.submit("demo-job-1", [d for d, _ in devices], [sha])
+                _say("job", "demo-job-1 submitted over MQTT: both devices, that artifact")
+                last: dict[str, str] = {}
+
+                def on_state(device: str, st: dict[str, Any]) -> None:
+                    phase = st["phase"]
+                    if phase == "transferring" and st.get("total_bytes"):
+                        pct = 100 * st["confirmed_bytes"] / st["total_bytes"]
+                        _say(
+                            "state",
+                            f"{device}: transferring {pct:5.1f} % "
+                            f"({st.get('rate_bps') or 0} B/s) seq {st['seq']}",
+                        )
+                    elif last.get(device) != phase:
+                        extra = f", runs {st['running_version']}" if phase == "done" else ""
+                        _say("state", f"{device}: {phase} ({st['aws']}){extra} seq {st['seq']}")
+                    last[device] = phase
+
+                result = await client.follow("demo-job-1", on_state=on_state, timeout=300)
+                health = await client.health()
+            stop.set()
+            await service
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=10)
+    ok = result["state"] == "done"
+    print()
+    print("summary")
+    print(f"  job demo-job-1         : {result['state']} ({result['aws']})")
+    for d, flash in devices:
+        with Device(str(flash), read_only=True) as dev:
+            info = dev.info()
+        slot = info["slots"][info["running_slot"]]
+        ok = ok and slot["version"] == "1.1.0" and slot["state"] == "VALID"
+        print(f"  device {d} : runs {slot['version']} in {slot['label']} ({slot['state']})")
+    if health:
+        print(f"  gateway health         : {health['state']}, {health['queue_depth']} queued")
+    print(f"  total time             : {time.monotonic() - t0:.1f} s")
+    return 0 if ok else 1
