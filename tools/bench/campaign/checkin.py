@@ -33,7 +33,14 @@ from ....device_fw import reasons as R
 from ....device_fw.device import Device
 from ....device_fw.flash import PowerCut
 from ....device_fw.receiver import Receiver
-from .common import NEW_COUNTER, Firmware, firmware, make_small_device, slot_digest
+from .common import (
+    NEW_COUNTER,
+    Firmware,
+    firmware,
+    make_device,
+    make_small_device,
+    slot_digest,
+)
 
 LEGS = ("confirm", "silent", "self-test")
 
@@ -57,7 +64,9 @@ class CheckinCutCampaign:
     def __init__(self, fw: Firmware, work: Path) -> None:
         self.fw = fw
         self.work = work
-        pristine = make_small_device(work / "pristine.bin", fw.old)
+        small = max(len(fw.old), len(fw.new)) <= 0x30000  # SMALL_CSV's slots
+        make = make_small_device if small else make_device
+        pristine = make(work / "pristine.bin", fw.old)
         self.armed = work / "armed.bin"
         shutil.copy(pristine, self.armed)
         import io
