@@ -545,3 +545,27 @@ async def test_opening_holds_dtr_and_rts_inactive_and_reset_is_explicit(
     async with await SerialLink.open("loop://", 115200, mtu=64, before="reset", after="reset"):
         pass
     assert moves.count(("rts", True)) == 2 and moves[-1] == ("rts", False)
+
+
+@pytest.mark.asyncio
+async def test_serial_link_works_above_descriptor_1024() -> None:
+    """pyserial's read used select(), which refuses descriptors >= 1024: a gateway with
+    a thousand open files could not read its serial ports (found by bench gateway)."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip(f"this process may open only {soft} files")  # not the feature: the host
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        async with pty_links() as (link, raw):
+            assert link._protocol.decoder is not None
+            await raw.send(b"above 1024")
+            async with asyncio.timeout(5):
+                assert await link.receive() == b"above 1024"
+            await link.send(b"and back")
+            async with asyncio.timeout(5):
+                assert await raw.receive() == b"and back"
+    finally:
+        for fd in filler:
+            os.close(fd)

@@ -190,6 +190,33 @@ def _open_port(url: str, baudrate: int, before: str, options: dict[str, Any]) ->
     return ser
 
 
+def _read_without_select(ser: Any) -> None:
+    """pyserial's POSIX ``read`` waits in ``select()``, which fails with "filedescriptor
+    out of range" for descriptors >= 1024: a gateway holding many files (a thousand
+    device sessions' state, its job store, MQTT) could not read its serial ports.
+    pyserial-asyncio only reads when the event loop (epoll) says the descriptor is
+    readable, so a plain non-blocking ``os.read`` does the same job without select."""
+    import os
+
+    fd = ser.fileno()
+
+    def read(size: int = 1) -> bytes:
+        try:
+            data = os.read(fd, size)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            raise serial.SerialException(f"read failed: {exc}") from exc
+        if not data:  # readable but nothing: the other end hung up (as pyserial says)
+            raise serial.SerialException(
+                "device reports readiness to read but returned no data "
+                "(device disconnected or multiple access on port?)"
+            )
+        return data
+
+    ser.read = read
+
+
 def _has_fileno(ser: Any) -> bool:
     try:
         ser.fileno()
@@ -280,6 +307,7 @@ class SerialLink(Link):
         protocol = _FramedProtocol(url, mtu, inbox)
         transport: _PortTransport
         if _has_fileno(ser):
+            _read_without_select(ser)
             serial_transport, _ = await serial_asyncio.connection_for_serial(
                 loop, lambda: protocol, ser
             )
