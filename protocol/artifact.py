@@ -175,20 +175,26 @@ def build_delta(
     security_counter: int = 0,
     project: str | None = None,
     segment_size: int | None = None,
+    device_ram: int | None = None,
 ) -> bytes:
     """Build a delta (``fdelta1``) ``.ota`` file that rebuilds *image* from *base*.
 
     The device applies it only if its running image is exactly *base*
-    (``base_sha256`` is signed); see SPEC.md section 7.
+    (``base_sha256`` is signed); see SPEC.md section 7. The segment size is
+    chosen so that a device with ``device_ram`` bytes (default 65,536) passes
+    its RAM check (SPEC 7.6); ``segment_size`` forces one size, and either way
+    OtaferryError(RESOURCE_LIMIT) is raised rather than an artifact the
+    device would refuse.
     """
-    from .delta import DEFAULT_SEGMENT_SIZE as DELTA_SEGMENT_SIZE
-    from .delta import encode_delta
+    from .delta import DEFAULT_DEVICE_RAM, encode_delta_for_device
 
     image = bytes(image)
     base = bytes(base)
     if not image:
         raise DecodeError("cannot build an artifact for an empty image")
-    result = encode_delta(base, image, segment_size or DELTA_SEGMENT_SIZE)
+    result = encode_delta_for_device(
+        base, image, device_ram or DEFAULT_DEVICE_RAM, segment_size=segment_size
+    )
     manifest = _manifest(
         image, key, hw, chip, version, security_counter, project,
         payload_kind=PAYLOAD_DELTA, codec=result.codec, window_log=result.window_log,

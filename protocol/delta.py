@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import bsdiff4.core
 
-from .errors import DecodeError, Reason
+from .errors import DecodeError, OtaferryError, Reason
 
 DELTA_CODEC = "fdelta1"
 DEFAULT_SEGMENT_SIZE = 32768  # best total on the benchmark pairs; see SPEC.md section 7
@@ -387,16 +387,17 @@ def _encode_segment(old: bytes, new: bytes, start: int, pieces: list[_Piece]) ->
     return sc.rc.finish()
 
 
-def encode_delta(old: bytes, new: bytes, segment_size: int = DEFAULT_SEGMENT_SIZE) -> DeltaResult:
-    """Encode ``new`` against ``old``; one payload per ``segment_size`` target bytes."""
-    if segment_size <= 0 or segment_size % 4096:
-        raise ValueError("segment_size must be a positive multiple of 4096")
-    if not new:
-        raise ValueError("new image must not be empty")
-    old, new = bytes(old), bytes(new)
+def _match(old: bytes, new: bytes) -> list[_Piece]:
+    """The add / literal pieces covering ``new`` (independent of the segmentation)."""
     pieces = _pieces(old, new)
     if old:
         pieces = _split_literals(old, new, pieces)
+    return pieces
+
+
+def _encode_segments(
+    old: bytes, new: bytes, pieces: list[_Piece], segment_size: int
+) -> DeltaResult:
     segments: list[bytes] = []
     pi = 0
     for start in range(0, len(new), segment_size):
@@ -414,3 +415,82 @@ def encode_delta(old: bytes, new: bytes, segment_size: int = DEFAULT_SEGMENT_SIZ
             pi += 1
         segments.append(_encode_segment(old, new, start, seg))
     return DeltaResult(segments=segments, segment_size=segment_size, window_log=WINDOW_LOG)
+
+
+def _check_args(new: bytes, segment_size: int) -> None:
+    if segment_size <= 0 or segment_size % 4096:
+        raise ValueError("segment_size must be a positive multiple of 4096")
+    if not new:
+        raise ValueError("new image must not be empty")
+
+
+def encode_delta(old: bytes, new: bytes, segment_size: int = DEFAULT_SEGMENT_SIZE) -> DeltaResult:
+    """Encode ``new`` against ``old``; one payload per ``segment_size`` target bytes.
+
+    The segment size is taken as given, whatever RAM its segments need; the
+    builder uses :func:`encode_delta_for_device`, which never returns a delta
+    the device would refuse.
+    """
+    _check_args(new, segment_size)
+    old, new = bytes(old), bytes(new)
+    return _encode_segments(old, new, _match(old, new), segment_size)
+
+
+# The device's default RAM budget for applying a delta (device_fw/device.py
+# DEFAULT_LIMITS["ram_budget"], installer.DEFAULT_RAM_BUDGET).
+DEFAULT_DEVICE_RAM = 65536
+# Segment sizes the builder tries, largest first. A larger segment codes
+# smaller (the adaptive models restart less often) but holds a larger payload
+# in device RAM; the builder takes the smallest total among the sizes whose
+# largest segment fits the device (SPEC 7.6). A fixed, generic ladder: nothing
+# here is chosen per firmware pair.
+SEGMENT_LADDER = (131072, 90112, 65536, 45056, 32768, 24576, 16384, 12288, 8192, 4096)
+
+
+def max_payload_for(device_ram: int) -> int:
+    """Largest segment payload a device with ``device_ram`` bytes accepts (SPEC 7.6)."""
+    return device_ram - ram_budget(0)
+
+
+def encode_delta_for_device(
+    old: bytes,
+    new: bytes,
+    device_ram: int = DEFAULT_DEVICE_RAM,
+    segment_size: int | None = None,
+) -> DeltaResult:
+    """A delta whose every segment the device can apply within ``device_ram`` bytes.
+
+    With ``segment_size`` None, each size of :data:`SEGMENT_LADDER` is tried
+    (largest first, one match of the images shared by all) and the smallest
+    total payload among those that fit is kept; the search stops at the first
+    fitting size whose next smaller one is no better. With a ``segment_size``,
+    only that size is tried. Raises OtaferryError(RESOURCE_LIMIT) when nothing
+    fits, naming the sizes tried.
+    """
+    sizes = SEGMENT_LADDER if segment_size is None else (segment_size,)
+    for s in sizes:
+        _check_args(new, s)
+    old, new = bytes(old), bytes(new)
+    pieces = _match(old, new)
+    best: DeltaResult | None = None
+    tried: list[str] = []
+    for s in sizes:
+        if s >= 2 * len(new) and s != sizes[-1] and segment_size is None:
+            continue  # one segment already at half this size: identical result
+        res = _encode_segments(old, new, pieces, s)
+        tried.append(f"{s} B segments need {res.device_ram}")
+        if res.device_ram > device_ram:
+            continue
+        if best is not None and res.payload_size >= best.payload_size:
+            break
+        best = res
+    if best is None:
+        limit = max_payload_for(device_ram)
+        raise OtaferryError(
+            f"no segmentation of this delta fits a device with {device_ram} bytes of RAM "
+            f"(a segment payload may be at most {limit} B, SPEC 7.6): "
+            + "; ".join(tried)
+            + (" (give a smaller --segment-size or none)" if segment_size is not None else ""),
+            Reason.RESOURCE_LIMIT,
+        )
+    return best

@@ -34,9 +34,9 @@ def device(tmp_path: Path, image: bytes, name: str = "flash.bin", **kw: object) 
     return path
 
 
-def delta(old: bytes, new: bytes, counter: int = 1) -> bytes:
+def delta(old: bytes, new: bytes, counter: int = 1, **kw: int) -> bytes:
     return build_delta(
-        old, new, KEY, hw=["hw"], chip="chip", version="new", security_counter=counter
+        old, new, KEY, hw=["hw"], chip="chip", version="new", security_counter=counter, **kw
     )
 
 
@@ -212,7 +212,7 @@ def test_ram_check_agrees_with_the_applier(tmp_path: Path) -> None:
     new = bytearray(old)
     for i in range(0, 0x8000, 48):  # two thirds of the first segment rewritten
         new[i : i + 32] = rnd.randbytes(32)
-    art = delta(old, bytes(new))
+    art = delta(old, bytes(new), segment_size=32768, device_ram=1 << 20)  # one big segment
     manifest_bytes, signature = read_header(io.BytesIO(art))
     from otaferry.device_fw import manifest as DM
 
