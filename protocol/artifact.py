@@ -15,7 +15,7 @@ import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import DecodeError, IntegrityError, OtaferryError, ProtocolError, Reason
 from .keys import SigningKey, VerifyKey
@@ -37,6 +37,9 @@ from .payload import (
     decoder_ram_bytes,
     window_log_for,
 )
+
+if TYPE_CHECKING:
+    from .delta import DeltaResult
 
 MAGIC = b"OTAF"
 FILE_FORMAT = 1
@@ -176,6 +179,7 @@ def build_delta(
     project: str | None = None,
     segment_size: int | None = None,
     device_ram: int | None = None,
+    encoded: DeltaResult | None = None,
 ) -> bytes:
     """Build a delta (``fdelta1``) ``.ota`` file that rebuilds *image* from *base*.
 
@@ -184,7 +188,8 @@ def build_delta(
     chosen so that a device with ``device_ram`` bytes (default 65,536) passes
     its RAM check (SPEC 7.6); ``segment_size`` forces one size, and either way
     OtaferryError(RESOURCE_LIMIT) is raised rather than an artifact the
-    device would refuse.
+    device would refuse. ``encoded``: the result of encode_delta_for_device
+    for these images, to sign without encoding again (the benchmark).
     """
     from .delta import DEFAULT_DEVICE_RAM, encode_delta_for_device
 
@@ -192,7 +197,7 @@ def build_delta(
     base = bytes(base)
     if not image:
         raise DecodeError("cannot build an artifact for an empty image")
-    result = encode_delta_for_device(
+    result = encoded or encode_delta_for_device(
         base, image, device_ram or DEFAULT_DEVICE_RAM, segment_size=segment_size
     )
     manifest = _manifest(

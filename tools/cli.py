@@ -451,8 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "bench",
-        help="benchmarks: 'bench delta|artifact DIR', 'bench link [IMAGE]', 'bench campaign', "
-        "'bench fleet [--sessions N]'",
+        help="benchmarks: 'bench delta [--pairs F]', 'bench artifact DIR', 'bench link [IMAGE]', "
+        "'bench campaign', 'bench fleet [--sessions N]'",
         add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark and its arguments")
