@@ -411,7 +411,7 @@ def device_ram_bytes(manifest: Manifest) -> int:
     if manifest.payload_kind == PAYLOAD_DELTA:
         from .delta import ram_budget
 
-        return ram_budget(max((s.length for s in manifest.segments), default=0))
+        return ram_budget(max((s.length for s in manifest.segments), default=0), manifest.codec)
     return decoder_ram_bytes(manifest.segment_size, manifest.window_log)
 
 

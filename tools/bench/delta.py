@@ -200,6 +200,7 @@ def bench_pair(
         "new_size": len(new),
         "payload_bytes": res.payload_size,
         "ota_bytes": len(ota),
+        "codec": res.codec,
         "segment_size": res.segment_size,
         "segments": len(res.segments),
         "max_segment_payload": res.max_segment_payload,
