@@ -634,27 +634,36 @@ def _cut(pieces: list[_Piece], length: int, segment_size: int) -> list[list[_Pie
 
 
 def _encode_variants(
-    old: bytes, new: bytes, pieces: list[_Piece], segment_size: int, archs: tuple[int, ...] = ()
+    old: bytes,
+    new: bytes,
+    pieces: list[_Piece],
+    segment_size: int,
+    archs: tuple[int, ...] = (),
+    device_ram: int | None = None,
 ) -> list[DeltaResult]:
     """The fdelta1 coding and, with ``archs``, the fdelta2 coding: each segment
     with the branch predictor of every arch in ``archs`` and without, the
-    smallest kept. The fdelta2 variant is left out when it is not smaller."""
+    smallest kept. The fdelta2 variant is left out when it is not smaller, or
+    (with ``device_ram``) as soon as one of its segments cannot fit."""
     cuts = _cut(pieces, len(new), segment_size)
     plain = [_encode_segment(old, new, i * segment_size, seg) for i, seg in enumerate(cuts)]
     out = [DeltaResult(segments=plain, segment_size=segment_size, window_log=WINDOW_LOG)]
     if not archs:
         return out
-    best: list[bytes] = []
-    for i, seg in enumerate(cuts):
+    limit = None if device_ram is None else device_ram - ram_budget(0, DELTA_CODEC2)
+    best: list[bytes] = [b""] * len(cuts)
+    for i in sorted(range(len(cuts)), key=lambda j: -len(plain[j])):  # largest first
         start = i * segment_size
         choice = b""
         for arch in archs:
-            cand = _encode_segment(old, new, start, seg, DELTA_CODEC2, arch)
+            cand = _encode_segment(old, new, start, cuts[i], DELTA_CODEC2, arch)
             if not choice or len(cand) < len(choice):
                 choice = cand
         if len(choice) >= len(plain[i]):  # no gain here: the same ops without a predictor
-            choice = _encode_segment(old, new, start, seg, DELTA_CODEC2, ARCH_NONE)
-        best.append(choice)
+            choice = _encode_segment(old, new, start, cuts[i], DELTA_CODEC2, ARCH_NONE)
+        if limit is not None and len(choice) > limit:
+            return out
+        best[i] = choice
     if sum(map(len, best)) < sum(map(len, plain)):
         out.append(
             DeltaResult(
@@ -675,21 +684,32 @@ def _size(r: DeltaResult) -> int:
     return r.payload_size
 
 
-# Segment size at which the builder tries each instruction set's branch predictor.
+# The builder tries each instruction set's branch predictor on the
+# ARCH_SAMPLES segments of ARCH_TRIAL_SEGMENT bytes that code largest in
+# fdelta1 (where the change is, and so where a predictor can gain).
 ARCH_TRIAL_SEGMENT = 16384
+ARCH_SAMPLES = 4
 
 
 def pick_arch(old: bytes, new: bytes, pieces: list[_Piece]) -> tuple[int, ...]:
     """The instruction set whose branch predictor (fdelta2) codes these images
-    smallest, tried on the images themselves (so nothing is assumed about the
-    chip); () when none beats fdelta1."""
+    smallest, tried on the images themselves (nothing is assumed about the chip,
+    no header is read); () when none beats fdelta1 on the sample."""
     if not old:
         return ()
-    plain = _encode_segments(old, new, pieces, ARCH_TRIAL_SEGMENT).payload_size
+    cuts = _cut(pieces, len(new), ARCH_TRIAL_SEGMENT)
+    plain = [
+        (len(_encode_segment(old, new, i * ARCH_TRIAL_SEGMENT, seg)), i)
+        for i, seg in enumerate(cuts)
+    ]
+    sample = sorted(plain, reverse=True)[:ARCH_SAMPLES]
     best: tuple[int, ...] = ()
-    best_size = plain
+    best_size = sum(n for n, _ in sample)
     for arch in ARCHS:
-        size = _encode_segments(old, new, pieces, ARCH_TRIAL_SEGMENT, (arch,)).payload_size
+        size = sum(
+            len(_encode_segment(old, new, i * ARCH_TRIAL_SEGMENT, cuts[i], DELTA_CODEC2, arch))
+            for _, i in sample
+        )
         if size < best_size:
             best, best_size = (arch,), size
     return best
@@ -765,7 +785,7 @@ def encode_delta_for_device(
     for s in sizes:
         if s >= 2 * len(new) and s != sizes[-1] and segment_size is None:
             continue  # one segment already at half this size: identical result
-        variants = _encode_variants(old, new, pieces, s, archs)
+        variants = _encode_variants(old, new, pieces, s, archs, device_ram)
         tried.append(f"{s} B segments need {min(r.device_ram for r in variants)}")
         fitting = [r for r in variants if r.device_ram <= device_ram]
         if not fitting:
