@@ -178,7 +178,7 @@ class Installer:
         if m["payload_kind"] == M.PAYLOAD_DELTA:
             from .delta_apply import ram_budget
 
-            need = ram_budget(biggest)
+            need = ram_budget(biggest, codec=m["codec"])
             if need > limits.get("ram_budget", DEFAULT_RAM_BUDGET):
                 raise DeviceError(
                     R.RESOURCE_LIMIT,
@@ -262,7 +262,14 @@ class Installer:
             flash.write(pos[0], data)
             pos[0] += len(data)
 
-        apply_segment(payload, read_old, old_size, out_size, write)
+        apply_segment(
+            payload,
+            read_old,
+            old_size,
+            out_size,
+            write,
+            codec=self.manifest["codec"],
+        )
         if pos[0] != base + out_size:
             raise DeviceError(R.DECODE_ERROR, "segment %d produced too few bytes" % index)
 

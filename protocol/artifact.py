@@ -15,7 +15,7 @@ import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import DecodeError, IntegrityError, OtaferryError, ProtocolError, Reason
 from .keys import SigningKey, VerifyKey
@@ -37,6 +37,9 @@ from .payload import (
     decoder_ram_bytes,
     window_log_for,
 )
+
+if TYPE_CHECKING:
+    from .delta import DeltaResult
 
 MAGIC = b"OTAF"
 FILE_FORMAT = 1
@@ -175,20 +178,28 @@ def build_delta(
     security_counter: int = 0,
     project: str | None = None,
     segment_size: int | None = None,
+    device_ram: int | None = None,
+    encoded: DeltaResult | None = None,
 ) -> bytes:
     """Build a delta (``fdelta1``) ``.ota`` file that rebuilds *image* from *base*.
 
     The device applies it only if its running image is exactly *base*
-    (``base_sha256`` is signed); see SPEC.md section 7.
+    (``base_sha256`` is signed); see SPEC.md section 7. The segment size is
+    chosen so that a device with ``device_ram`` bytes (default 65,536) passes
+    its RAM check (SPEC 7.6); ``segment_size`` forces one size, and either way
+    OtaferryError(RESOURCE_LIMIT) is raised rather than an artifact the
+    device would refuse. ``encoded``: the result of encode_delta_for_device
+    for these images, to sign without encoding again (the benchmark).
     """
-    from .delta import DEFAULT_SEGMENT_SIZE as DELTA_SEGMENT_SIZE
-    from .delta import encode_delta
+    from .delta import DEFAULT_DEVICE_RAM, encode_delta_for_device
 
     image = bytes(image)
     base = bytes(base)
     if not image:
         raise DecodeError("cannot build an artifact for an empty image")
-    result = encode_delta(base, image, segment_size or DELTA_SEGMENT_SIZE)
+    result = encoded or encode_delta_for_device(
+        base, image, device_ram or DEFAULT_DEVICE_RAM, segment_size=segment_size
+    )
     manifest = _manifest(
         image, key, hw, chip, version, security_counter, project,
         payload_kind=PAYLOAD_DELTA, codec=result.codec, window_log=result.window_log,
@@ -400,7 +411,7 @@ def device_ram_bytes(manifest: Manifest) -> int:
     if manifest.payload_kind == PAYLOAD_DELTA:
         from .delta import ram_budget
 
-        return ram_budget(max((s.length for s in manifest.segments), default=0))
+        return ram_budget(max((s.length for s in manifest.segments), default=0), manifest.codec)
     return decoder_ram_bytes(manifest.segment_size, manifest.window_log)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import bsdiff4.core
 
-from .errors import DecodeError, Reason
+from .errors import DecodeError, OtaferryError, Reason
 
 DELTA_CODEC = "fdelta1"
 DEFAULT_SEGMENT_SIZE = 32768  # best total on the benchmark pairs; see SPEC.md section 7
@@ -32,7 +32,10 @@ O_ZERO = O_SIGN + 1
 O_DVAL = O_ZERO + 16
 O_LIT = O_DVAL + 8 * 256
 O_WORD = O_LIT + 16 * 256
-N_PROBS = O_WORD + 16
+N_PROBS = O_WORD + 16  # fdelta1
+# fdelta2 adds one context group: the branch predictor's hit flag (SPEC 7.7).
+O_BR = N_PROBS
+N_PROBS2 = O_BR + 16
 WBITS = 11
 WMASK = (1 << WBITS) - 1
 WLIM = 1 << 16
@@ -42,6 +45,16 @@ CHUNK = 4096
 OLD_CHUNK = 512
 # probabilities (2 B) + adaptation counts (1 B) + word predictor (4 B delta + 1 B state)
 MODEL_BYTES = 3 * N_PROBS + 5 * (1 << WBITS)
+# fdelta2: + the branch predictor: exact-target table (4 B delta, 1 B tag,
+# 1 B state) and target-page table (4 B delta, 1 B state)
+EBITS = 9
+PBITS = 7
+MODEL_BYTES2 = 3 * N_PROBS2 + 5 * (1 << WBITS) + 6 * (1 << EBITS) + 5 * (1 << PBITS)
+DELTA_CODEC2 = "fdelta2"
+# Instruction sets of the fdelta2 branch predictor (SPEC 7.7), coded per segment.
+ARCH_NONE, ARCH_XTENSA, ARCH_THUMB2, ARCH_AARCH64 = 0, 1, 2, 3
+ARCHS = (ARCH_XTENSA, ARCH_THUMB2, ARCH_AARCH64)
+BR_LEN = (0, 3, 4, 4)  # instruction bytes the predictor reads and writes
 
 # The decoder keeps no window: it reads the old image by random access and
 # writes the new one sequentially. window_log records the largest buffer the
@@ -69,18 +82,23 @@ class DeltaResult:
     @property
     def device_ram(self) -> int:
         """Peak device RAM to apply any segment (see ram_budget)."""
-        return ram_budget(self.max_segment_payload)
+        return ram_budget(self.max_segment_payload, self.codec)
 
 
 # The interpreter's own share while a segment is applied (object headers,
 # closures, driver temporaries); the device's delta_apply.INTERPRETER, measured.
 INTERPRETER = 6144
+# fdelta2's own share: the learn closure and its cells on top (measured 6,461 B
+# with tracemalloc on CPython 3.11, tests/test_delta_install.py), rounded up.
+INTERPRETER2 = 7168
 
 
-def ram_budget(segment_payload_max: int) -> int:
+def ram_budget(segment_payload_max: int, codec: str = DELTA_CODEC) -> int:
     """Payload held until its hash checks + model tables + one output chunk
     (handed to write as a view) + one old-image read chunk + the interpreter's
     share: SPEC 7.6, equal to ``device_fw.delta_apply.ram_budget``."""
+    if codec == DELTA_CODEC2:
+        return segment_payload_max + MODEL_BYTES2 + CHUNK + OLD_CHUNK + INTERPRETER2
     return segment_payload_max + MODEL_BYTES + CHUNK + OLD_CHUNK + INTERPRETER
 
 
@@ -159,15 +177,113 @@ def wkey(w: int) -> int:
     return ((w >> 12) ^ ((w >> 24) * 0x1D3)) & WMASK
 
 
+# ---- fdelta2 branch predictor (SPEC 7.7); mirror of device_fw/delta_apply.py ----
+#
+# A PC-relative branch, call or literal load in code that moved changes its
+# offset field whenever its target moved by a different amount than itself,
+# and those changed offsets are most of the non-zero diff bytes of a large
+# update. The predictor learns, per target, by how much it moved (new target -
+# old target, in image offsets), from every instruction in an add run, and
+# predicts the new instruction from the old one and the new position: one
+# flag bit instead of two or three diff bytes. ``ins`` is the instruction as a
+# little-endian integer of BR_LEN[arch] bytes; -1 means "no instruction here".
+
+
+def _sext(v: int, bits: int) -> int:
+    return v - (1 << bits) if v >> (bits - 1) else v
+
+
+def br_kind(arch: int, ins: int, pc: int) -> int:
+    """Which predicted instruction ``ins`` at new offset ``pc`` is (0/1), or -1."""
+    if arch == ARCH_XTENSA:
+        op = ins & 15
+        return 0 if op == 5 else 1 if op == 1 else -1  # CALL0/CALLn, L32R
+    if arch == ARCH_THUMB2:
+        if pc & 1 or (ins & 0xF800) != 0xF000 or (ins >> 16) & 0x9000 != 0x9000:
+            return -1
+        return 0  # BL, B.W (T4)
+    if pc & 3:
+        return -1
+    op = ins >> 26
+    return 0 if op == 0x25 else 1 if op == 0x05 else -1  # AArch64 BL, B
+
+
+def br_fixed(arch: int, kind: int, ins: int) -> int:
+    """The bits a prediction keeps from the old instruction (all but the offset)."""
+    if arch == ARCH_XTENSA:
+        return ins & (0x3F if kind == 0 else 0xFF)
+    if arch == ARCH_THUMB2:
+        return (ins >> 16) & 0xD000
+    return ins >> 26
+
+
+def br_target(arch: int, kind: int, ins: int, pc: int) -> int:
+    """Image offset the instruction at offset ``pc`` refers to."""
+    if arch == ARCH_XTENSA:
+        if kind == 0:
+            return (pc & ~3) + (_sext(ins >> 6, 18) << 2) + 4
+        return ((pc + 3) & ~3) + (((ins >> 8) - 65536) << 2)
+    if arch == ARCH_THUMB2:
+        hw1 = ins & 0xFFFF
+        hw2 = ins >> 16
+        sb = (hw1 >> 10) & 1
+        i1 = 1 ^ ((hw2 >> 13) & 1) ^ sb
+        i2 = 1 ^ ((hw2 >> 11) & 1) ^ sb
+        off = (sb << 24) | (i1 << 23) | (i2 << 22) | ((hw1 & 0x3FF) << 12) | ((hw2 & 0x7FF) << 1)
+        return pc + 4 + _sext(off, 25)
+    return pc + (_sext(ins & 0x3FFFFFF, 26) << 2)
+
+
+def br_insert(arch: int, kind: int, ins: int, target: int, pc: int) -> int:
+    """``ins`` re-pointed at ``target`` from offset ``pc``; -1 if not encodable."""
+    if arch == ARCH_XTENSA:
+        if kind == 0:
+            d = target - (pc & ~3) - 4
+            if d & 3 or not -(1 << 19) <= d < (1 << 19):
+                return -1
+            return (ins & 0x3F) | (((d >> 2) & 0x3FFFF) << 6)
+        d = target - ((pc + 3) & ~3)
+        if d & 3 or not -(1 << 18) <= d < 0:
+            return -1
+        return (ins & 0xFF) | (((d >> 2) + 65536) << 8)
+    if arch == ARCH_THUMB2:
+        d = target - pc - 4
+        if d & 1 or not -(1 << 24) <= d < (1 << 24):
+            return -1
+        sb = (d >> 24) & 1
+        j1 = (1 ^ ((d >> 23) & 1)) ^ sb
+        j2 = (1 ^ ((d >> 22) & 1)) ^ sb
+        hw1 = 0xF000 | (sb << 10) | ((d >> 12) & 0x3FF)
+        hw2 = ((ins >> 16) & 0xD000) | (j1 << 13) | (j2 << 11) | ((d >> 1) & 0x7FF)
+        return hw1 | (hw2 << 16)
+    d = target - pc
+    if d & 3 or not -(1 << 27) <= d < (1 << 27):
+        return -1
+    return (ins & 0xFC000000) | ((d >> 2) & 0x3FFFFFF)
+
+
 class _SegmentCoder:
     """Models + range coder for one segment (mirror of the device decoder)."""
 
-    def __init__(self) -> None:
+    def __init__(self, codec: str = DELTA_CODEC, arch: int = ARCH_NONE) -> None:
         self.rc = _RangeEncoder()
-        self.P = array("H", [32768]) * N_PROBS
-        self.C = bytearray(N_PROBS)
+        n = N_PROBS2 if codec == DELTA_CODEC2 else N_PROBS
+        self.P = array("H", [32768]) * n
+        self.C = bytearray(n)
         self.wt = array("I", [0]) * (1 << WBITS)
         self.ws = bytearray(1 << WBITS)
+        self.arch = arch
+        if codec == DELTA_CODEC2:
+            self.rc.direct(arch, 2)
+        self.et = array("i", [0]) * (1 << EBITS)
+        self.etag = bytearray(1 << EBITS)
+        self.es = bytearray(1 << EBITS)
+        self.pt = array("i", [0]) * (1 << PBITS)
+        self.ps = bytearray(1 << PBITS)
+        self.oh = 0  # last 4 old bytes of the add run, newest in the top byte
+        self.nh = 0  # last 4 new bytes
+        self.ra = 0  # bytes of the current add run so far
+        self.opc = 0  # old offset of the byte being learnt
         self.p0 = 0
         self.p1 = 0
         self.wlast = 0
@@ -221,10 +337,92 @@ class _SegmentCoder:
         self.p1 = self.p0
         self.p0 = d
 
+    def _learn(self, o: int, v: int, x: int) -> None:
+        """One add byte (old ``o``, new ``v``) at new offset ``x``: shift the
+        windows and learn from an instruction ending here (SPEC 7.7)."""
+        self.oh = (self.oh >> 8) | (o << 24)
+        self.nh = (self.nh >> 8) | (v << 24)
+        self.ra += 1
+        arch = self.arch
+        k = BR_LEN[arch]
+        if self.ra < k:
+            return
+        sh = 32 - 8 * k
+        oi = self.oh >> sh
+        ni = self.nh >> sh
+        pc = x - k + 1
+        kind = br_kind(arch, oi, pc)
+        if kind < 0 or br_kind(arch, ni, pc) != kind:
+            return
+        if br_fixed(arch, kind, oi) != br_fixed(arch, kind, ni):
+            return
+        pco = self.opc - k + 1
+        to = br_target(arch, kind, oi, pco)
+        dd = br_target(arch, kind, ni, pc) - to
+        if not -(1 << 31) <= dd < (1 << 31):
+            return
+        ei = (to >> 2) & ((1 << EBITS) - 1)
+        tag = (to >> (2 + EBITS)) & 255
+        if self.es[ei] and self.etag[ei] == tag and self.et[ei] == dd:
+            if self.es[ei] < 3:
+                self.es[ei] += 1
+        else:
+            self.et[ei] = dd
+            self.etag[ei] = tag
+            self.es[ei] = 1
+        pi = (to >> 12) & ((1 << PBITS) - 1)
+        if self.ps[pi] and self.pt[pi] == dd:
+            if self.ps[pi] < 3:
+                self.ps[pi] += 1
+        else:
+            self.pt[pi] = dd
+            self.ps[pi] = 1
+
+    def _predict(self, oi: int, po: int, pc: int) -> tuple[int, int]:
+        """(flag context, predicted instruction) for old ``oi`` at old offset
+        ``po`` rebuilt at new offset ``pc``; (-1, -1) when nothing is predicted."""
+        arch = self.arch
+        kind = br_kind(arch, oi, pc)
+        if kind < 0:
+            return -1, -1
+        to = br_target(arch, kind, oi, po)
+        ei = (to >> 2) & ((1 << EBITS) - 1)
+        if self.es[ei] and self.etag[ei] == (to >> (2 + EBITS)) & 255:
+            ctx = 4 | self.es[ei]
+            dd = self.et[ei]
+        else:
+            pi = (to >> 12) & ((1 << PBITS) - 1)
+            if not self.ps[pi]:
+                return -1, -1
+            ctx = self.ps[pi]
+            dd = self.pt[pi]
+        pred = br_insert(arch, kind, oi, to + dd, pc)
+        if pred < 0:
+            return -1, -1
+        return ctx | (kind << 3), pred
+
     def add(self, old: bytes, new: bytes, opos: int, npos: int, n: int) -> None:
         ws, wt = self.ws, self.wt
+        arch = self.arch
+        bl = BR_LEN[arch]
+        self.ra = 0
         k = 0
         while k < n:
+            if arch and k + bl <= n:
+                oi = int.from_bytes(old[opos + k : opos + k + bl], "little")
+                pc = self.pos + k
+                ctx, pred = self._predict(oi, opos + k, pc)
+                if ctx >= 0:
+                    ni = int.from_bytes(new[npos + k : npos + k + bl], "little")
+                    hit = pred == ni
+                    self.bit(O_BR + ctx, 0 if hit else 1)
+                    if hit:
+                        self.p0 = self.p1 = 1 if ni != oi else 0
+                        for j in range(bl):
+                            self.opc = opos + k + j
+                            self._learn(old[opos + k + j], new[npos + k + j], pc + j)
+                        k += bl
+                        continue
             if ((self.pos + k) & 3) == 0 and k + 4 <= n:
                 ow = int.from_bytes(old[opos + k : opos + k + 4], "little")
                 nw = int.from_bytes(new[npos + k : npos + k + 4], "little")
@@ -239,11 +437,20 @@ class _SegmentCoder:
                         if s < 3:
                             ws[key] = s + 1
                         self.p0 = self.p1 = 1 if dd else 0
+                        if arch:
+                            for j in range(4):
+                                self.opc = opos + k + j
+                                self._learn(old[opos + k + j], new[npos + k + j],
+                                            self.pos + k + j)  # fmt: skip
                         k += 4
                         continue
                     self.wlast = 0
                 for j in range(4):
                     self._byte((new[npos + k + j] - old[opos + k + j]) & 255, j)
+                    if arch:
+                        self.opc = opos + k + j
+                        self._learn(old[opos + k + j], new[npos + k + j],
+                                    self.pos + k + j)  # fmt: skip
                 dd = (nw - ow) & 0xFFFFFFFF
                 if s or (dd and (dd < WLIM or dd > 0x100000000 - WLIM)):
                     ws[key] = 1
@@ -251,6 +458,9 @@ class _SegmentCoder:
                 k += 4
             else:
                 self._byte((new[npos + k] - old[opos + k]) & 255, (self.pos + k) & 3)
+                if arch:
+                    self.opc = opos + k
+                    self._learn(old[opos + k], new[npos + k], self.pos + k)
                 k += 1
         self.pos += n
         if n:
@@ -356,7 +566,14 @@ def _split_literals(old: bytes, new: bytes, pieces: list[_Piece]) -> list[_Piece
     return out
 
 
-def _encode_segment(old: bytes, new: bytes, start: int, pieces: list[_Piece]) -> bytes:
+def _encode_segment(
+    old: bytes,
+    new: bytes,
+    start: int,
+    pieces: list[_Piece],
+    codec: str = DELTA_CODEC,
+    arch: int = ARCH_NONE,
+) -> bytes:
     # Group into ops: (add_old_start, add_len, extra_len).
     ops: list[list[int]] = []
     for _npos, n, opos in pieces:
@@ -369,7 +586,7 @@ def _encode_segment(old: bytes, new: bytes, start: int, pieces: list[_Piece]) ->
             if not ops:
                 ops.append([0, 0, 0])
             ops[-1][2] += n
-    sc = _SegmentCoder()
+    sc = _SegmentCoder(codec, arch)
     sc.number(SLOT_START, ops[0][0])
     npos = start
     for i, (opos, a, e) in enumerate(ops):
@@ -387,20 +604,20 @@ def _encode_segment(old: bytes, new: bytes, start: int, pieces: list[_Piece]) ->
     return sc.rc.finish()
 
 
-def encode_delta(old: bytes, new: bytes, segment_size: int = DEFAULT_SEGMENT_SIZE) -> DeltaResult:
-    """Encode ``new`` against ``old``; one payload per ``segment_size`` target bytes."""
-    if segment_size <= 0 or segment_size % 4096:
-        raise ValueError("segment_size must be a positive multiple of 4096")
-    if not new:
-        raise ValueError("new image must not be empty")
-    old, new = bytes(old), bytes(new)
+def _match(old: bytes, new: bytes) -> list[_Piece]:
+    """The add / literal pieces covering ``new`` (independent of the segmentation)."""
     pieces = _pieces(old, new)
     if old:
         pieces = _split_literals(old, new, pieces)
-    segments: list[bytes] = []
+    return pieces
+
+
+def _cut(pieces: list[_Piece], length: int, segment_size: int) -> list[list[_Piece]]:
+    """The pieces of each segment (an add or literal run cut at segment ends)."""
+    out: list[list[_Piece]] = []
     pi = 0
-    for start in range(0, len(new), segment_size):
-        end = min(start + segment_size, len(new))
+    for start in range(0, length, segment_size):
+        end = min(start + segment_size, length)
         seg: list[_Piece] = []
         while pi < len(pieces):
             npos, n, opos = pieces[pi]
@@ -412,5 +629,178 @@ def encode_delta(old: bytes, new: bytes, segment_size: int = DEFAULT_SEGMENT_SIZ
             if npos + n > end:
                 break
             pi += 1
-        segments.append(_encode_segment(old, new, start, seg))
-    return DeltaResult(segments=segments, segment_size=segment_size, window_log=WINDOW_LOG)
+        out.append(seg)
+    return out
+
+
+def _encode_variants(
+    old: bytes,
+    new: bytes,
+    pieces: list[_Piece],
+    segment_size: int,
+    archs: tuple[int, ...] = (),
+    device_ram: int | None = None,
+) -> list[DeltaResult]:
+    """The fdelta1 coding and, with ``archs``, the fdelta2 coding: each segment
+    with the branch predictor of every arch in ``archs`` and without, the
+    smallest kept. The fdelta2 variant is left out when it is not smaller, or
+    (with ``device_ram``) as soon as one of its segments cannot fit."""
+    cuts = _cut(pieces, len(new), segment_size)
+    plain = [_encode_segment(old, new, i * segment_size, seg) for i, seg in enumerate(cuts)]
+    out = [DeltaResult(segments=plain, segment_size=segment_size, window_log=WINDOW_LOG)]
+    if not archs:
+        return out
+    limit = None if device_ram is None else device_ram - ram_budget(0, DELTA_CODEC2)
+    best: list[bytes] = [b""] * len(cuts)
+    for i in sorted(range(len(cuts)), key=lambda j: -len(plain[j])):  # largest first
+        start = i * segment_size
+        choice = b""
+        for arch in archs:
+            cand = _encode_segment(old, new, start, cuts[i], DELTA_CODEC2, arch)
+            if not choice or len(cand) < len(choice):
+                choice = cand
+        if len(choice) >= len(plain[i]):  # no gain here: the same ops without a predictor
+            choice = _encode_segment(old, new, start, cuts[i], DELTA_CODEC2, ARCH_NONE)
+        if limit is not None and len(choice) > limit:
+            return out
+        best[i] = choice
+    if sum(map(len, best)) < sum(map(len, plain)):
+        out.append(
+            DeltaResult(
+                segments=best, segment_size=segment_size, window_log=WINDOW_LOG, codec=DELTA_CODEC2
+            )
+        )
+    return out
+
+
+def _encode_segments(
+    old: bytes, new: bytes, pieces: list[_Piece], segment_size: int, archs: tuple[int, ...] = ()
+) -> DeltaResult:
+    """The smallest of :func:`_encode_variants`."""
+    return min(_encode_variants(old, new, pieces, segment_size, archs), key=_size)
+
+
+def _size(r: DeltaResult) -> int:
+    return r.payload_size
+
+
+# The builder tries each instruction set's branch predictor on the
+# ARCH_SAMPLES segments of ARCH_TRIAL_SEGMENT bytes that code largest in
+# fdelta1 (where the change is, and so where a predictor can gain).
+ARCH_TRIAL_SEGMENT = 16384
+ARCH_SAMPLES = 4
+
+
+def pick_arch(old: bytes, new: bytes, pieces: list[_Piece]) -> tuple[int, ...]:
+    """The instruction set whose branch predictor (fdelta2) codes these images
+    smallest, tried on the images themselves (nothing is assumed about the chip,
+    no header is read); () when none beats fdelta1 on the sample."""
+    if not old:
+        return ()
+    cuts = _cut(pieces, len(new), ARCH_TRIAL_SEGMENT)
+    plain = [
+        (len(_encode_segment(old, new, i * ARCH_TRIAL_SEGMENT, seg)), i)
+        for i, seg in enumerate(cuts)
+    ]
+    sample = sorted(plain, reverse=True)[:ARCH_SAMPLES]
+    best: tuple[int, ...] = ()
+    best_size = sum(n for n, _ in sample)
+    for arch in ARCHS:
+        size = sum(
+            len(_encode_segment(old, new, i * ARCH_TRIAL_SEGMENT, cuts[i], DELTA_CODEC2, arch))
+            for _, i in sample
+        )
+        if size < best_size:
+            best, best_size = (arch,), size
+    return best
+
+
+def _check_args(new: bytes, segment_size: int) -> None:
+    if segment_size <= 0 or segment_size % 4096:
+        raise ValueError("segment_size must be a positive multiple of 4096")
+    if not new:
+        raise ValueError("new image must not be empty")
+
+
+def encode_delta(
+    old: bytes,
+    new: bytes,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    archs: tuple[int, ...] = (),
+) -> DeltaResult:
+    """Encode ``new`` against ``old``; one payload per ``segment_size`` target bytes.
+
+    fdelta1, or with ``archs`` (ARCH_XTENSA, ...) fdelta2 when that is smaller.
+    The segment size is taken as given, whatever RAM its segments need; the
+    builder uses :func:`encode_delta_for_device`, which never returns a delta
+    the device would refuse.
+    """
+    _check_args(new, segment_size)
+    old, new = bytes(old), bytes(new)
+    return _encode_segments(old, new, _match(old, new), segment_size, archs)
+
+
+# The device's default RAM budget for applying a delta (device_fw/device.py
+# DEFAULT_LIMITS["ram_budget"], installer.DEFAULT_RAM_BUDGET).
+DEFAULT_DEVICE_RAM = 65536
+# Segment sizes the builder tries, largest first. A larger segment codes
+# smaller (the adaptive models restart less often) but holds a larger payload
+# in device RAM; the builder takes the smallest total among the sizes whose
+# largest segment fits the device (SPEC 7.6). A fixed, generic ladder: nothing
+# here is chosen per firmware pair.
+SEGMENT_LADDER = (131072, 90112, 65536, 45056, 32768, 24576, 16384, 12288, 8192, 4096)
+
+
+def max_payload_for(device_ram: int) -> int:
+    """Largest segment payload a device with ``device_ram`` bytes accepts (SPEC 7.6)."""
+    return device_ram - ram_budget(0)
+
+
+def encode_delta_for_device(
+    old: bytes,
+    new: bytes,
+    device_ram: int = DEFAULT_DEVICE_RAM,
+    segment_size: int | None = None,
+    archs: tuple[int, ...] | None = None,
+) -> DeltaResult:
+    """A delta whose every segment the device can apply within ``device_ram`` bytes.
+
+    With ``segment_size`` None, each size of :data:`SEGMENT_LADDER` is tried
+    (largest first, one match of the images shared by all) and the smallest
+    total payload among those that fit is kept; the search stops at the first
+    fitting size whose next smaller one is no better. With a ``segment_size``,
+    only that size is tried. Raises OtaferryError(RESOURCE_LIMIT) when nothing
+    fits, naming the sizes tried. ``archs`` None: the branch predictor is
+    chosen by :func:`pick_arch`; () keeps to fdelta1.
+    """
+    sizes = SEGMENT_LADDER if segment_size is None else (segment_size,)
+    for s in sizes:
+        _check_args(new, s)
+    old, new = bytes(old), bytes(new)
+    pieces = _match(old, new)
+    if archs is None:
+        archs = pick_arch(old, new, pieces)
+    best: DeltaResult | None = None
+    tried: list[str] = []
+    for s in sizes:
+        if s >= 2 * len(new) and s != sizes[-1] and segment_size is None:
+            continue  # one segment already at half this size: identical result
+        variants = _encode_variants(old, new, pieces, s, archs, device_ram)
+        tried.append(f"{s} B segments need {min(r.device_ram for r in variants)}")
+        fitting = [r for r in variants if r.device_ram <= device_ram]
+        if not fitting:
+            continue
+        res = min(fitting, key=_size)
+        if best is not None and res.payload_size >= best.payload_size:
+            break
+        best = res
+    if best is None:
+        limit = max_payload_for(device_ram)
+        raise OtaferryError(
+            f"no segmentation of this delta fits a device with {device_ram} bytes of RAM "
+            f"(a segment payload may be at most {limit} B, SPEC 7.6): "
+            + "; ".join(tried)
+            + (" (give a smaller --segment-size or none)" if segment_size is not None else ""),
+            Reason.RESOURCE_LIMIT,
+        )
+    return best

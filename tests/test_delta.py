@@ -11,7 +11,9 @@ from otaferry.device_fw.delta_apply import apply_segment
 from otaferry.device_fw.delta_apply import ram_budget as device_ram_budget
 from otaferry.protocol.delta import (
     DELTA_CODEC,
+    DELTA_CODEC2,
     MODEL_BYTES,
+    MODEL_BYTES2,
     DeltaResult,
     encode_delta,
     ram_budget,
@@ -239,3 +241,99 @@ def test_ram_budget_formula() -> None:
     want = 10_000 + MODEL_BYTES + 4096 + 512 + 6144
     assert ram_budget(10_000) == device_ram_budget(10_000) == want
     assert MODEL_BYTES < 32 * 1024
+    want2 = 10_000 + MODEL_BYTES2 + 4096 + 512 + 7168
+    assert ram_budget(10_000, DELTA_CODEC2) == device_ram_budget(10_000, codec=DELTA_CODEC2)
+    assert ram_budget(10_000, DELTA_CODEC2) == want2 == 10_000 + 48_243  # SPEC 7.7
+
+
+# ---- fdelta2: the branch predictor (SPEC 7.7) ----
+
+ARCH_SLICES = [
+    # (arch, old image, new image, slice): code of each instruction set the predictor knows
+    (1, "esp8266-at-nonos/at-v3.0.1.bin", "esp8266-at-nonos/at-v3.0.2.bin", (0x20000, 0x26000)),
+    (
+        2,
+        "micropython-pybv11/v1.10/firmware1.bin",
+        "micropython-pybv11/1f5d945af-dirty/firmware1.bin",
+        (0x8000, 0xB000),
+    ),
+    (3, "baremetal-rpi3-aarch64/1.bin", "baremetal-rpi3-aarch64/2.bin", (0, 0x8000)),
+]
+
+
+def apply_all_v2(old: bytes, new_size: int, res: DeltaResult, order: list[int]) -> bytes:
+    parts: dict[int, bytes] = {}
+    for i in order:
+        sink = Sink()
+        apply_segment(
+            res.segments[i], lambda o, n: old[o : o + n], len(old), seg_len(res, new_size, i),
+            sink, codec=res.codec,
+        )  # fmt: skip
+        assert all(0 < c <= 4096 for c in sink.chunks)
+        parts[i] = bytes(sink.data)
+    return b"".join(parts[i] for i in range(len(res.segments)))
+
+
+@pytest.mark.parametrize(("arch", "a", "b", "rng"), ARCH_SLICES)
+def test_fdelta2_round_trip_each_arch_any_order(
+    arch: int, a: str, b: str, rng: tuple[int, int]
+) -> None:
+    old = (FW / a).read_bytes()[rng[0] : rng[1] + 0x2000]
+    new = (FW / b).read_bytes()[rng[0] : rng[1]]
+    v1 = encode_delta(old, new, 8192)
+    v2 = encode_delta(old, new, 8192, (arch,))
+    assert v2.codec == DELTA_CODEC2 and v2.payload_size < v1.payload_size
+    order = list(range(len(v2.segments)))[::-1]
+    assert apply_all_v2(old, len(new), v2, order) == new
+
+
+def test_fdelta2_never_chosen_when_not_smaller() -> None:
+    old = _code_like(20_000, 21)
+    new = bytearray(old)
+    new[100:110] = b"0123456789"
+    res = encode_delta(old, bytes(new), 8192, (1, 2, 3))
+    assert res.codec == DELTA_CODEC  # nothing to predict: fdelta1, which every device takes
+
+
+def test_fdelta2_segment_decoded_as_fdelta1_does_not_rebuild() -> None:
+    arch, a, b, rng = ARCH_SLICES[0]
+    old = (FW / a).read_bytes()[rng[0] : rng[1]]
+    new = (FW / b).read_bytes()[rng[0] : rng[1]]
+    res = encode_delta(old, new, 8192, (arch,))
+
+    def wrong(i: int, **kw: object) -> bool:
+        n = seg_len(res, len(new), i)
+        out = Sink()
+        try:
+            apply_segment(res.segments[i], lambda o, k: old[o : o + k], len(old), n, out, **kw)
+        except reasons.DeviceError as e:
+            assert e.reason == reasons.DECODE_ERROR
+            return True
+        return bytes(out.data) != new[i * 8192 : i * 8192 + n]
+
+    segs = range(1, len(res.segments))
+    assert all(wrong(i, codec=DELTA_CODEC) for i in segs)
+    assert not any(wrong(i, codec=DELTA_CODEC2) for i in segs)
+    with pytest.raises(reasons.DeviceError):
+        apply_segment(res.segments[1], lambda o, k: old[o : o + k], len(old), 8192, Sink(),
+                      codec="fdelta9")  # fmt: skip
+
+
+def test_branch_fields_round_trip() -> None:
+    from otaferry.protocol.delta import br_insert, br_kind, br_target
+
+    rnd = random.Random(5)
+    for arch, k in ((1, 3), (2, 4), (3, 4)):
+        seen = 0
+        for _ in range(20000):
+            ins = rnd.getrandbits(8 * k)
+            pc = rnd.randrange(0, 1 << 20) & ~3
+            kind = br_kind(arch, ins, pc)
+            if kind < 0:
+                continue
+            seen += 1
+            t = br_target(arch, kind, ins, pc)
+            assert br_insert(arch, kind, ins, t, pc) == ins
+            moved = br_insert(arch, kind, ins, t + 64, pc + 8)
+            assert moved < 0 or br_target(arch, kind, moved, pc + 8) == t + 64
+        assert seen > 100

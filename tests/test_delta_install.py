@@ -34,9 +34,9 @@ def device(tmp_path: Path, image: bytes, name: str = "flash.bin", **kw: object) 
     return path
 
 
-def delta(old: bytes, new: bytes, counter: int = 1) -> bytes:
+def delta(old: bytes, new: bytes, counter: int = 1, **kw: int) -> bytes:
     return build_delta(
-        old, new, KEY, hw=["hw"], chip="chip", version="new", security_counter=counter
+        old, new, KEY, hw=["hw"], chip="chip", version="new", security_counter=counter, **kw
     )
 
 
@@ -93,7 +93,7 @@ def test_inspect_reports_a_delta(tmp_path: Path) -> None:
     p = tmp_path / "d.ota"
     p.write_bytes(delta(old, new))
     info = inspect_artifact(str(p))
-    assert info["payload_kind"] == "delta" and info["codec"] == "fdelta1"
+    assert info["payload_kind"] == "delta" and info["codec"] in ("fdelta1", "fdelta2")
     assert info["base_sha256"] == hashlib.sha256(old).hexdigest()
     assert info["segments_ok"]
 
@@ -212,7 +212,7 @@ def test_ram_check_agrees_with_the_applier(tmp_path: Path) -> None:
     new = bytearray(old)
     for i in range(0, 0x8000, 48):  # two thirds of the first segment rewritten
         new[i : i + 32] = rnd.randbytes(32)
-    art = delta(old, bytes(new))
+    art = delta(old, bytes(new), segment_size=32768, device_ram=1 << 20)  # one big segment
     manifest_bytes, signature = read_header(io.BytesIO(art))
     from otaferry.device_fw import manifest as DM
 
@@ -241,6 +241,56 @@ def test_ram_check_agrees_with_the_applier(tmp_path: Path) -> None:
         inst.finish()
     assert max(peaks) <= budget, (peaks, budget)
     assert max(peaks) > budget - 4096  # the formula is tight, not padded
+    one_less = dict(limits, ram_budget=budget - 1)
+    with pytest.raises(DeviceError) as exc:
+        install(device(tmp_path, old, name="tight.bin", limits=one_less), art)
+    assert exc.value.reason == R.RESOURCE_LIMIT
+
+
+def test_ram_check_agrees_with_the_fdelta2_applier(tmp_path: Path) -> None:
+    """The same measurement for fdelta2 (SPEC 7.7): its branch predictor's tables
+    and learning closure are counted, and the formula stays tight."""
+    import tracemalloc
+
+    from otaferry.device_fw import manifest as DM
+    from otaferry.device_fw.delta_apply import ram_budget
+    from otaferry.device_fw.installer import Installer
+    from otaferry.device_fw.manifest import read_header
+    from otaferry.protocol.delta import ARCH_XTENSA, encode_delta
+    from paths import FIRMWARE
+
+    old = (FIRMWARE / "esp8266-at-nonos/at-v3.0.1.bin").read_bytes()[0x20000:0x30000]
+    new = (FIRMWARE / "esp8266-at-nonos/at-v3.0.2.bin").read_bytes()[0x20000:0x2C000]
+    res = encode_delta(old, new, 16384, (ARCH_XTENSA,))
+    assert res.codec == "fdelta2"
+    art = build_delta(
+        old, new, KEY, hw=["hw"], chip="chip", version="new", security_counter=1, encoded=res
+    )
+    manifest_bytes, signature = read_header(io.BytesIO(art))
+    table = DM.parse_manifest(manifest_bytes)["segments"]
+    budget = ram_budget(table.largest(), codec="fdelta2")
+    limits = {"max_window_log": 13, "max_segment_payload": 8256, "ram_budget": budget}
+    flash = device(tmp_path, old, limits=limits)
+    peaks = []
+    with Device(str(flash)) as dev:
+        inst = Installer(dev)
+        inst.begin(manifest_bytes, signature)
+        pos = 10 + len(manifest_bytes) + 64
+        for i in range(len(table)):
+            length = table[i][0]
+            payload = bytearray(art[pos : pos + length])
+            pos += length
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                inst.segment(i, memoryview(payload))
+                peaks.append(tracemalloc.get_traced_memory()[1] - base + length)
+            finally:
+                tracemalloc.stop()
+        inst.finish()
+    assert slot(flash, 1, len(new)) == new
+    assert max(peaks) <= budget, (peaks, budget)
+    assert max(peaks) > budget - 4096, (peaks, budget)
     one_less = dict(limits, ram_budget=budget - 1)
     with pytest.raises(DeviceError) as exc:
         install(device(tmp_path, old, name="tight.bin", limits=one_less), art)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from ..protocol.artifact import build_delta, build_full
 from ..protocol.errors import OtaferryError, Reason
 from ..protocol.espimage import EspImageInfo, parse_esp_image
-from ..protocol.keys import load_signing_key
+from ..protocol.keys import SigningKey, load_signing_key
 from ..protocol.payload import DEFAULT_SEGMENT_SIZE
 from .args import warn
 from .files import read_file, write_file
@@ -89,6 +90,21 @@ def image_facts(
     )
 
 
+def _compare_with_full(
+    delta: bytes, image: bytes, key: SigningKey, level: int, common: dict[str, Any]
+) -> None:
+    """Warn when the delta is not smaller than the full image, compressed and
+    signed the default way: sending the full artifact is then cheaper (a
+    gateway given both, ``push A.ota B.ota``, sends the smaller)."""
+    full = build_full(image, key, level=level, **common)
+    if len(delta) >= len(full):
+        warn(
+            f"the delta ({len(delta)} bytes) is not smaller than the full image "
+            f"({len(full)} bytes as a zstd artifact): build the full image too and offer both, "
+            "the sender picks the smaller"
+        )
+
+
 def build_from_args(args: argparse.Namespace) -> str:
     key = load_signing_key(args.key)
     image = read_file(args.image)
@@ -115,7 +131,7 @@ def build_from_args(args: argparse.Namespace) -> str:
     if missing:
         raise OtaferryError(f"{' and '.join(missing)} required: {'; '.join(why)}", Reason.MALFORMED)
     assert facts.chip and facts.version  # for mypy: checked just above
-    common = dict(
+    common: dict[str, Any] = dict(
         hw=args.hw,
         chip=facts.chip,
         version=facts.version,
@@ -124,8 +140,16 @@ def build_from_args(args: argparse.Namespace) -> str:
     )
     if args.base:
         base = read_file(args.base)
-        data = build_delta(base, image, key, segment_size=args.segment_size, **common)
+        data = build_delta(
+            base,
+            image,
+            key,
+            segment_size=args.segment_size,
+            device_ram=args.device_ram,
+            **common,
+        )
         kind = f"delta against {args.base} (sha256 {hashlib.sha256(base).hexdigest()[:16]}…)"
+        _compare_with_full(data, image, key, args.level, common)
     else:
         segment_size = args.segment_size or DEFAULT_SEGMENT_SIZE
         data = build_full(image, key, segment_size=segment_size, level=args.level, **common)

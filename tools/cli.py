@@ -288,7 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--segment-size",
         type=A.multiple_of(SECTOR),
-        help="target bytes per segment, a multiple of 4096 (default 8192 full, 32768 delta)",
+        help="target bytes per segment, a multiple of 4096 (default 8192 full; a delta tries "
+        "several sizes and keeps the smallest that fits --device-ram)",
+    )
+    s.add_argument(
+        "--device-ram",
+        type=A.int_range(4096, U32_MAX),
+        default=65536,
+        metavar="BYTES",
+        help="delta only: the target device's RAM budget; segments are sized so that its "
+        "check (SPEC 7.6) passes, or the build is refused (default 65536)",
     )
     s.add_argument(
         "--level", type=A.int_range(1, 22), default=19, help="zstd level 1..22 (default 19)"
@@ -542,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-full-fallback",
         action="store_true",
-        help="with several artifacts: only a delta matching the device, never a full image",
+        help="with several artifacts: only a delta matching the device, never a full image "
+        "(else the smallest of both goes)",
     )
     s.add_argument(
         "artifacts",
@@ -570,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "bench",
-        help="benchmarks: 'bench delta|artifact DIR', 'bench link [IMAGE]', 'bench campaign', "
-        "'bench fleet [--sessions N]', 'bench gateway [--memory N] [--ptys M]'",
+        help="benchmarks: 'bench delta [--pairs F]', 'bench artifact DIR', 'bench link [IMAGE]', "
+        "'bench campaign', 'bench fleet [--sessions N]', 'bench gateway [--memory N] [--ptys M]'",
         add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark and its arguments")

@@ -111,8 +111,8 @@ def _manifest(ota: bytes) -> Any:
 def _why(chosen: bytes | Artifact, info: Any) -> str:
     m = _manifest(chosen) if isinstance(chosen, bytes) else chosen.manifest
     if m.payload_kind == PAYLOAD_DELTA:
-        return f"its base is the image the device runs ({info.running_version}), and it is smallest"
-    return "no delta matches the image the device runs; the smallest full image goes"
+        return f"its base is the image the device runs ({info.running_version}); fewest bytes"
+    return "fewest bytes: no delta for the image the device runs is smaller"
 
 
 def radio(args: argparse.Namespace) -> tuple[LoRaParams, Region, int]:

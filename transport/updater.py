@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from ..protocol.artifact import ArtifactReader
+from ..protocol.artifact import HEADER_SIZE, ArtifactReader
 from ..protocol.errors import (
     DecodeError,
     OtaferryError,
@@ -82,8 +82,11 @@ class PushOptions:
 def choose_artifact(
     candidates: Sequence[bytes | Artifact], info: HelloInfo, *, allow_full: bool = True
 ) -> bytes | Artifact:
-    """The artifact to send a device that said ``info``: the smallest delta whose
-    base is the image it runs, else (if allowed) the smallest full image.
+    """The artifact to send a device that said ``info``: the fewest bytes among the
+    deltas whose base is the image it runs and (if allowed) the full images. A
+    delta is not always the smaller: after a large change, or against an old
+    base, the full image can be, and on a slow link bytes are time. On a tie
+    the delta goes.
 
     Raises RemoteError(WRONG_BASE) when no delta fits and full images are not
     allowed (metered links), or when there is nothing for this device at all.
@@ -91,10 +94,12 @@ def choose_artifact(
     deltas: list[tuple[int, bytes | Artifact]] = []
     fulls: list[tuple[int, bytes | Artifact]] = []
     for ota in candidates:
+        # size: what crosses the link, manifest + signature + payload, either way
         if isinstance(ota, Artifact):
-            m, size = ota.manifest, ota.payload_size
+            m = ota.manifest
+            size = len(ota.manifest_bytes) + len(ota.signature) + ota.payload_size
         else:  # the header only: no segment hashing
-            m, size = ArtifactReader(io.BytesIO(ota)).manifest, len(ota)
+            m, size = ArtifactReader(io.BytesIO(ota)).manifest, len(ota) - HEADER_SIZE
         if info.hw not in m.hw or m.chip != info.chip:
             continue
         if m.payload_kind == PAYLOAD_DELTA:
@@ -102,10 +107,9 @@ def choose_artifact(
                 deltas.append((size, ota))
         else:
             fulls.append((size, ota))
-    if deltas:
-        return min(deltas, key=lambda t: t[0])[1]
-    if fulls and allow_full:
-        return min(fulls, key=lambda t: t[0])[1]
+    if deltas or (fulls and allow_full):
+        pool = deltas + (fulls if allow_full else [])
+        return min(pool, key=lambda t: t[0])[1]  # min keeps the first: deltas win ties
     if fulls:
         raise RemoteError(
             "no delta matches the device's running image and full images are not allowed "
@@ -267,8 +271,9 @@ class Updater:
         on_event: Callable[[Event], None] | None = None,
         job_id: str | None = None,
     ) -> Completed | Confirmed:
-        """Pick the artifact for this device from its hello (delta if its base
-        matches, else full unless ``allow_full`` is False) and push it."""
+        """Pick the artifact for this device from its hello (the fewest bytes among
+        the deltas its base matches and, unless ``allow_full`` is False, the full
+        images: :func:`choose_artifact`) and push it."""
         if not candidates:
             raise OtaferryError("no artifacts given", Reason.MALFORMED)
         info = await self.hello(candidates[0])

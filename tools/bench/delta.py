@@ -1,100 +1,140 @@
-"""Benchmark of the delta codec against bsdiff4, zstd patch-from and detools.
+"""Benchmark of the delta codec on any list of firmware pairs, against its peers.
 
-    python -m otaferry.tools.bench.delta [FIRMWARE_DIR] [--segment-size N] [--json]
+    otaferry bench delta [--pairs PAIRS.txt] [--json OUT.json] [--device-ram BYTES]
+                         [--segment-size N] [--lofo] [--no-baselines]
 
-For each of the eight firmware pairs of the issue: otaferry delta payload bytes
-(sum of the segment payloads), creation time, apply time on CPython, peak
-apply RAM (tracemalloc peak while applying a segment + the segment payload the
-device holds until its hash checks; the codec has no C-side state), and, in the
-same run, the baselines bsdiff4, zstd patch-from (old image as raw-content
-dictionary, level 19, long window) and detools sequential patches with lzma
-and with heatshrink. Every patch is applied back and compared byte for byte.
+PAIRS.txt holds one pair a line, ``OLD.bin NEW.bin``, paths relative to the file
+(``#`` starts a comment); the default is ``tests/firmware/pairs.txt``, every
+release pair under tests/firmware. For each pair the delta is built exactly as
+``otaferry build --base`` builds it (segment size searched under the device's
+RAM budget, signed ``.ota``), installed on a simulated device with the default
+limits (its RAM check included; RAM measured with tracemalloc per segment) and
+the passive slot compared byte for byte with the new image. Peers, each applied back
+and compared too: bsdiff4, zstd patch-from (old image as raw-content
+dictionary, level 19, long window), detools sequential patches with heatshrink
+and with lzma, detools hdiffpatch+lzma, and xz -9e of the whole new image.
+
+The score is the delta payload total over the sum, per pair, of the best peer.
+The family of a pair is the folder of its new image. ``--lofo`` adds the
+leave-one-family-out figure: for each family, the encoder configuration (from
+:data:`CONFIGS`) with the best score on the *other* families is used to score
+it, so no choice is ever made on the pairs it is scored on.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
+import lzma
 import sys
+import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import bsdiff4
 import zstandard
 
-from ...device_fw.delta_apply import apply_segment
-from ...protocol.delta import DEFAULT_SEGMENT_SIZE, encode_delta, ram_budget
-from ..args import Parser, multiple_of
+from ...protocol.artifact import build_delta, device_ram_bytes
+from ...protocol.delta import DEFAULT_DEVICE_RAM, encode_delta_for_device
+from ...protocol.keys import SigningKey
+from ...protocol.manifest import Manifest
+from ..args import Parser, int_range, multiple_of
 
-# the copies in tests/firmware (the same files as ../shared/firmware, see SOURCES.md)
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "tests" / "firmware"
+DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "tests" / "firmware" / "pairs.txt"
+KEY = SigningKey.from_seed(hashlib.sha256(b"otaferry bench delta").digest())
 
-PAIRS = [
-    (
-        "esp8266 v1.9.4->v1.10",
-        "micropython-esp8266/esp8266-20180511-v1.9.4.bin",
-        "micropython-esp8266/esp8266-20190125-v1.10.bin",
-    ),
-    (
-        "pybv11 v1.10->dirty",
-        "micropython-pybv11/v1.10/firmware1.bin",
-        "micropython-pybv11/1f5d945af-dirty/firmware1.bin",
-    ),
-    (
-        "pybv11 1f5d945af->dirty",
-        "micropython-pybv11/1f5d945af/firmware1.bin",
-        "micropython-pybv11/1f5d945af-dirty/firmware1.bin",
-    ),
-    ("simba shell", "simba-shell-cortex-m4/old.bin", "simba-shell-cortex-m4/new.bin"),
-    ("synthesizer 1->2", "simba-synthesizer-cortex-m4/1.bin", "simba-synthesizer-cortex-m4/2.bin"),
-    ("synthesizer 2->3", "simba-synthesizer-cortex-m4/2.bin", "simba-synthesizer-cortex-m4/3.bin"),
-    ("programmer 0.8->0.9", "programmer-cortex-m4/0.8.0.bin", "programmer-cortex-m4/0.9.0.bin"),
-    ("rpi3 baremetal 1->2", "baremetal-rpi3-aarch64/1.bin", "baremetal-rpi3-aarch64/2.bin"),
+BASELINES = [
+    "bsdiff4",
+    "zstd_patch_from",
+    "detools_heatshrink",
+    "detools_lzma",
+    "detools_hdiffpatch_lzma",
+    "xz_full",
 ]
 
-ANCHORS = [
-    ("best of 32 peers", 113_592),
-    ("HPatchLite (<=64 KiB RAM)", 121_837),
-    ("detools sequential+lzma", 122_246),
-    ("bsdiff4", 129_812),
-    ("zstd patch-from -19 --long", 150_100),
-    ("esp_delta_ota (detools+heatshrink)", 177_437),
-    ("no delta (zstd -19)", 993_059),
-]
+# Encoder configurations the leave-one-family-out figure chooses between:
+# name -> keyword arguments of encode_delta_for_device. "auto" is what the
+# builder does (segment size searched, instruction set tried per artifact);
+# the others are the choices that could have been fixed by looking at a corpus:
+# the old 32 KiB default, and fdelta1 alone (no branch predictor).
+CONFIGS: dict[str, dict[str, Any]] = {
+    "auto": {},
+    "fixed-32k": {"segment_size": 32768},
+    "fdelta1-only": {"archs": ()},
+}
 
 
-def _apply_all(
-    old: bytes, new_size: int, segments: list[bytes], seg_size: int, trace: bool
-) -> tuple[bytes, float, int]:
-    out = bytearray(new_size)  # allocated before tracing: the passive slot
-    pos = 0
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """``(old, new)`` paths, relative to ``path``'s folder, one pair a line."""
+    pairs: list[tuple[str, str]] = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        parts = text.split()
+        if len(parts) != 2:
+            raise SystemExit(f"{path}:{n}: expected 'OLD.bin NEW.bin', got {line!r}")
+        pairs.append((parts[0], parts[1]))
+    return pairs
 
-    def write(chunk: bytes) -> None:
-        nonlocal pos
-        out[pos : pos + len(chunk)] = chunk
-        pos += len(chunk)
 
-    def read_old(off: int, n: int) -> bytes:
-        return old[off : off + n]
+def family(new: str) -> str:
+    """A pair's family: the first folder of its new image's path."""
+    return Path(new).parts[0] if len(Path(new).parts) > 1 else new
+
+
+def _install(old: bytes, new: bytes, ota: bytes) -> tuple[bool, int, float]:
+    """Install ``ota`` on a simulated device with the default limits, running
+    ``old``, the way the device does (Installer: RAM check, each segment checked,
+    applied, written): whether the passive slot then holds ``new``, the largest
+    tracemalloc peak of one segment plus the payload it holds (the measured side
+    of SPEC 7.6, as tests/test_delta_install.py measures it), the apply time."""
+    from ...device_fw import manifest as DM
+    from ...device_fw.device import Device
+    from ...device_fw.installer import Installer
 
     peak = 0
-    t0 = time.perf_counter()
-    for i, seg in enumerate(segments):
-        size = min(seg_size, new_size - i * seg_size)
-        if trace:
-            tracemalloc.start()
-            base = tracemalloc.get_traced_memory()[0]
-        apply_segment(seg, read_old, len(old), size, write)
-        if trace:
-            peak = max(peak, tracemalloc.get_traced_memory()[1] - base)
-            tracemalloc.stop()
-    dt = time.perf_counter() - t0
-    if pos != new_size:
-        raise AssertionError(f"applier wrote {pos} of {new_size} bytes")
-    return bytes(out), dt, peak
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "flash.bin")
+        Device.create(
+            path,
+            hw="bench",
+            chip="bench",
+            trusted_keys=[KEY.public.raw],
+            image=old,
+            version="old",
+        ).close()
+        with Device(path) as dev:
+            manifest_bytes, signature = DM.read_header(io.BytesIO(ota))
+            inst = Installer(dev)
+            inst.begin(manifest_bytes, signature)
+            pos = 10 + len(manifest_bytes) + len(signature)
+            t0 = time.perf_counter()
+            for i, (length, _check) in enumerate(inst.manifest["segments"]):
+                payload = bytearray(ota[pos : pos + length])  # the receiver's buffer
+                pos += length
+                tracemalloc.start()
+                try:
+                    base = tracemalloc.get_traced_memory()[0]
+                    inst.segment(i, memoryview(payload))
+                    peak = max(peak, tracemalloc.get_traced_memory()[1] - base + length)
+                finally:
+                    tracemalloc.stop()
+            apply_s = time.perf_counter() - t0
+            inst.finish()
+            slot = dev.slots[1]
+            ok = bytes(dev.flash.read(slot.offset, len(new))) == new
+    return ok, peak, apply_s
+
+
+def _check(name: str, ok: bool) -> None:
+    if not ok:
+        raise AssertionError(f"{name} round trip failed")
 
 
 def _zstd_patch_from(old: bytes, new: bytes) -> int:
@@ -106,59 +146,126 @@ def _zstd_patch_from(old: bytes, new: bytes) -> int:
     patch = zstandard.ZstdCompressor(dict_data=dd, compression_params=params).compress(new)
     dd2 = zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     back = zstandard.ZstdDecompressor(dict_data=dd2, max_window_size=1 << wlog).decompress(patch)
-    if back != new:
-        raise AssertionError("zstd patch-from round trip failed")
+    _check("zstd patch-from", back == new)
     return len(patch)
 
 
 def _bsdiff4(old: bytes, new: bytes) -> int:
     patch = bsdiff4.diff(old, new)
-    if bsdiff4.patch(old, patch) != new:
-        raise AssertionError("bsdiff4 round trip failed")
+    _check("bsdiff4", bsdiff4.patch(old, patch) == new)
     return len(patch)
 
 
-def _detools(old: bytes, new: bytes, compression: str) -> int:
+def _detools(old: bytes, new: bytes, **kw: Any) -> int:
     import detools  # only the benchmark needs it
 
     f = io.BytesIO()
-    detools.create_patch(io.BytesIO(old), io.BytesIO(new), f, compression=compression)
+    detools.create_patch(io.BytesIO(old), io.BytesIO(new), f, use_mmap=False, **kw)
     out = io.BytesIO()
     detools.apply_patch(io.BytesIO(old), io.BytesIO(f.getvalue()), out)
-    if out.getvalue() != new:
-        raise AssertionError("detools round trip failed")
+    _check(f"detools {kw}", out.getvalue() == new)
     return len(f.getvalue())
 
 
-def bench_pair(old: bytes, new: bytes, seg_size: int) -> dict[str, Any]:
+def _xz_full(_old: bytes, new: bytes) -> int:
+    packed = lzma.compress(new, preset=9 | lzma.PRESET_EXTREME)
+    _check("xz", lzma.decompress(packed) == new)
+    return len(packed)
+
+
+PEERS: dict[str, Callable[[bytes, bytes], int]] = {
+    "bsdiff4": _bsdiff4,
+    "zstd_patch_from": _zstd_patch_from,
+    "detools_heatshrink": lambda o, n: _detools(o, n, compression="heatshrink"),
+    "detools_lzma": lambda o, n: _detools(o, n, compression="lzma"),
+    "detools_hdiffpatch_lzma": lambda o, n: _detools(
+        o, n, compression="lzma", patch_type="hdiffpatch", algorithm="hdiffpatch"
+    ),
+    "xz_full": _xz_full,
+}
+
+
+def bench_pair(
+    old: bytes, new: bytes, device_ram: int, baselines: bool = True, **enc: Any
+) -> dict[str, Any]:
+    """One pair: otaferry's artifact as the builder makes it, and every peer."""
     t0 = time.perf_counter()
-    res = encode_delta(old, new, seg_size)
+    res = encode_delta_for_device(old, new, device_ram, **enc)
     create_s = time.perf_counter() - t0
-    back, apply_s, _ = _apply_all(old, len(new), res.segments, seg_size, trace=False)
-    if back != new:
-        raise AssertionError("otaferry delta round trip failed")
-    back2, _, py_peak = _apply_all(old, len(new), res.segments, seg_size, trace=True)
-    if back2 != new:
-        raise AssertionError("otaferry delta round trip failed (traced)")
-    return {
-        "old": len(old),
-        "new": len(new),
-        "otaferry": res.payload_size,
+    ota = build_delta(old, new, KEY, hw=["bench"], chip="bench", version="new", encoded=res)
+    from ...protocol.artifact import ArtifactReader
+
+    manifest: Manifest = ArtifactReader(io.BytesIO(ota)).manifest
+    ok, measured, apply_s = _install(old, new, ota)
+    row: dict[str, Any] = {
+        "old_size": len(old),
+        "new_size": len(new),
+        "payload_bytes": res.payload_size,
+        "ota_bytes": len(ota),
+        "codec": res.codec,
+        "segment_size": res.segment_size,
         "segments": len(res.segments),
         "max_segment_payload": res.max_segment_payload,
+        "device_ram_bytes": device_ram_bytes(manifest),
+        "device_ram_measured_bytes": measured,
+        "installable": device_ram_bytes(manifest) <= DEFAULT_DEVICE_RAM,
+        "applied_ok": ok,
         "create_s": round(create_s, 2),
         "apply_s": round(apply_s, 2),
-        "apply_peak_tracemalloc": py_peak,
-        "apply_ram": py_peak + res.max_segment_payload,
-        "ram_budget_formula": ram_budget(res.max_segment_payload),
-        "bsdiff4": _bsdiff4(old, new),
-        "zstd_patch_from": _zstd_patch_from(old, new),
-        "detools_lzma": _detools(old, new, "lzma"),
-        "detools_heatshrink": _detools(old, new, "heatshrink"),
     }
+    if baselines:
+        for name in BASELINES:
+            row[name] = PEERS[name](old, new)
+        best = min(BASELINES, key=lambda n: row[n])
+        row["best_peer"] = best
+        row["best_peer_bytes"] = row[best]
+        row["vs_best_peer"] = round(res.payload_size / row[best], 4)
+    return row
 
 
-COLS = ["otaferry", "bsdiff4", "zstd_patch_from", "detools_lzma", "detools_heatshrink"]
+def _lofo(
+    pairs: list[tuple[str, str]],
+    root: Path,
+    device_ram: int,
+    rows: dict[str, dict[str, Any]],
+    rows_are_auto: bool = True,
+) -> dict[str, Any]:
+    """Leave one family out: each family scored with the configuration that did
+    best on all the others."""
+    sizes: dict[str, dict[str, int]] = {c: {} for c in CONFIGS}
+    for cname, kw in CONFIGS.items():
+        for a, b in pairs:
+            key = f"{a} -> {b}"
+            if not kw and rows_are_auto:  # the builder's own choice: measured already
+                sizes[cname][key] = rows[key]["payload_bytes"]
+                continue
+            old, new = (root / a).read_bytes(), (root / b).read_bytes()
+            try:
+                sizes[cname][key] = encode_delta_for_device(old, new, device_ram, **kw).payload_size
+            except Exception:  # a fixed size that does not fit: unusable on this pair
+                sizes[cname][key] = 1 << 40
+    fams = sorted({family(b) for _, b in pairs})
+    keys_of = {f: [f"{a} -> {b}" for a, b in pairs if family(b) == f] for f in fams}
+    out: dict[str, Any] = {"families": {}, "configs": list(CONFIGS)}
+    total = peers = 0
+    for f in fams:
+        others = [k for g in fams if g != f for k in keys_of[g]]
+
+        def score(c: str, ks: list[str] = others) -> float:
+            return sum(sizes[c][k] for k in ks) / max(
+                1, sum(rows[k]["best_peer_bytes"] for k in ks)
+            )
+
+        chosen = min(CONFIGS, key=score)
+        got = sum(sizes[chosen][k] for k in keys_of[f])
+        best = sum(rows[k]["best_peer_bytes"] for k in keys_of[f])
+        out["families"][f] = {"config": chosen, "payload_bytes": got, "best_peer_bytes": best}
+        total += got
+        peers += best
+    out["payload_bytes"] = total
+    out["best_peer_bytes"] = peers
+    out["ratio"] = round(total / max(1, peers), 4)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,64 +273,119 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "firmware_dir",
         nargs="?",
-        default=str(DEFAULT_DIR),
-        help="folder holding the pairs (default: tests/firmware)",
+        help="a folder holding pairs.txt (the same as --pairs DIR/pairs.txt)",
+    )
+    ap.add_argument(
+        "--pairs",
+        help="file of 'OLD.bin NEW.bin' lines, paths relative to it (default: "
+        "tests/firmware/pairs.txt)",
+    )
+    ap.add_argument(
+        "--json",
+        metavar="OUT.json",
+        help="also write the results as JSON to this file ('-' for stdout, table omitted)",
+    )
+    ap.add_argument(
+        "--device-ram",
+        type=int_range(4096),
+        default=DEFAULT_DEVICE_RAM,
+        help=f"the target device's RAM budget (default {DEFAULT_DEVICE_RAM})",
     )
     ap.add_argument(
         "--segment-size",
         type=multiple_of(4096),
-        default=DEFAULT_SEGMENT_SIZE,
-        help=f"target bytes per delta segment (default {DEFAULT_SEGMENT_SIZE})",
+        help="force one delta segment size (default: the builder's search)",
     )
-    ap.add_argument("--json", action="store_true", help="JSON output")
+    ap.add_argument(
+        "--lofo", action="store_true", help="add the leave-one-family-out figure (slower)"
+    )
+    ap.add_argument(
+        "--no-baselines", action="store_true", help="otaferry only, no peers (quick look)"
+    )
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    root = Path(args.firmware_dir)
-    rows: list[tuple[str, dict[str, Any]]] = []
-    for name, a, b in PAIRS:
+    if args.pairs:
+        pairs_file = Path(args.pairs)
+    elif args.firmware_dir:
+        pairs_file = Path(args.firmware_dir) / "pairs.txt"
+    else:
+        pairs_file = DEFAULT_PAIRS
+    root = pairs_file.resolve().parent
+    pairs = read_pairs(pairs_file)
+    enc: dict[str, Any] = {}
+    if args.segment_size:
+        enc["segment_size"] = args.segment_size
+    quiet = args.json == "-"
+    rows: dict[str, dict[str, Any]] = {}
+    for a, b in pairs:
         old, new = (root / a).read_bytes(), (root / b).read_bytes()
-        rows.append((name, bench_pair(old, new, args.segment_size)))
-        if not args.json:
-            print(f"  done {name}", file=sys.stderr)
-    total = {c: sum(r[c] for _, r in rows) for c in COLS}
+        row = {"old": a, "new": b, "family": family(b)}
+        row.update(bench_pair(old, new, args.device_ram, not args.no_baselines, **enc))
+        rows[f"{a} -> {b}"] = row
+        if not quiet:
+            print(f"  done {a} -> {b}", file=sys.stderr)
+    summary: dict[str, Any] = {
+        "pairs_file": str(pairs_file),
+        "device_ram": args.device_ram,
+        "payload_bytes": sum(r["payload_bytes"] for r in rows.values()),
+        "ota_bytes": sum(r["ota_bytes"] for r in rows.values()),
+        "all_applied_ok": all(r["applied_ok"] for r in rows.values()),
+        "all_installable": all(r["installable"] for r in rows.values()),
+        "max_device_ram_bytes": max(r["device_ram_bytes"] for r in rows.values()),
+    }
+    if not args.no_baselines:
+        for name in BASELINES:
+            summary[name] = sum(r[name] for r in rows.values())
+        summary["best_peer_bytes"] = sum(r["best_peer_bytes"] for r in rows.values())
+        summary["ratio"] = round(summary["payload_bytes"] / summary["best_peer_bytes"], 4)
+        summary["worst_pair_vs_best_peer"] = max(r["vs_best_peer"] for r in rows.values())
+        if args.lofo:
+            summary["leave_one_family_out"] = _lofo(pairs, root, args.device_ram, rows, not enc)
+    doc = {"pairs": list(rows.values()), "total": summary}
     if args.json:
-        print(
-            json.dumps(
-                {"segment_size": args.segment_size, "pairs": dict(rows), "total": total}, indent=1
-            )
-        )
-        return 0
-    print(f"segment_size {args.segment_size} (target bytes per segment)\n")
-    hdr = (
-        f"{'pair':24} {'otaferry':>8} {'create':>6} {'apply':>7} {'RAM':>7} {'max seg':>9}"
-        f" {'bsdiff4':>8} {'zstd-pf':>8} {'dt-lzma':>8} {'dt-hs':>8} {'new':>8}"
-    )
+        text = json.dumps(doc, indent=1)
+        if quiet:
+            print(text)
+            return 0
+        Path(args.json).write_text(text + "\n")
+    _print_table(rows, summary, not args.no_baselines)
+    return 0
+
+
+def _print_table(rows: dict[str, dict[str, Any]], total: dict[str, Any], peers: bool) -> None:
+    hdr = f"{'new image':46} {'otaferry':>8} {'seg':>6} {'RAM':>6} {'ok':>3}"
+    if peers:
+        hdr += f" {'best peer':>9} {'(which)':24} {'ratio':>6}"
     print(hdr)
     print("-" * len(hdr))
-    for name, r in rows:
-        print(
-            f"{name:24} {r['otaferry']:8d} {r['create_s']:5.1f}s {r['apply_s']:6.1f}s"
-            f" {r['apply_ram']:7d} {r['max_segment_payload']:9d} {r['bsdiff4']:8d}"
-            f" {r['zstd_patch_from']:8d} {r['detools_lzma']:8d}"
-            f" {r['detools_heatshrink']:8d} {r['new']:8d}"
+    for r in rows.values():
+        line = (
+            f"{r['new'][-46:]:46} {r['payload_bytes']:8d} {r['segment_size']:6d}"
+            f" {r['device_ram_bytes']:6d} {'yes' if r['applied_ok'] else 'NO':>3}"
         )
-    ram = max(r["apply_ram"] for _, r in rows)
-    print(
-        f"{'TOTAL':24} {total['otaferry']:8d} {'':6} {'':7} {ram:7d} {'':9}"
-        f" {total['bsdiff4']:8d} {total['zstd_patch_from']:8d} {total['detools_lzma']:8d}"
-        f" {total['detools_heatshrink']:8d}"
+        if peers:
+            line += f" {r['best_peer_bytes']:9d} {r['best_peer']:24} {r['vs_best_peer']:6.3f}"
+        print(line)
+    line = (
+        f"{'TOTAL':46} {total['payload_bytes']:8d} {'':6} {total['max_device_ram_bytes']:6d}"
+        f" {'yes' if total['all_applied_ok'] and total['all_installable'] else 'NO':>3}"
     )
-    print(
-        "\nRAM = tracemalloc peak during apply_segment + largest segment payload held "
-        "until its hash checks (no C-side codec state)."
-    )
-    print(f"\nAnchors (published, same 8 pairs): otaferry total {total['otaferry']} B")
-    for label, v in ANCHORS:
-        print(f"  {label:38} {v:8d}  (otaferry {100.0 * (total['otaferry'] - v) / v:+.1f}%)")
-    return 0
+    if peers:
+        line += f" {total['best_peer_bytes']:9d} {'':24} {total['ratio']:6.3f}"
+    print(line)
+    if peers:
+        print("\npeer totals: " + ", ".join(f"{n} {total[n]}" for n in BASELINES))
+        print(f"worst pair vs its best peer: {total['worst_pair_vs_best_peer']:.3f}")
+        lofo = total.get("leave_one_family_out")
+        if lofo:
+            print(
+                f"leave-one-family-out: {lofo['payload_bytes']} vs best peers "
+                f"{lofo['best_peer_bytes']} = {lofo['ratio']:.3f} "
+                + ", ".join(f"{f}: {v['config']}" for f, v in lofo["families"].items())
+            )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,134 @@
+"""The builder never emits a delta its target cannot apply (issue [L]).
+
+Small synthetic images only: the segment-size search encodes each image
+several times, and the real corpus belongs to ``otaferry bench delta``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+from otaferry.device_fw.delta_apply import apply_segment
+from otaferry.device_fw.delta_apply import ram_budget as device_ram_budget
+from otaferry.protocol.artifact import build_delta, build_full
+from otaferry.protocol.delta import (
+    DEFAULT_DEVICE_RAM,
+    encode_delta_for_device,
+    max_payload_for,
+)
+from otaferry.protocol.errors import OtaferryError, Reason, RemoteError
+from otaferry.protocol.frames import HelloInfo
+from otaferry.protocol.keys import SigningKey
+from otaferry.protocol.shared_artifact import Artifact
+from otaferry.transport.updater import choose_artifact
+
+KEY = SigningKey.from_seed(hashlib.sha256(b"delta builder tests").digest())
+
+
+def _apply(old: bytes, new_size: int, res_segments: list[bytes], seg: int) -> bytes:
+    out = bytearray()
+    for i, p in enumerate(res_segments):
+        apply_segment(p, lambda o, n: old[o : o + n], len(old), min(seg, new_size - i * seg),
+                      out.extend)  # fmt: skip
+    return bytes(out)
+
+
+def _unrelated(n: int, seed: int) -> tuple[bytes, bytes]:
+    rnd = random.Random(seed)
+    return rnd.randbytes(n), rnd.randbytes(n)
+
+
+def test_segments_shrink_until_the_device_check_passes() -> None:
+    # nothing in common: every segment is literals, its payload about its size,
+    # so 24 KiB segments (payload > 22,077 B) would be refused by the device
+    old, new = _unrelated(40_000, 1)
+    res = encode_delta_for_device(old, new)
+    assert res.max_segment_payload <= max_payload_for(DEFAULT_DEVICE_RAM)
+    assert device_ram_budget(res.max_segment_payload) == res.device_ram <= DEFAULT_DEVICE_RAM
+    assert res.segment_size == 16384
+    assert _apply(old, len(new), res.segments, res.segment_size) == new
+
+
+def test_a_smaller_budget_gets_smaller_segments() -> None:
+    old, new = _unrelated(40_000, 2)
+    res = encode_delta_for_device(old, new, device_ram=43_459 + 9000)
+    assert res.segment_size == 8192 and res.device_ram <= 43_459 + 9000
+    assert _apply(old, len(new), res.segments, res.segment_size) == new
+
+
+def test_similar_images_get_large_segments() -> None:
+    old = random.Random(3).randbytes(60_000)
+    new = bytearray(old)
+    new[1000:1010] = b"0123456789"
+    res = encode_delta_for_device(old, bytes(new))
+    assert res.segment_size >= 65536 and len(res.segments) == 1
+    assert _apply(old, len(new), res.segments, res.segment_size) == new
+
+
+def test_no_segmentation_fits_is_one_clear_error() -> None:
+    old, new = _unrelated(8192, 4)
+    with pytest.raises(OtaferryError) as exc:
+        encode_delta_for_device(old, new, device_ram=45_000)
+    assert exc.value.reason == Reason.RESOURCE_LIMIT
+    assert "no segmentation" in exc.value.message and "\n" not in exc.value.message
+    assert "4096 B segments need" in exc.value.message
+
+
+def test_a_forced_segment_size_that_does_not_fit_is_refused() -> None:
+    old, new = _unrelated(40_000, 5)
+    with pytest.raises(OtaferryError) as exc:
+        build_delta(old, new, KEY, hw=["hw"], chip="c", version="2", segment_size=32768)
+    assert exc.value.reason == Reason.RESOURCE_LIMIT and "--segment-size" in exc.value.message
+
+
+def _hello(running: bytes) -> HelloInfo:
+    return HelloInfo(
+        device_id=b"\x01" * 8, hw="hw", chip="c", running_version="1",
+        running_sha256=hashlib.sha256(running).digest(), security_counter=0,
+        slot_size=1 << 20, max_frame=255, codecs=("zstd", "fdelta1"), max_window_log=13,
+        max_segment_payload=8256, max_offer=4096,
+    )  # fmt: skip
+
+
+def test_the_sender_picks_the_smaller_of_delta_and_full() -> None:
+    old, new = _unrelated(12_000, 6)
+    new = new[:4000] * 3  # compresses well alone, shares nothing with old
+    delta = build_delta(old, new, KEY, hw=["hw"], chip="c", version="2")
+    full = build_full(new, KEY, hw=["hw"], chip="c", version="2")
+    assert len(full) < len(delta)
+    info = _hello(old)
+    for offered in ([delta, full], [full, delta], [Artifact.parse(delta), Artifact.parse(full)]):
+        chosen = choose_artifact(offered, info)
+        assert Artifact.of(chosen).is_delta is False
+    assert choose_artifact([delta, full], info, allow_full=False) is delta
+    with pytest.raises(RemoteError):
+        choose_artifact([full], info, allow_full=False)
+    # a delta that is smaller goes
+    near = bytearray(old)
+    near[5:9] = b"abcd"
+    small = build_delta(old, bytes(near), KEY, hw=["hw"], chip="c", version="3")
+    big_full = build_full(bytes(near), KEY, hw=["hw"], chip="c", version="3")
+    assert choose_artifact([big_full, small], info) is small
+
+
+def test_cli_build_warns_when_the_delta_is_not_smaller(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otaferry.tools.cli import main
+
+    old, new = _unrelated(12_000, 7)
+    (tmp_path / "old.bin").write_bytes(old)
+    (tmp_path / "new.bin").write_bytes(new[:3000] * 4)
+    assert main(["keygen", str(tmp_path / "k")]) == 0
+    args = ["build", "--key", str(tmp_path / "k"), "--hw", "hw", "--chip", "c", "--version", "2"]
+    out = str(tmp_path / "d.ota")
+    files = ["--base", str(tmp_path / "old.bin"), str(tmp_path / "new.bin"), "-o", out]
+    assert main([*args, *files]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the delta" in err and "not smaller than the full image" in err
+    assert main([*args, "--device-ram", "40000", *files]) == 1
+    err = capsys.readouterr().err
+    assert "error[RESOURCE_LIMIT]: no segmentation" in err and err.count("\n") == 1
