@@ -95,6 +95,10 @@ __all__ = [
 ]
 
 MIN_MTU = 16
+# What a sender buffers of an unauthenticated HELLO (issue [M] 3: 65,534 parts once held
+# 72 MB). A HelloInfo is a few hundred bytes; at the smallest mtu it takes ~40 parts.
+MAX_HELLO_PARTS = 512
+MAX_HELLO_BYTES = 4096
 Unit: TypeAlias = tuple[int, int]
 
 
@@ -461,6 +465,7 @@ class Sender:
         self._restarts = 0
         self._control: bytes | None = None  # QUERY / COMMIT / ABORT to send next
         self._hello: dict[int, bytes] = {}
+        self._hello_bytes = 0
         self._hello_count = 0
         self._parts: list[bytes] = []
         self._resumed_from = 0
@@ -660,14 +665,27 @@ class Sender:
         if self.phase is not Phase.HANDSHAKE and not checking_in:
             self._ignore()  # a duplicate answer to our QUERY
             return
+        if frame.count > MAX_HELLO_PARTS:
+            self._stats["bad_frames"] += 1  # no device needs that many: not buffered
+            return
         if frame.count != self._hello_count:
             self._hello = {}
+            self._hello_bytes = 0
             self._hello_count = frame.count
+        old = self._hello.get(frame.part)
+        held = self._hello_bytes - (len(old) if old is not None else 0) + len(frame.chunk)
+        if held > MAX_HELLO_BYTES:
+            self._stats["bad_frames"] += 1  # the HELLO blob is small: start over
+            self._hello = {}
+            self._hello_bytes = 0
+            return
         self._hello[frame.part] = frame.chunk
+        self._hello_bytes = held
         if len(self._hello) < self._hello_count:
             return
         blob = b"".join(self._hello[i] for i in range(self._hello_count))
         self._hello = {}
+        self._hello_bytes = 0
         self._hello_count = 0
         try:
             info = HelloInfo.decode(blob)
@@ -924,6 +942,7 @@ class Sender:
         self.phase = Phase.REBOOT
         self._reset_units(self._n)
         self._hello = {}
+        self._hello_bytes = 0
         self._hello_count = 0
         if self._checkin_deadline is None:
             self._checkin_deadline = now + self._checkin_timeout
@@ -1010,6 +1029,7 @@ class Sender:
             return
         self.phase = Phase.HANDSHAKE
         self._hello = {}
+        self._hello_bytes = 0
         self._hello_count = 0
         self._reset_units(OFFER_SEGMENT)
         self._control = Query(self.session_id).encode()

@@ -982,3 +982,23 @@ def test_the_sender_refuses_a_failed_update_and_the_running_image_from_the_hello
         sim = Sim(sender_for(fixed), RX.Receiver(dev), up, down).run()
     (rejected,) = sim.of(Rejected)
     assert rejected.reason == Reason.ALREADY_INSTALLED and rejected.local
+
+
+def test_the_sender_buffers_a_bounded_hello(programmer: Firmware) -> None:
+    """Issue [M] 3: the gateway buffered HELLO parts without limit (65,534 parts held
+    72.4 MB). A count above MAX_HELLO_PARTS is not buffered at all, and the parts
+    held never exceed MAX_HELLO_BYTES; a genuine HELLO afterwards still works."""
+    from otaferry.protocol.frames import Hello
+    from otaferry.protocol.session import MAX_HELLO_BYTES, MAX_HELLO_PARTS
+
+    _old, _new, art = programmer
+    sender = sender_for(art)
+    sid = sender.session_id
+    for part in range(0, 65_534, 97):
+        sender.receive_frame(Hello(sid, part, 65_534, b"x" * 200).encode(), 0.0)
+    assert sender._hello == {} and sender.stats.bad_frames > 0
+    for part in range(MAX_HELLO_PARTS):  # as many as allowed, each large
+        sender.receive_frame(Hello(sid, part, MAX_HELLO_PARTS, b"y" * 200).encode(), 0.0)
+        assert sender._hello_bytes <= MAX_HELLO_BYTES
+        assert sum(map(len, sender._hello.values())) == sender._hello_bytes
+    assert sender.phase is Phase.HANDSHAKE
