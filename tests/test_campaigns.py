@@ -377,3 +377,14 @@ def test_sender_ends_when_the_device_runs_another_chunking(tmp_path: Path) -> No
         first.run(max_steps=3000)  # the second gateway has gone quiet
         assert first.sender.done, (first.sender.phase, first.sender.stats)
         assert not first.stalled
+
+
+def test_handshake_dos_campaign() -> None:
+    """``bench campaign --only dos`` (issue [M] 6): its own verdict, and the figures it
+    reports for the closing note stay within the device's handshake budget."""
+    from otaferry.tools.bench.campaign.dos import dos_campaign, dos_ok
+
+    s = dos_campaign()
+    assert dos_ok(s), s
+    assert s["flood"]["handshakes_tried"] < s["flood"]["msg1s"] // 10
+    assert s["replay"]["genuine_opened"] and s["loop"]["out_per_in"] <= 1.0

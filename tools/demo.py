@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,6 +42,7 @@ from ..transport.serial_link import SerialLink
 from ..transport.updater import PushOptions, Updater
 from .files import read_file
 from .sample_fw import make_image
+from .simdevice import start_device, stop_device
 
 HW = "otaferry-devkit-v1"
 NO_CHECKIN_TIMEOUT = 5  # s: the third case's device deadline (short, to keep the demo quick)
@@ -74,45 +73,14 @@ class _DeviceProcess:
     """``otaferry device run`` on the B end of the line; kill() is a power cut."""
 
     def __init__(self, flash: Path, port: Path, *flags: str) -> None:
-        exe = Path(sys.executable).with_name("otaferry")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "otaferry"]
-        self.proc = subprocess.Popen(
-            [
-                *cmd,
-                "device",
-                "run",
-                "--quiet",
-                "--port",
-                str(port),
-                "--flash",
-                str(flash),
-                "--baud",
-                str(BAUD),
-                *flags,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        self.proc = start_device(flash, port, BAUD, *flags)
 
     def power_cut(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _boot(flash: Path, self_test: bool) -> dict[str, object]:
-    with Device(str(flash)) as dev:
-        result = dev.power_on(self_test=self_test)
-        for line in result["log"]:  # type: ignore[attr-defined]
-            _say("boot", line)
-        return dev.info()  # type: ignore[no-any-return]
+        stop_device(self.proc)
 
 
 async def _expect_rollback(

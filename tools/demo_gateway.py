@@ -17,7 +17,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,8 +31,8 @@ from ..transport.gateway.client import JobClient
 from ..transport.gateway.config import load_config
 from ..transport.gateway.mqtt import MqttSettings
 from ..transport.gateway.service import Gateway, Log
-from ..transport.linesim import LineSim
 from .sample_fw import make_image
+from .simdevice import boards_on_lines
 
 HW = "otaferry-devkit-v1"
 BAUD = 921_600
@@ -145,75 +144,40 @@ async def _run(work: Path, port: int) -> int:
         f"2 simulated ESP32s running v1.0.0; gateway.toml: 2 UART links at {BAUD} "
         f"baud; topics under {prefix}/demo-site/",
     )
-    exe = Path(sys.executable).with_name("otaferry")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "otaferry"]
-    procs: list[subprocess.Popen[bytes]] = []
-    async with contextlib.AsyncExitStack() as stack:
-        for i, (_, flash) in enumerate(devices):
-            await stack.enter_async_context(
-                LineSim(
-                    str(work / f"gw{i}.tty"),
-                    str(work / f"dev{i}.tty"),
-                    baud=BAUD,
-                    latency_ms=2,
-                    seed=i,
-                )
+    async with boards_on_lines([flash for _, flash in devices], work, BAUD, latency_ms=2):
+        config = load_config(work / "gateway.toml")
+        gateway = Gateway(config, log=Log("text", stream=open(work / "gateway.log", "w")))  # noqa: SIM115
+        stop = asyncio.Event()
+        service = asyncio.ensure_future(gateway.run(stop))
+        _say("gateway", "service running (log in gateway.log): subscribed to its jobs")
+        async with JobClient(MqttSettings("127.0.0.1", port), prefix, "demo-site") as client:
+            sha = await client.upload(ota)
+            _say(
+                "upload",
+                f"v1.1.0.ota ({len(ota)} B) published in 32 KiB chunks; sha256 {sha[:16]}...",
             )
-            procs.append(
-                subprocess.Popen(
-                    [
-                        *cmd,
-                        "device",
-                        "run",
-                        "--quiet",
-                        "--port",
-                        str(work / f"dev{i}.tty"),
-                        "--flash",
-                        str(flash),
-                        "--baud",
-                        str(BAUD),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                )
-            )
-        try:
-            config = load_config(work / "gateway.toml")
-            gateway = Gateway(config, log=Log("text", stream=open(work / "gateway.log", "w")))  # noqa: SIM115
-            stop = asyncio.Event()
-            service = asyncio.ensure_future(gateway.run(stop))
-            _say("gateway", "service running (log in gateway.log): subscribed to its jobs")
-            async with JobClient(MqttSettings("127.0.0.1", port), prefix, "demo-site") as client:
-                sha = await client.upload(ota)
-                _say(
-                    "upload",
-                    f"v1.1.0.ota ({len(ota)} B) published in 32 KiB chunks; sha256 {sha[:16]}...",
-                )
-                await client.submit("demo-job-1", [d for d, _ in devices], [sha])
-                _say("job", "demo-job-1 submitted over MQTT: both devices, that artifact")
-                last: dict[str, str] = {}
+            await client.submit("demo-job-1", [d for d, _ in devices], [sha])
+            _say("job", "demo-job-1 submitted over MQTT: both devices, that artifact")
+            last: dict[str, str] = {}
 
-                def on_state(device: str, st: dict[str, Any]) -> None:
-                    phase = st["phase"]
-                    if phase == "transferring" and st.get("total_bytes"):
-                        pct = 100 * st["confirmed_bytes"] / st["total_bytes"]
-                        _say(
-                            "state",
-                            f"{device}: transferring {pct:5.1f} % "
-                            f"({st.get('rate_bps') or 0} B/s) seq {st['seq']}",
-                        )
-                    elif last.get(device) != phase:
-                        extra = f", runs {st['running_version']}" if phase == "done" else ""
-                        _say("state", f"{device}: {phase} ({st['aws']}){extra} seq {st['seq']}")
-                    last[device] = phase
+            def on_state(device: str, st: dict[str, Any]) -> None:
+                phase = st["phase"]
+                if phase == "transferring" and st.get("total_bytes"):
+                    pct = 100 * st["confirmed_bytes"] / st["total_bytes"]
+                    _say(
+                        "state",
+                        f"{device}: transferring {pct:5.1f} % "
+                        f"({st.get('rate_bps') or 0} B/s) seq {st['seq']}",
+                    )
+                elif last.get(device) != phase:
+                    extra = f", runs {st['running_version']}" if phase == "done" else ""
+                    _say("state", f"{device}: {phase} ({st['aws']}){extra} seq {st['seq']}")
+                last[device] = phase
 
-                result = await client.follow("demo-job-1", on_state=on_state, timeout=300)
-                health = await client.health()
-            stop.set()
-            await service
-        finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=10)
+            result = await client.follow("demo-job-1", on_state=on_state, timeout=300)
+            health = await client.health()
+        stop.set()
+        await service
     ok = result["state"] == "done"
     print()
     print("summary")

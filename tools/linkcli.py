@@ -87,7 +87,7 @@ async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
         if len(candidates) == 1 and not args.no_full_fallback:
             printer.say(f"sending {_describe(candidates[0])}")
             return await up.push(candidates[0], printer)
-        info = await up.hello(candidates[0])
+        info = await up.hello()
         chosen = choose_artifact(candidates, info, allow_full=not args.no_full_fallback)
         printer.say(f"chose {_describe(chosen)} of {len(candidates)}: {_why(chosen, info)}")
         return await up.push(chosen, printer)

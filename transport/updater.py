@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 from ..protocol.artifact import HEADER_SIZE, ArtifactReader
 from ..protocol.errors import (
@@ -44,7 +44,6 @@ from ..protocol.secure import decode_identity, encode_identify
 from ..protocol.session import (
     Completed,
     Confirmed,
-    DeviceInfo,
     Event,
     Failed,
     Rejected,
@@ -54,6 +53,8 @@ from ..protocol.session import (
 from ..protocol.shared_artifact import Artifact
 from ..protocol.x25519keys import LinkPublicKey
 from .link import Link
+
+_T = TypeVar("_T")
 
 __all__ = ["PushOptions", "Updater", "choose_artifact", "fetch_device_key", "query_device"]
 
@@ -253,15 +254,12 @@ class Updater:
                     return event
         raise OtaferryError("session ended without an outcome", Reason.BAD_STATE)
 
-    async def hello(self, ota: bytes | Artifact) -> HelloInfo:
-        """Ask the device who it is (one QUERY / HELLO exchange), sending no data."""
-        async with contextlib.aclosing(self.events(ota)) as events:
-            async for event in events:
-                if isinstance(event, DeviceInfo):
-                    if self.last_sender is not None:
-                        await self._abort_quietly(self.last_sender)
-                    return event.info
-        raise OtaferryError("device did not answer", Reason.TIMEOUT)
+    async def hello(self) -> HelloInfo:
+        """Ask the device who it is (QUERY / HELLO), with no update in hand: nothing
+        is parsed or sent but the query (:func:`query_device`)."""
+        return await query_device(
+            self.link, rto=self.options.rto, retries=self.options.max_retries
+        )
 
     async def push_best(
         self,
@@ -276,9 +274,27 @@ class Updater:
         images: :func:`choose_artifact`) and push it."""
         if not candidates:
             raise OtaferryError("no artifacts given", Reason.MALFORMED)
-        info = await self.hello(candidates[0])
+        info = await self.hello()
         chosen = choose_artifact(candidates, info, allow_full=allow_full)
         return await self.push(chosen, on_event, job_id=job_id)
+
+
+async def _ask(
+    link: Link, request: bytes, answer: Callable[[bytes], _T | None], rto: float, retries: int
+) -> _T | None:
+    """Send ``request`` until ``answer(packet)`` gives something, doubling the wait."""
+    wait = rto
+    for _attempt in range(retries + 1):
+        await link.send(request)
+        try:
+            async with asyncio.timeout(wait):
+                while True:
+                    got = answer(await link.receive())
+                    if got is not None:
+                        return got
+        except TimeoutError:
+            wait = min(wait * 2, 30.0)
+    return None
 
 
 async def query_device(link: Link, *, rto: float = 1.0, retries: int = 5) -> HelloInfo:
@@ -287,44 +303,33 @@ async def query_device(link: Link, *, rto: float = 1.0, retries: int = 5) -> Hel
     or the last rollback. Raises TimeoutError_ when it does not answer."""
     session_id = secrets.randbits(32) or 1
     parts: dict[int, bytes] = {}
-    wait = rto
-    for _attempt in range(retries + 1):
-        await link.send(Query(session_id).encode())
+
+    def hello_of(packet: bytes) -> HelloInfo | None:
         try:
-            async with asyncio.timeout(wait):
-                while True:
-                    try:
-                        frame = decode_frame(await link.receive())
-                    except DecodeError:
-                        continue
-                    if not isinstance(frame, Hello) or frame.session_id != session_id:
-                        continue
-                    parts[frame.part] = frame.chunk
-                    if len(parts) == frame.count:
-                        blob = b"".join(parts[i] for i in range(frame.count))
-                        await link.send(Abort(Reason.ABORTED, "query only").encode())
-                        return HelloInfo.decode(blob)
-        except TimeoutError:
-            wait = min(wait * 2, 30.0)
-    raise TimeoutError_(f"no answer to {retries + 1} queries")
+            frame = decode_frame(packet)
+        except DecodeError:
+            return None
+        if not isinstance(frame, Hello) or frame.session_id != session_id:
+            return None
+        parts[frame.part] = frame.chunk
+        if len(parts) < frame.count:
+            return None
+        return HelloInfo.decode(b"".join(parts[i] for i in range(frame.count)))
+
+    info = await _ask(link, Query(session_id).encode(), hello_of, rto, retries)
+    if info is None:
+        raise TimeoutError_(f"no answer to {retries + 1} queries")
+    await link.send(Abort(Reason.ABORTED, "query only").encode())
+    return info
 
 
 async def fetch_device_key(link: Link, *, rto: float = 1.0, retries: int = 5) -> LinkPublicKey:
     """First contact (SPEC 9.10): the device's static X25519 public key, over the
     raw link. Unauthenticated: whoever answers could be an impostor, so the
     caller must show its fingerprint to be checked before it is trusted."""
-    wait = rto
-    for _attempt in range(retries + 1):
-        await link.send(encode_identify())
-        try:
-            async with asyncio.timeout(wait):
-                while True:
-                    key = decode_identity(await link.receive())
-                    if key is not None:
-                        return key
-        except TimeoutError:
-            wait = min(wait * 2, 30.0)
-    raise TimeoutError_(
-        f"no answer to {retries + 1} identity requests (does the device have a link key?)"
-    )
-
+    key = await _ask(link, encode_identify(), decode_identity, rto, retries)
+    if key is None:
+        raise TimeoutError_(
+            f"no answer to {retries + 1} identity requests (does the device have a link key?)"
+        )
+    return key

@@ -30,7 +30,6 @@ import contextlib
 import json
 import resource
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,9 +51,9 @@ from ...transport.gateway.config import (
 from ...transport.gateway.mqtt import MqttSettings
 from ...transport.gateway.service import Gateway, Log
 from ...transport.hub import MemoryHub
-from ...transport.linesim import LineSim
 from ...transport.updater import PushOptions
 from ..demo_gateway import _broker
+from ..simdevice import boards_on_lines
 from .fleet import _csv, _device, _rss
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,38 +153,8 @@ async def run(
         device_keys=keys,
     )
     clock = asyncio.get_running_loop().time
-    exe = Path(sys.executable).with_name("otaferry")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "otaferry"]
-    procs: list[subprocess.Popen[bytes]] = []
     result: dict[str, Any] = {}
-    async with contextlib.AsyncExitStack() as stack:
-        for i, flash in enumerate(pty_flashes):
-            await stack.enter_async_context(
-                LineSim(
-                    str(work / f"gw{i}.tty"),
-                    str(work / f"dev{i}.tty"),
-                    baud=BAUD,
-                    latency_ms=1,
-                    seed=i,
-                )
-            )
-            procs.append(
-                subprocess.Popen(
-                    [
-                        *cmd,
-                        "device",
-                        "run",
-                        "--quiet",
-                        "--port",
-                        str(work / f"dev{i}.tty"),
-                        "--flash",
-                        str(flash),
-                        "--baud",
-                        str(BAUD),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                )
-            )
+    async with boards_on_lines(pty_flashes, work, BAUD, latency_ms=1):
         tasks = []
         if hub is not None:
             loops = [DeviceLoop(d, mtu) for d in devices]
@@ -221,9 +190,6 @@ async def run(
             stop.set()
             with contextlib.suppress(Exception):
                 await service
-            for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=10)
             if hub is not None:
                 await hub.aclose()
                 await asyncio.gather(*tasks)

@@ -10,6 +10,7 @@ from typing import Any
 
 from .checkin import checkin_campaign, checkin_ok
 from .common import PAIRS
+from .dos import dos_campaign, dos_ok
 from .fuzz import fuzz_campaign, fuzz_ok
 from .hostile import hostile_campaign
 from .powercut import powercut_campaign, powercut_ok
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=int, default=100_000, help="tampered secure records")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pair", choices=sorted(PAIRS), default="esp8266")
-    ap.add_argument("--only", default="powercut,checkin,fuzz,secure,hostile")
+    ap.add_argument("--only", default="powercut,checkin,fuzz,secure,dos,hostile")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if "secure" in only:
         results["secure"] = secure_campaign(args.records, args.seed)
         verdict["secure"] = secure_ok(results["secure"], args.records)
+    if "dos" in only:
+        results["dos"] = dos_campaign()
+        verdict["dos"] = dos_ok(results["dos"])
     if "hostile" in only:
         results["hostile"] = hostile_campaign(args.pair)
         verdict["hostile"] = results["hostile"]["failed"] == 0

@@ -99,11 +99,24 @@ def _checkin(s: dict[str, Any]) -> None:
         print(f"  {row['leg']} cut {row['index']}: {'; '.join(row['problems'])}")
 
 
+def _dos(s: dict[str, Any]) -> None:
+    f, r, lp = s["flood"], s["replay"], s["loop"]
+    print(f"\nHANDSHAKE DOS  {f['msg1s']} forged MSG1s over {f['seconds']:g} s: "
+          f"{f['handshakes_tried']} handshakes tried (<= {f['x25519_at_most']} X25519, was "
+          f"{f['x25519_before']}), {f['rate_limited']} rate limited; bytes out / in "
+          f"{f['out_per_in']}")  # fmt: skip
+    print(f"  {r['injections']} recorded MSG1s right after MSG2: {r['answered']} answered, "
+          f"the genuine channel opened: {r['genuine_opened']}")  # fmt: skip
+    print(f"  device loop, {lp['msg1s']} fresh MSG1s after its first handshake: bytes out / in "
+          f"{lp['out_per_in']}")  # fmt: skip
+
+
 SECTIONS = {
     "powercut": _powercut,
     "checkin": _checkin,
     "fuzz": _fuzz,
     "secure": _secure,
+    "dos": _dos,
     "hostile": _hostile,
 }
 
