@@ -581,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "bench",
         help="benchmarks: 'bench delta [--pairs F]', 'bench artifact DIR', 'bench link [IMAGE]', "
-        "'bench campaign', 'bench fleet [--sessions N]', 'bench gateway [--memory N] [--ptys M]'",
+        "'bench campaign', 'bench fleet [--sessions N]', 'bench memory', "
+        "'bench gateway [--memory N] [--ptys M]'",
         add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark and its arguments")
@@ -623,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import artifact, campaign, delta, fleet, link
+    from .bench import artifact, campaign, delta, fleet, link, memory
 
     def gateway(rest: list[str]) -> int:
         from .bench import gateway as bench_gateway
@@ -636,6 +637,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "link": link.main,
         "campaign": campaign.main,
         "fleet": fleet.main,
+        "memory": memory.main,
         "gateway": gateway,
     }
     if not args.rest or args.rest[0] not in benches:
