@@ -196,102 +196,38 @@ def test_delta_reads_stay_inside_the_running_image(tmp_path: Path) -> None:
     assert written.find(link_key) < 0
 
 
-def test_ram_check_agrees_with_the_applier(tmp_path: Path) -> None:
-    """The largest delta the RAM check (SPEC 7.6) admits must fit the budget it was
-    checked against, measured: tracemalloc peak of Installer.segment plus the payload
-    it holds. (The formula admitted 73-75 KB under a 65,536 budget before.)"""
-    import random
-    import tracemalloc
+def _ram_check_is_tight(tmp_path: Path, old: bytes, new: bytes, art: bytes, codec: str) -> None:
+    """The largest delta the RAM check admits must fit the budget it was checked
+    against, measured (``bench memory``'s applier row: tracemalloc peak of
+    Installer.segment plus the payload it holds); one byte less is refused."""
+    from otaferry.tools.bench import memory as M
 
-    from otaferry.device_fw.delta_apply import ram_budget
-    from otaferry.device_fw.installer import Installer
-    from otaferry.device_fw.manifest import read_header
-
-    rnd = random.Random(4)
-    old = rnd.randbytes(0x10000)
-    new = bytearray(old)
-    for i in range(0, 0x8000, 48):  # two thirds of the first segment rewritten
-        new[i : i + 32] = rnd.randbytes(32)
-    art = delta(old, bytes(new), segment_size=32768, device_ram=1 << 20)  # one big segment
-    manifest_bytes, signature = read_header(io.BytesIO(art))
-    from otaferry.device_fw import manifest as DM
-
-    table = DM.parse_manifest(manifest_bytes)["segments"]
-    largest = table.largest()
-    assert largest > 20_000  # near the default 65,536 budget: ram_budget is ~64 KiB
-    budget = ram_budget(largest)
-    limits = {"max_window_log": 13, "max_segment_payload": 8256, "ram_budget": budget}
-    flash = device(tmp_path, old, limits=limits)
-    peaks = []
-    with Device(str(flash)) as dev:
-        inst = Installer(dev)
-        inst.begin(manifest_bytes, signature)  # admitted: exactly at the limit
-        pos = 10 + len(manifest_bytes) + 64
-        for i in range(len(table)):
-            length = table[i][0]
-            payload = bytearray(art[pos : pos + length])  # the receiver's segment buffer
-            pos += length
-            tracemalloc.start()
-            try:
-                base = tracemalloc.get_traced_memory()[0]
-                inst.segment(i, memoryview(payload))
-                peaks.append(tracemalloc.get_traced_memory()[1] - base + length)
-            finally:
-                tracemalloc.stop()
-        inst.finish()
-    assert max(peaks) <= budget, (peaks, budget)
-    assert max(peaks) > budget - 4096  # the formula is tight, not padded
-    one_less = dict(limits, ram_budget=budget - 1)
-    with pytest.raises(DeviceError) as exc:
-        install(device(tmp_path, old, name="tight.bin", limits=one_less), art)
+    row = M.applier_peak(tmp_path, old, art, codec, new)
+    assert row["codec"] == codec and row["applied_ok"]
+    budget = row["bound_bytes"]
+    assert budget - 4096 < row["peak_bytes"] <= budget, row  # tight, not padded
+    one_less = dict(M.ram_limits(art), ram_budget=budget - 1)
+    tight = M.make_device(tmp_path / "tight.bin", image=old, limits=one_less)
+    with tight as dev, pytest.raises(DeviceError) as exc:
+        install_stream(dev, io.BytesIO(art))
     assert exc.value.reason == R.RESOURCE_LIMIT
+
+
+def test_ram_check_agrees_with_the_applier(tmp_path: Path) -> None:
+    """SPEC 7.6 (the formula admitted 73-75 KB under a 65,536 budget before)."""
+    from otaferry.tools.bench import memory as M
+
+    old, new = M.near_limit_pair()
+    art = M.build(old, new, segment_size=32768, device_ram=1 << 20)  # one big segment
+    assert M.ram_limits(art)["ram_budget"] > 60_000  # near the default 65,536 budget
+    _ram_check_is_tight(tmp_path, old, new, art, "fdelta1")
 
 
 def test_ram_check_agrees_with_the_fdelta2_applier(tmp_path: Path) -> None:
-    """The same measurement for fdelta2 (SPEC 7.7): its branch predictor's tables
-    and learning closure are counted, and the formula stays tight."""
-    import tracemalloc
-
-    from otaferry.device_fw import manifest as DM
-    from otaferry.device_fw.delta_apply import ram_budget
-    from otaferry.device_fw.installer import Installer
-    from otaferry.device_fw.manifest import read_header
+    """SPEC 7.7: fdelta2's branch predictor tables and learning closure are counted."""
     from otaferry.protocol.delta import ARCH_XTENSA, encode_delta
-    from paths import FIRMWARE
+    from otaferry.tools.bench import memory as M
 
-    old = (FIRMWARE / "esp8266-at-nonos/at-v3.0.1.bin").read_bytes()[0x20000:0x30000]
-    new = (FIRMWARE / "esp8266-at-nonos/at-v3.0.2.bin").read_bytes()[0x20000:0x2C000]
+    old, new = M.xtensa_slice()
     res = encode_delta(old, new, 16384, (ARCH_XTENSA,))
-    assert res.codec == "fdelta2"
-    art = build_delta(
-        old, new, KEY, hw=["hw"], chip="chip", version="new", security_counter=1, encoded=res
-    )
-    manifest_bytes, signature = read_header(io.BytesIO(art))
-    table = DM.parse_manifest(manifest_bytes)["segments"]
-    budget = ram_budget(table.largest(), codec="fdelta2")
-    limits = {"max_window_log": 13, "max_segment_payload": 8256, "ram_budget": budget}
-    flash = device(tmp_path, old, limits=limits)
-    peaks = []
-    with Device(str(flash)) as dev:
-        inst = Installer(dev)
-        inst.begin(manifest_bytes, signature)
-        pos = 10 + len(manifest_bytes) + 64
-        for i in range(len(table)):
-            length = table[i][0]
-            payload = bytearray(art[pos : pos + length])
-            pos += length
-            tracemalloc.start()
-            try:
-                base = tracemalloc.get_traced_memory()[0]
-                inst.segment(i, memoryview(payload))
-                peaks.append(tracemalloc.get_traced_memory()[1] - base + length)
-            finally:
-                tracemalloc.stop()
-        inst.finish()
-    assert slot(flash, 1, len(new)) == new
-    assert max(peaks) <= budget, (peaks, budget)
-    assert max(peaks) > budget - 4096, (peaks, budget)
-    one_less = dict(limits, ram_budget=budget - 1)
-    with pytest.raises(DeviceError) as exc:
-        install(device(tmp_path, old, name="tight.bin", limits=one_less), art)
-    assert exc.value.reason == R.RESOURCE_LIMIT
+    _ram_check_is_tight(tmp_path, old, new, M.build(old, new, encoded=res), "fdelta2")

@@ -219,17 +219,52 @@ def host_figures() -> list[dict[str, Any]]:
     return rows
 
 
-def applier_peak(tmp: Path, old: bytes, art: bytes, name: str) -> dict[str, Any]:
+def build(old: bytes, new: bytes, **kw: Any) -> bytes:
+    """A delta signed by the key :func:`make_device` trusts."""
+    return build_delta(
+        old, new, KEY, hw=["hw"], chip="chip", version="new", security_counter=1, **kw
+    )
+
+
+def near_limit_pair() -> tuple[bytes, bytes]:
+    """64 KiB of noise with two thirds of its first 32 KiB rewritten: one 32 KiB
+    segment whose fdelta1 payload (~22 KB) puts the RAM check near 64 KiB."""
+    rnd = random.Random(4)
+    old = rnd.randbytes(0x10000)
+    new = bytearray(old)
+    for i in range(0, 0x8000, 48):
+        new[i : i + 32] = rnd.randbytes(32)
+    return old, bytes(new)
+
+
+def xtensa_slice() -> tuple[bytes, bytes]:
+    """64 KiB / 48 KiB of ESP8266 AT v3.0.1 / v3.0.2 code, where fdelta2 wins."""
+    at = FIRMWARE / "esp8266-at-nonos"
+    old = (at / "at-v3.0.1.bin").read_bytes()[0x20000:0x30000]
+    new = (at / "at-v3.0.2.bin").read_bytes()[0x20000:0x2C000]
+    return old, new
+
+
+def ram_limits(art: bytes) -> dict[str, int]:
+    """Device limits whose RAM budget is exactly what the check asks for ``art``."""
+    manifest_bytes, _ = read_header(io.BytesIO(art))
+    parsed = DM.parse_manifest(manifest_bytes)
+    budget = ram_budget(parsed["segments"].largest(), codec=parsed.get("codec", "fdelta1"))
+    return {"max_window_log": 13, "max_segment_payload": 8256, "ram_budget": budget}
+
+
+def applier_peak(
+    tmp: Path, old: bytes, art: bytes, name: str, new: bytes | None = None
+) -> dict[str, Any]:
     """Install ``art`` on a device whose RAM budget is exactly what the check asks
-    for its largest segment; the peak is installer heap + the payload it holds."""
+    for its largest segment; the peak is installer heap + the payload it holds.
+    With ``new``, ``applied_ok`` says whether the passive slot then holds it."""
     manifest_bytes, signature = read_header(io.BytesIO(art))
     parsed = DM.parse_manifest(manifest_bytes)
     table = parsed["segments"]
-    codec = parsed.get("codec", "fdelta1")
-    budget = ram_budget(table.largest(), codec=codec)
-    limits = {"max_window_log": 13, "max_segment_payload": 8256, "ram_budget": budget}
+    limits = ram_limits(art)
     peaks: list[int] = []
-    with make_device(tmp / f"{name}.bin", image=old, limits=limits) as dev:
+    with make_device(tmp / f"ram-{len(list(tmp.iterdir()))}.bin", image=old, limits=limits) as dev:
         inst = Installer(dev)
         inst.begin(manifest_bytes, signature)
         pos = 10 + len(manifest_bytes) + 64
@@ -245,48 +280,31 @@ def applier_peak(tmp: Path, old: bytes, art: bytes, name: str) -> dict[str, Any]
             finally:
                 tracemalloc.stop()
         inst.finish()
-    return {
-        "group": "RAM check vs applier",
-        "input": name,
-        "codec": codec,
-        "peak_bytes": max(peaks),
-        "bound_bytes": budget,
-    }
+        row = {
+            "group": "RAM check vs applier",
+            "input": name,
+            "codec": parsed.get("codec", "fdelta1"),
+            "peak_bytes": max(peaks),
+            "bound_bytes": limits["ram_budget"],
+        }
+        if new is not None:
+            passive = dev.slots[1]
+            row["applied_ok"] = bytes(dev.flash.read(passive.offset, len(new))) == new
+    return row
 
 
 def applier_figures(tmp: Path, pairs: list[tuple[Path, Path]]) -> list[dict[str, Any]]:
-    rnd = random.Random(4)
-    old = rnd.randbytes(0x10000)
-    new = bytearray(old)
-    for i in range(0, 0x8000, 48):  # two thirds of the first segment rewritten
-        new[i : i + 32] = rnd.randbytes(32)
-
-    def build(o: bytes, n: bytes, **kw: Any) -> bytes:
-        return build_delta(
-            o, n, KEY, hw=["hw"], chip="chip", version="new", security_counter=1, **kw
-        )
-
-    rows = [
-        applier_peak(
-            tmp,
-            old,
-            build(old, bytes(new), segment_size=32768, device_ram=1 << 20),
-            "fdelta1, one 32 KiB segment",
-        )
-    ]
-    at = FIRMWARE / "esp8266-at-nonos"
-    if at.is_dir():
-        o = (at / "at-v3.0.1.bin").read_bytes()[0x20000:0x30000]
-        n = (at / "at-v3.0.2.bin").read_bytes()[0x20000:0x2C000]
+    old, new = near_limit_pair()
+    art = build(old, new, segment_size=32768, device_ram=1 << 20)
+    rows = [applier_peak(tmp, old, art, "fdelta1, one 32 KiB segment", new)]
+    if (FIRMWARE / "esp8266-at-nonos").is_dir():
+        o, n = xtensa_slice()
         res = encode_delta(o, n, 16384, (ARCH_XTENSA,))
-        rows.append(
-            applier_peak(
-                tmp, o, build(o, n, encoded=res), f"{res.codec}, ESP8266 AT v3.0.1→v3.0.2 slice"
-            )
-        )
+        name = f"{res.codec}, ESP8266 AT v3.0.1→v3.0.2 slice"
+        rows.append(applier_peak(tmp, o, build(o, n, encoded=res), name, n))
     for old_path, new_path in pairs:
         o, n = old_path.read_bytes(), new_path.read_bytes()
-        rows.append(applier_peak(tmp, o, build(o, n), f"{old_path.name} → {new_path.name}"))
+        rows.append(applier_peak(tmp, o, build(o, n), f"{old_path.name} → {new_path.name}", n))
     return rows
 
 
