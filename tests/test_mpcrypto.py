@@ -468,3 +468,26 @@ def test_agrees_with_cryptography_on_random_inputs() -> None:
         sealed = AESCCM(aead_key, tag_length=8).encrypt(nonce, pt, ad)
         assert mpcrypto.aes_ccm8_encrypt(aead_key, nonce, pt, ad) == sealed
         assert mpcrypto.aes_ccm8_decrypt(aead_key, nonce, sealed, ad) == pt
+
+
+def test_bench_crypto_reports_every_operation_on_both_interpreters(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``otaferry bench crypto --json`` with its budgets cut to one run a row."""
+    from otaferry.tools.bench import crypto as bench_crypto
+
+    monkeypatch.setattr(bench_crypto, "BUDGET_S", 0.0)
+    monkeypatch.setattr(bench_crypto, "MIN_RUNS", 1)
+    monkeypatch.setattr(bench_crypto, "HEAP_LOW", 1023)  # one heap probe a row
+    assert bench_crypto.main(["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    ops = {(r["runtime"].split()[0], r["op"], r["impl"]) for r in rows}
+    for runtime in ("cpython", "micropython"):
+        for op in ("ed25519_verify", "x25519", "aes_ccm8_encrypt", "aes_ccm8_decrypt"):
+            assert any(o[0] == runtime and o[1] == op for o in ops), (runtime, op)
+    assert all(r["ms"] > 0 for r in rows)
+    manifest = next(r for r in rows if r["op"] == "ed25519_verify")
+    assert 150 <= manifest["bytes"] <= 300  # a real signed manifest, ~200 bytes
+    mp = [r for r in rows if r["runtime"].startswith("micropython")]
+    assert all(r["smallest_heap_bytes"] == 1024 * 1024 for r in mp)
+    assert all(r["allocated_bytes"] > 0 for r in mp)
