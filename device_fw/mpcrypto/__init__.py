@@ -21,7 +21,7 @@ AES stand in for what MicroPython lacks), where the tests hold it against
 from . import ccm as _ccm
 from . import ed25519 as _ed25519
 from . import sha512  # noqa: F401 - mpcrypto.sha512.new for callers
-from . import x25519 as _x25519
+from . import curve25519 as _curve25519
 
 
 def ed25519_verify(public_raw, signature, message):
@@ -31,12 +31,12 @@ def ed25519_verify(public_raw, signature, message):
 
 def x25519(private_raw, public_raw):
     """X25519 (RFC 7748); ValueError when the result is all zero."""
-    return _x25519.x25519(private_raw, public_raw)
+    return _curve25519.x25519(private_raw, public_raw)
 
 
 def x25519_public(private_raw):
     """The 32-byte public key of a 32-byte X25519 private key."""
-    return _x25519.x25519_public(private_raw)
+    return _curve25519.x25519_public(private_raw)
 
 
 def aes_ccm8_encrypt(key, nonce, plaintext, ad):
