@@ -19,9 +19,9 @@ AES stand in for what MicroPython lacks), where the tests hold it against
 """
 
 from . import ccm as _ccm
+from . import curve25519 as _curve25519
 from . import ed25519 as _ed25519
 from . import sha512  # noqa: F401 - mpcrypto.sha512.new for callers
-from . import curve25519 as _curve25519
 
 
 def ed25519_verify(public_raw, signature, message):
