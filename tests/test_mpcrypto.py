@@ -491,3 +491,27 @@ def test_bench_crypto_reports_every_operation_on_both_interpreters(
     mp = [r for r in rows if r["runtime"].startswith("micropython")]
     assert all(r["smallest_heap_bytes"] == 1024 * 1024 for r in mp)
     assert all(r["allocated_bytes"] > 0 for r in mp)
+
+
+def test_micropython_runs_every_operation_in_a_64k_heap() -> None:
+    """Issue [G] 5's target heap: verify, X25519 and CCM of a 1,000-byte frame fit in
+    64 KiB with mpcrypto compiled from source (the heap's allocator is deterministic)."""
+    _name, _sk, pk, msg, sig = RFC8032[2]  # TEST 3
+    script = (
+        f"import sys, binascii\nsys.path.insert(0, {str(ROOT)!r})\n"
+        "from device_fw import mpcrypto as m\n"
+        "u = binascii.unhexlify\n"
+        f"assert m.ed25519_verify(u({pk!r}), u({sig!r}), u({msg!r}))\n"
+        f"assert m.x25519(u({ALICE!r}), u({BOB_PUBLIC!r})) == u({SHARED!r})\n"
+        "key, nonce, frame = bytes(range(16)), bytes(13), bytes(1000)\n"
+        "sealed = m.aes_ccm8_encrypt(key, nonce, frame, b'hd')\n"
+        "assert m.aes_ccm8_decrypt(key, nonce, sealed, b'hd') == frame\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run(
+        [micropython_command(), "-X", "heapsize=64k", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.stdout.strip() == "ok", run.stderr
