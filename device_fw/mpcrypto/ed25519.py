@@ -58,13 +58,25 @@ def _negate(p1):
 
 
 def _double_scalar(s, p1, k, p2):
-    """[s]p1 + [k]p2, one doubling chain for both scalars (Straus / Shamir)."""
-    both = _add(p1, p2)
-    table = (None, p1, p2, both)
+    """[s]p1 + [k]p2 for s, k < 2**254: one doubling chain, two bits of each at a time.
+
+    (Straus / Shamir with a joint 2-bit window: 15 table points, 127 additions
+    at most, against some 190 one bit at a time.)
+    """
+    p1_2 = _double(p1)
+    p2_2 = _double(p2)
+    firsts = (None, p1, p1_2, _add(p1_2, p1))
+    seconds = (None, p2, p2_2, _add(p2_2, p2))
+    table = [None] * 16  # table[i + 4 * j] = [i]p1 + [j]p2
+    for i in range(1, 4):
+        table[i] = firsts[i]
+        table[4 * i] = seconds[i]
+        for j in range(1, 4):
+            table[i + 4 * j] = _add(firsts[i], seconds[j])
     q = IDENTITY
-    for i in range(252, -1, -1):  # s, k < L < 2**253 (MicroPython ints have no bit_length)
-        q = _double(q)
-        sel = ((s >> i) & 1) | (((k >> i) & 1) << 1)
+    for i in range(252, -1, -2):  # bits 253..0 (MicroPython ints have no bit_length)
+        q = _double(_double(q))
+        sel = ((s >> i) & 3) | (((k >> i) & 3) << 2)
         if sel:
             q = _add(q, table[sel])
     return q
