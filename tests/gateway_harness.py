@@ -109,6 +109,35 @@ class Broker:
         return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
 
+class EmbeddedBroker:
+    """``otaferry broker`` (otaferry's own MQTT 3.1.1 broker) as its own process on a free
+    loopback port; its log lines in ``log``."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.port = free_port()
+        self.log = (folder or Path(os.environ.get("TMPDIR", "/tmp"))) / f"broker-{self.port}.log"
+        out = open(self.log, "wb")  # noqa: SIM115 - the process holds it
+        self.proc = subprocess.Popen([OTAFERRY, "broker", "--listen", f"127.0.0.1:{self.port}"],
+                                     stdout=out, stderr=out)  # fmt: skip
+        out.close()
+        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, 10,
+                 "otaferry broker")  # fmt: skip
+        if self.proc.poll() is not None:
+            raise AssertionError(f"otaferry broker did not start: {self.log.read_text()}")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
 def make_pki(folder: Path, clients: list[str]) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1, and one client certificate per name."""
     from cryptography import x509
