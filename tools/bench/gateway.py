@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", default=str(DEFAULT_IMAGE), help="the new image (full update)")
     ap.add_argument("--mtu", type=int, default=1024, help="frame size on the in-memory hub")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--broker", choices=("auto", "embedded", "mosquitto"), default="auto",
+                    help="auto: 127.0.0.1:1883 if it answers, else a mosquitto started here, "
+                    "else otaferry's embedded broker (in this process: it shares the CPU)")
     args = ap.parse_args(argv)
     if args.memory < 0 or args.ptys < 0 or args.memory + args.ptys < 1:
         ap.error("give at least one device")
@@ -237,8 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     old = OLD_IMAGE.read_bytes()
     with tempfile.TemporaryDirectory(prefix="otaferry-benchgw-") as tmp:
         work = Path(tmp)
-        with _broker(work) as port:
-            result = asyncio.run(run(args.memory, args.ptys, image, old, work, port, args.mtu))
+
+        async def go() -> dict[str, Any]:
+            async with _broker(work, args.broker) as where:
+                got = await run(args.memory, args.ptys, image, old, work, where.settings.port,
+                                args.mtu)  # fmt: skip
+                got["broker"] = where.kind
+                return got
+
+        result = asyncio.run(go())
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
