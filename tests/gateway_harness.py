@@ -209,8 +209,17 @@ class SimDevice:
     flags: tuple[str, ...] = ()
     linesim: subprocess.Popen[bytes] | None = None
     proc: subprocess.Popen[bytes] | None = None
+    lora: tuple[str, ...] = ()  # device run's LoRa options: behind a lora-sim, no linesim
 
     def start(self) -> None:
+        if self.lora:
+            wait_for(self.dev_port.exists, 10, "the lora-sim pty")
+            self.proc = subprocess.Popen(
+                [OTAFERRY, "device", "run", "--quiet", *self.lora, "--port", str(self.dev_port),
+                 "--flash", str(self.flash), "--checkin-timeout", "60", *self.flags],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            return
         if self.linesim is None:
             self.linesim = subprocess.Popen(
                 [OTAFERRY, "linesim", "--baud", str(BAUD), "--latency-ms", "1",
@@ -258,6 +267,9 @@ class Site:
     tls: dict[str, str] | None = None
     gateway: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    lora_modem: str | None = None  # all devices behind one LoRa modem link on a lora-sim
+    lora_radio: tuple[str, ...] = ("--region", "US915", "--sf", "7", "--bw", "500", "--cr", "5")
+    lorasim: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -307,7 +319,17 @@ class Site:
         ]
         if self.tls:
             lines += [f'{k} = "{v}"' for k, v in self.tls.items()]
-        for dev in self.devices:
+        if self.lora_modem:
+            radio = dict(zip(self.lora_radio[::2], self.lora_radio[1::2], strict=True))
+            lines += ["[[links]]", 'name = "lora0"', 'kind = "lora"',
+                      f'modem = "{self.lora_modem}"', f'port = "{self.folder / "lora-gw.tty"}"',
+                      f'region = "{radio["--region"]}"', f"sf = {radio['--sf']}",
+                      f"bw = {radio['--bw']}", f"cr = {radio['--cr']}",
+                      f"concurrency = {len(self.devices)}"]  # fmt: skip
+            for i, dev in enumerate(self.devices):
+                lines += ["[[links.devices]]", f'id = "{dev.device_id}"',
+                          f'public_key = "{dev.pub.name}"', f"address = {i + 1}"]  # fmt: skip
+        for dev in self.devices if not self.lora_modem else []:
             lines += [
                 "[[links]]",
                 f'name = "{dev.name}"',
@@ -320,6 +342,23 @@ class Site:
         path = self.folder / "gateway.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
+
+    def start_lora(self) -> None:
+        """One ``otaferry lora-sim``: the gateway's modem (address 0) and one per device
+        (addresses 1..N), each device's ``device run --lora-modem`` behind its own."""
+        assert self.lora_modem is not None
+        self.stats = self.folder / "lora-stats.json"
+        ports = [self.folder / "lora-gw.tty"] + [d.dev_port for d in self.devices]
+        self.lorasim = subprocess.Popen(
+            [OTAFERRY, "lora-sim", "--modem", self.lora_modem, *self.lora_radio, "--seed", "3",
+             "--stats", str(self.stats), *map(str, ports)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: all(p.exists() for p in ports), 10, "lora-sim ptys")
+        for i, dev in enumerate(self.devices):
+            dev.lora = ("--lora-modem", self.lora_modem, "--address", str(i + 1),
+                        *self.lora_radio)  # fmt: skip
+            dev.start()
 
     def start_gateway(self) -> subprocess.Popen[bytes]:
         config = self.write_config()
@@ -367,6 +406,9 @@ class Site:
             self.gateway.wait()
         for dev in self.devices:
             dev.stop()
+        if self.lorasim is not None and self.lorasim.poll() is None:
+            self.lorasim.terminate()  # writes its stats
+            self.lorasim.wait(timeout=10)
 
 
 class Watcher:

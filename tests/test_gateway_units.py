@@ -50,6 +50,22 @@ public_key = "dev.key.pub"
 """
 
 
+LORA = """
+[[links]]
+kind = "lora"
+modem = "rak3172"
+port = "/dev/ttyUSB1"
+region = "US915"
+sf = 9
+bw = 500
+cr = 6
+[[links.devices]]
+id = "00112233445566bb"
+public_key = "dev.key.pub"
+address = 7
+"""
+
+
 def test_config_loads_with_defaults(tmp_path: Path) -> None:
     cfg = load_config(_config(tmp_path, GOOD))
     assert cfg.broker.host == "127.0.0.1" and cfg.broker.port == 1884 and not cfg.broker.tls
@@ -57,6 +73,11 @@ def test_config_loads_with_defaults(tmp_path: Path) -> None:
     assert cfg.links[0].devices[0].id == "00112233445566aa"
     assert cfg.cache_dir == tmp_path / "cache" and cfg.job_store == tmp_path / "jobs.sqlite"
     assert cfg.device("00112233445566aa") is not None
+    (tmp_path / "lora").mkdir()
+    lora = load_config(_config(tmp_path / "lora", GOOD + LORA)).links[1]
+    assert (lora.kind, lora.modem, lora.region, lora.sf, lora.bw, lora.cr) == (
+        "lora", "rak3172", "US915", 9, 500, 6)  # fmt: skip
+    assert lora.devices[0].address == 7 and lora.concurrency == 4
 
 
 @pytest.mark.parametrize(
@@ -72,6 +93,11 @@ def test_config_loads_with_defaults(tmp_path: Path) -> None:
         (lambda s: s.replace('["vendor.key.pub"]', "[]"), "trusted_keys"),
         (lambda s: s.replace('gateway_id = "site-1"', 'gateway_id = "a/b"'), "gateway_id"),
         (lambda s: s + "[[\n", "(syntax)"),
+        (lambda s: s + LORA.replace("US915", "MARS"), "links[1].region"),
+        (lambda s: s + LORA.replace("bw = 500", "bw = 200"), "links[1].bw"),
+        (lambda s: s + LORA.replace("US915", "EU868"), "links[1].bw"),  # no 500 kHz in EU868
+        (lambda s: s + LORA.replace("cr = 6", "cr = 9"), "links[1].cr"),
+        (lambda s: s + LORA.replace('"rak3172"', '"sx1276"'), "links[1].modem"),
     ],
 )
 def test_config_error_names_the_key(tmp_path: Path, edit, key: str) -> None:  # type: ignore[no-untyped-def]

@@ -98,6 +98,7 @@ class LinkConfig:
     region: str = "EU868"
     sf: int = 7
     bw: int = 125
+    cr: int = 5  # coding rate 4/cr
     devices: tuple[DeviceConfig, ...] = ()
 
 
@@ -222,6 +223,22 @@ def _hex_id(value: str, key: str) -> str:
     return raw.hex()
 
 
+def _check_radio(t: _Table, region_name: str, sf: int, bw: int) -> None:
+    """A LoRa link's region and modulation, as the modem hub will take them."""
+    from ...protocol.lora import LoRaParams, region
+
+    try:
+        plan = region(region_name)
+    except ValueError as exc:
+        raise ConfigError(t.name("region"), str(exc)) from None
+    if bw not in (125, 250, 500):
+        raise ConfigError(t.name("bw"), f"{bw}: 125, 250 or 500 (kHz)")
+    try:
+        plan.check(LoRaParams(sf, bw * 1000), plan.default_hz)
+    except ValueError as exc:
+        raise ConfigError(t.name("bw"), str(exc)) from None
+
+
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read and check ``path``; raises :class:`ConfigError` (or OtaferryError IO_ERROR)."""
     p = Path(path)
@@ -294,6 +311,11 @@ def config_from_dict(data: dict[str, Any], base: Path) -> GatewayConfig:
         if kind == "serial" and len(devices) > 1:
             raise ConfigError(t.name("devices"), "a serial line has one device behind it")
         mtu = t.number("mtu", 26, 65535, 1024) if kind == "serial" else t.number("mtu", 0, 255, 0)
+        sf = t.number("sf", 7, 12, 7)
+        bw = t.number("bw", 125, 500, 125)
+        lora_region = t.text("region", "EU868")
+        if kind == "lora":
+            _check_radio(t, lora_region, sf, bw)
         link = LinkConfig(
             name=name,
             port=t.text("port"),
@@ -302,9 +324,10 @@ def config_from_dict(data: dict[str, Any], base: Path) -> GatewayConfig:
             concurrency=t.number("concurrency", 1, 100_000, 1 if kind == "serial" else 4),
             kind=kind,
             modem=modem,
-            region=t.text("region", "EU868"),
-            sf=t.number("sf", 7, 12, 7),
-            bw=t.number("bw", 125, 500, 125),
+            region=lora_region,
+            sf=sf,
+            bw=bw,
+            cr=t.number("cr", 5, 8, 5),
             devices=tuple(devices),
         )
         t.done()

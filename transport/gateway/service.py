@@ -38,7 +38,7 @@ from typing import Any, TextIO
 
 from ...protocol.errors import OtaferryError, Reason, RemoteError, TimeoutError_, TransportError
 from ...protocol.keys import load_verify_key
-from ...protocol.lora import LoRaParams, region
+from ...protocol.lora import LoRaParams, RegionPacing, region
 from ...protocol.session import (
     Accepted,
     CheckedIn,
@@ -424,12 +424,18 @@ class Gateway:
         finally:
             self._tasks.pop(key, None)
 
-    def _push_options(self, link: LinkConfig) -> PushOptions:
+    def _push_options(self, link: LinkConfig, hub: Hub) -> PushOptions:
         if link.name in self._options:
             return self._options[link.name]
+        rto = self.config.rto
+        pacing = hub.pacing
+        if isinstance(pacing, RegionPacing):
+            # a LoRa round trip is air time both ways plus the duty-cycle wait: the
+            # configured rto (sized for a UART) would retransmit every frame
+            rto = max(rto, pacing.first_rto(hub.broadcast_mtu))
         return PushOptions(
             line_rate=link.baud / 10 if link.kind == "serial" else None,
-            rto=self.config.rto,
+            rto=rto,
             max_retries=12,
             max_restarts=20,
             checkin_timeout=self.config.checkin_timeout,
@@ -447,9 +453,9 @@ class Gateway:
                 assert self._link_key is not None
                 secure = await SecureLink.connect(
                     hub.link(dev.address), self._link_key, self._device_keys[dev.id],
-                    rto=self.config.rto, retries=12,
+                    rto=self.config.rto if link_cfg.kind == "serial" else None, retries=12,
                 )  # fmt: skip
-                up = Updater(secure, self._push_options(link_cfg))
+                up = Updater(secure, self._push_options(link_cfg, hub))
                 on_event = self._on_event_for(ex)
                 if len(artifacts) == 1:
                     await up.push(artifacts[0], on_event, job_id=ex.job_id)
@@ -508,7 +514,7 @@ class Gateway:
             plan = region(link.region)
             assert link.modem is not None
             return await ModemHub.open(
-                link.port, link.modem, LoRaParams(link.sf, link.bw * 1000, 5, 8), region=plan,
+                link.port, link.modem, LoRaParams(link.sf, link.bw * 1000, link.cr, 8), region=plan,
                 address=0, peers=tuple(d.address for d in link.devices),
                 mtu=link.mtu or None, baudrate=link.baud,
             )  # fmt: skip
