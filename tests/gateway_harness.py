@@ -270,6 +270,8 @@ class Site:
     lora_modem: str | None = None  # all devices behind one LoRa modem link on a lora-sim
     lora_radio: tuple[str, ...] = ("--region", "US915", "--sf", "7", "--bw", "500", "--cr", "5")
     lorasim: subprocess.Popen[bytes] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # more top-level config keys
+    tables: str = ""  # more config tables (TOML), appended
 
     def __post_init__(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -311,7 +313,7 @@ class Site:
             "progress_interval = 0.2",
             "rto = 0.3",
             "checkin_timeout = 60",
-            *(f"{k} = {json.dumps(v)}" for k, v in extra.items()),
+            *(f"{k} = {json.dumps(v)}" for k, v in {**self.settings, **extra}.items()),
             "[broker]",
             f'url = "{self.broker_url}"',
             f'prefix = "{self.prefix}"',
@@ -340,7 +342,7 @@ class Site:
                 f'public_key = "{dev.pub.name}"',
             ]
         path = self.folder / "gateway.toml"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text("\n".join(lines) + "\n" + self.tables)
         return path
 
     def start_lora(self) -> None:

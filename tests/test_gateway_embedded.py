@@ -89,3 +89,54 @@ def test_demo_gateway_on_the_embedded_broker(tmp_path: Path) -> None:
     bad = subprocess.run([OTAFERRY, "demo", "--broker", "embedded"], capture_output=True,
                          text=True, timeout=30)  # fmt: skip
     assert bad.returncode == 2 and "--broker goes with --gateway" in bad.stderr
+
+
+def test_retry_policy_gives_a_timed_out_device_new_attempts(
+    tmp_path: Path, embedded: EmbeddedBroker
+) -> None:
+    """``[retry] timed_out = 1``: an execution whose device does not answer gets one new
+    attempt after its backoff; a device that is back by then is updated (done, attempt
+    1), one that is not ends TIMED_OUT after the last attempt."""
+    with site(tmp_path / "site", embedded.url) as s:
+        s.settings["retries"] = 2  # the handshake gives up after 0.3 + 0.6 + 1.2 s
+        s.tables = "[retry]\ntimed_out = 1\nbackoff = 1.0\n"
+        dev = s.devices[0]
+        assert dev.proc is not None
+        dev.proc.kill()  # the line is there, the device is not
+        dev.proc.wait()
+        ota = s.artifact()
+        w = _watch(s)
+        s.start_gateway()
+
+        def states(job: str) -> list[dict[str, Any]]:
+            return [st for st in w.states(f"/device/{dev.device_id}/state")
+                    if st["job_id"] == job]  # fmt: skip
+
+        assert s.submit("--device", dev.device_id, "--job-id", "gone-1", str(ota),
+                        wait=False).wait(timeout=30) == 0  # fmt: skip
+        result = wait_for(lambda: [r for r in w.states("/job/gone-1/result")
+                                   if r["state"] == "failed"], 30, "gone-1 to fail")  # fmt: skip
+        final = result[-1]["devices"][dev.device_id]
+        assert (final["phase"], final["reason"], final["aws"], final["attempt"]) == (
+            "failed", "TIMEOUT", "TIMED_OUT", 1)  # fmt: skip
+        retried = [st for st in states("gone-1") if st["phase"] == "queued" and st["attempt"]]
+        assert retried and retried[0]["reason"] == "TIMEOUT" and retried[0]["aws"] == "QUEUED"
+        assert "attempt 2 of 2 in 1 s" in retried[0]["message"]
+
+        back = s.submit("--device", dev.device_id, "--job-id", "back-1", str(ota))
+        wait_for(lambda: any(st["attempt"] == 1 for st in states("back-1")), 30,
+                 "the first attempt to time out")  # fmt: skip
+        dev.start()  # the device is back before the new attempt's handshake ends
+        out, err = back.communicate(timeout=60)
+        assert back.returncode == 0, err
+        assert "job back-1: done (SUCCEEDED)" in out
+        assert dev.running()["version"] == "1.1.0"
+        phases = [(st["attempt"], st["phase"]) for st in states("back-1")]
+        assert phases[-1] == (1, "done") and (1, "queued") in phases
+        attempts = [a for a, _ in phases]
+        assert attempts == sorted(attempts)  # an attempt never comes back after a newer one
+        events = s.log_events()
+        assert [(e["job_id"], e["attempt"]) for e in events if e["event"] == "job_retry"] == [
+            ("gone-1", 1), ("back-1", 1)]  # fmt: skip
+        s.kill_gateway(signal.SIGTERM)
+        w.stop()

@@ -11,6 +11,12 @@ relative to the config file's folder. Example::
     job_store = "jobs.sqlite"
     log = "json"                             # or "text"
     progress_interval = 1.0                  # s between progress messages per device
+    retries = 12                             # retransmissions before a session times out
+
+    [retry]                                  # new attempts after a TIMEOUT (default none)
+    timed_out = 2
+    backoff = 60.0                           # s before the first, doubling
+    max_backoff = 3600.0
 
     [broker]
     url = "mqtts://broker.example:8883"      # mqtt:// (1883) or mqtts:// (8883)
@@ -48,6 +54,7 @@ __all__ = [
     "DeviceConfig",
     "GatewayConfig",
     "LinkConfig",
+    "RetryPolicy",
     "load_config",
     "parse_broker_url",
 ]
@@ -103,6 +110,23 @@ class LinkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """New attempts of an execution whose device stopped answering (reason TIMEOUT,
+    AWS ``TIMED_OUT``): AWS IoT Jobs' ``jobExecutionsRetryConfig`` with the
+    ``TIMED_OUT`` criterion. Attempt n+1 starts ``backoff * 2**n`` s (at most
+    ``max_backoff``) after attempt n ended. Other failures are not retried: a
+    rollback or a refusal would end the same way again."""
+
+    timed_out: int = 0  # new attempts (0: none, the execution fails TIMED_OUT at once)
+    backoff: float = 60.0
+    max_backoff: float = 3600.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before attempt ``attempt`` (1 = the first new one)."""
+        return float(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     gateway_id: str
     broker: BrokerConfig
@@ -115,6 +139,8 @@ class GatewayConfig:
     progress_interval: float = 1.0
     rto: float = 1.0
     checkin_timeout: float = 180.0
+    retries: int = 12  # retransmissions of a frame or handshake message before TIMEOUT
+    retry: RetryPolicy = RetryPolicy()
 
     def device(self, device_id: str) -> tuple[LinkConfig, DeviceConfig] | None:
         for link in self.links:
@@ -239,6 +265,16 @@ def _check_radio(t: _Table, region_name: str, sf: int, bw: int) -> None:
         raise ConfigError(t.name("bw"), str(exc)) from None
 
 
+def _retry_policy(t: _Table) -> RetryPolicy:
+    policy = RetryPolicy(
+        timed_out=t.number("timed_out", 0, 10, 0),  # AWS allows 0..10 as well
+        backoff=t.number("backoff", 0, 86_400, 60.0, integer=False),
+        max_backoff=t.number("max_backoff", 0, 7 * 86_400, 3600.0, integer=False),
+    )
+    t.done()
+    return policy
+
+
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read and check ``path``; raises :class:`ConfigError` (or OtaferryError IO_ERROR)."""
     p = Path(path)
@@ -358,6 +394,8 @@ def config_from_dict(data: dict[str, Any], base: Path) -> GatewayConfig:
         progress_interval=top.number("progress_interval", 0.05, 3600, 1.0, integer=False),
         rto=top.number("rto", 0.05, 60, 1.0, integer=False),
         checkin_timeout=top.number("checkin_timeout", 1, 86_400, 180.0, integer=False),
+        retries=top.number("retries", 0, 100, 12),
+        retry=_retry_policy(top.table("retry", {})),
     )
     top.done()
     return cfg
