@@ -64,7 +64,8 @@ class Broker:
     certificates required), with persistence so that a restart keeps sessions and
     retained messages."""
 
-    def __init__(self, folder: Path, *, tls: dict[str, Path] | None = None) -> None:
+    def __init__(self, folder: Path, *, tls: dict[str, Path] | None = None,
+                 extra: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -86,6 +87,7 @@ class Broker:
                 "require_certificate true",
                 "use_identity_as_username true",
             ]
+        lines += extra
         self.conf = folder / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None

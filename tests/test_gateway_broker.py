@@ -421,6 +421,7 @@ def test_aiomqtt_persistent_session_with_the_gateways_settings() -> None:
 
 # ---------------------------------------------------------------- otaferry broker + mosquitto_*
 
+MOSQUITTO_BIN = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_SUB = shutil.which("mosquitto_sub")
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
 
@@ -469,3 +470,70 @@ def test_mosquitto_clients_against_otaferry_broker(broker_process: Any) -> None:
                          "-C", "1", "-W", "2"], capture_output=True, text=True, timeout=10)
     assert v5.returncode != 0
     assert broker_process.alive()
+
+
+# ---------------------------------------------------------------- the README's Mosquitto ACL
+
+
+def _readme_acl() -> str:
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    at = text.index("### Mosquitto: one gateway, its own topics")
+    match = re.search(r"```\n(.*?)```", text[at:], re.S)
+    assert match, "the README has no ACL example"
+    return match.group(1)
+
+
+@pytest.mark.skipif(not Path(MOSQUITTO_BIN).exists(), reason="no mosquitto binary")
+def test_the_readmes_acl_keeps_each_gateway_to_its_own_topics(tmp_path: Path) -> None:
+    from gateway_harness import Broker, make_pki
+    from otaferry.transport.gateway.client import JobClient
+
+    acl = tmp_path / "otaferry.acl"
+    acl.write_text(_readme_acl())
+    acl.chmod(0o644)
+    pki = make_pki(tmp_path / "pki", ["site-1", "site-2", "operator"])
+    broker = Broker(tmp_path / "broker", tls=pki, extra=(f"acl_file {acl}",))
+
+    def tls(name: str) -> MqttSettings:
+        return MqttSettings("127.0.0.1", broker.port, tls=True, ca=pki["ca"],
+                            cert=pki[f"{name}_cert"], key=pki[f"{name}_key"],
+                            client_id=f"acl-{name}")  # fmt: skip
+
+    async def seen(session: MqttSession, root: str, *filters: str) -> list[str]:
+        """Topics delivered on ``filters`` until a marker of our own comes back."""
+        marker = f"{root}/client/marker"
+        await session.subscribe(*filters, marker)
+        await session.publish(marker, b"m")
+        got = []
+        async with asyncio.timeout(10):
+            async for m in session.messages():
+                if m.topic == marker:
+                    return got
+                got.append(m.topic)
+        return got
+
+    async def main() -> None:
+        async with JobClient(tls("operator"), "otaferry", "site-1") as op:
+            await op.submit("j1", ["0011223344556677"], ["0" * 64])
+        async with JobClient(tls("operator"), "otaferry", "site-2") as op:
+            await op.submit("j2", ["0011223344556677"], ["0" * 64])
+        async with MqttSession(tls("site-1")) as gw:
+            assert await seen(gw, "otaferry/site-1", "otaferry/site-1/jobs/+") == [
+                "otaferry/site-1/jobs/j1"]  # fmt: skip
+            assert await seen(gw, "otaferry/site-1", "otaferry/site-2/jobs/+") == []
+            await gw.publish("otaferry/site-1/health", b'{"state":"online"}', retain=True)
+            await gw.publish("otaferry/site-2/health", b'{"state":"forged"}', retain=True)
+            await gw.publish("otaferry/site-2/jobs/j2", b"", retain=True)  # clear another's
+        async with JobClient(tls("operator"), "otaferry", "site-2") as op:
+            assert await op.health() is None  # the forged state was dropped
+            jobs = await op.list_jobs()
+            assert [j["job_id"] for j in jobs] == ["j2"]  # still there
+        async with JobClient(tls("operator"), "otaferry", "site-1") as op:
+            assert (await op.health()) == {"state": "online"}
+
+    try:
+        asyncio.run(main())
+    finally:
+        broker.stop()

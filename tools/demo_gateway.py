@@ -136,7 +136,7 @@ async def _broker(work: Path, choice: str) -> AsyncIterator[_Where]:
             yield _Where(f"mqtt://127.0.0.1:{port}", MqttSettings("127.0.0.1", port),
                          f"embedded (otaferry's own MQTT 3.1.1 broker, in this process) on "
                          f"127.0.0.1:{port}, log in broker.log",
-                         "embedded (otaferry broker)")  # fmt: skip
+                         "embedded (in this process)")  # fmt: skip
     finally:
         log.close()
 
