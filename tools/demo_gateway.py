@@ -66,6 +66,7 @@ class _Where:
     settings: MqttSettings
     what: str  # the demo's line about it
     kind: str  # the summary's word for it
+    shared: bool = False  # it outlives the demo (not one the demo started)
 
 
 def _mosquitto() -> str | None:
@@ -111,12 +112,13 @@ async def _broker(work: Path, choice: str) -> AsyncIterator[_Where]:
         except OtaferryError as exc:
             raise UsageError(exc.message.replace("config: ", "")) from None
         settings = MqttSettings(host, port, tls=tls, username=user, password=password)
-        yield _Where(choice, settings, f"the broker at {settings.where} (--broker)", settings.where)
+        yield _Where(choice, settings, f"the broker at {settings.where} (--broker)", settings.where,
+                     shared=True)
         return
     if choice == "auto" and _port_open(1883):
         yield _Where("mqtt://127.0.0.1:1883", MqttSettings("127.0.0.1", 1883),
                      "the one answering on 127.0.0.1:1883",
-                     "the one on 127.0.0.1:1883")  # fmt: skip
+                     "the one on 127.0.0.1:1883", shared=True)  # fmt: skip
         return
     exe = _mosquitto() if choice in ("auto", "mosquitto") else None
     if choice == "mosquitto" and exe is None:
@@ -229,10 +231,14 @@ async def _run(work: Path, where: _Where) -> int:
                     _say("state", f"{device}: {phase} ({st['aws']}){extra} seq {st['seq']}")
                 last[device] = phase
 
-            result = await client.follow("demo-job-1", on_state=on_state, timeout=300)
+            result = await client.follow("demo-job-1", on_state=on_state, timeout=120)
             health = await client.health()
         stop.set()
         await service
+    if where.shared:  # a broker that outlives the demo: leave no retained states on it
+        async with JobClient(where.settings, prefix, "demo-site") as client:
+            cleared = await client.clear_retained(f"{prefix}/#")
+        _say("broker", f"{cleared} retained demo messages cleared from {where.settings.where}")
     ok = result["state"] == "done"
     print()
     print("summary")
