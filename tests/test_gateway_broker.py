@@ -537,3 +537,12 @@ def test_the_readmes_acl_keeps_each_gateway_to_its_own_topics(tmp_path: Path) ->
         asyncio.run(main())
     finally:
         broker.stop()
+
+
+def test_broker_cli_listens_on_loopback_only_unless_asked() -> None:
+    got = subprocess.run([OTAFERRY, "broker", "--listen", "0.0.0.0:0"], capture_output=True,
+                         text=True, timeout=30)  # fmt: skip
+    assert got.returncode == 2 and "loopback only (--allow-remote" in got.stderr
+    got = subprocess.run([OTAFERRY, "broker", "--listen", "127.0.0.1:http"],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert got.returncode == 2 and "HOST:PORT" in got.stderr

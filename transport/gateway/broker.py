@@ -269,7 +269,12 @@ class Broker:
                          keepalive_s=conn.keepalive)  # fmt: skip
                 raise _Closed("keepalive timeout") from None
             await self._handle(conn, kind, flags, body)
-            await conn.writer.drain()
+            try:  # a peer that stopped reading is closed like a silent one
+                async with asyncio.timeout(timeout):
+                    await conn.writer.drain()
+            except TimeoutError:
+                self.log("write_timeout", client=self._client_of(conn))
+                raise _Closed("the client stopped reading") from None
 
     async def _connect(self, conn: _Conn, c: w.Connect) -> None:
         write = conn.writer.write
