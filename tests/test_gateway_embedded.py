@@ -131,6 +131,10 @@ def test_retry_policy_gives_a_timed_out_device_new_attempts(
         assert back.returncode == 0, err
         assert "job back-1: done (SUCCEEDED)" in out
         assert dev.running()["version"] == "1.1.0"
+        result = wait_for(lambda: [r for r in w.states("/job/back-1/result")
+                                   if r["state"] == "done"], 10, "back-1's result")  # fmt: skip
+        final = result[-1]["devices"][dev.device_id]
+        assert (final["phase"], final["attempt"], final["reason"]) == ("done", 1, None)
         phases = [(st["attempt"], st["phase"]) for st in states("back-1")]
         assert phases[-1] == (1, "done") and (1, "queued") in phases
         attempts = [a for a, _ in phases]

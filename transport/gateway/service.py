@@ -405,6 +405,11 @@ class Gateway:
                     wait = (current.retry_at or 0.0) - time.time()
                     if wait > 0:  # a new attempt's backoff: the link is free meanwhile
                         await asyncio.sleep(wait)
+                    if current.attempt and current.reason is not None:
+                        # the new attempt starts: the last one's reason is history now
+                        self.store.clear_reason(ex.job_id, ex.device)
+                        self._live_for(ex.device).state.update(reason=None, message=None)
+                        current = self.store.get(ex.job_id, ex.device) or current
                     try:
                         artifacts = await self._artifacts(current)
                     except OtaferryError as exc:

@@ -209,6 +209,12 @@ class JobStore:
         )
         return cur.rowcount == 1
 
+    def clear_reason(self, job_id: str, device: str) -> None:
+        """An unfinished execution's reason and message cleared (a new attempt starts)."""
+        self._tx("UPDATE executions SET reason=NULL, message=NULL WHERE job_id=? AND device=? "
+                 "AND phase NOT IN ('done', 'failed', 'rolled_back', 'cancelled')",
+                 (job_id, device))  # fmt: skip
+
     def queue_depth(self) -> int:
         row = self.db.execute("SELECT COUNT(*) FROM executions WHERE phase='queued'").fetchone()
         return int(row[0])
