@@ -64,7 +64,8 @@ class Broker:
     certificates required), with persistence so that a restart keeps sessions and
     retained messages."""
 
-    def __init__(self, folder: Path, *, tls: dict[str, Path] | None = None) -> None:
+    def __init__(self, folder: Path, *, tls: dict[str, Path] | None = None,
+                 extra: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -86,6 +87,7 @@ class Broker:
                 "require_certificate true",
                 "use_identity_as_username true",
             ]
+        lines += extra
         self.conf = folder / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -107,6 +109,35 @@ class Broker:
     @property
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+
+class EmbeddedBroker:
+    """``otaferry broker`` (otaferry's own MQTT 3.1.1 broker) as its own process on a free
+    loopback port; its log lines in ``log``."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.port = free_port()
+        self.log = (folder or Path(os.environ.get("TMPDIR", "/tmp"))) / f"broker-{self.port}.log"
+        out = open(self.log, "wb")  # noqa: SIM115 - the process holds it
+        self.proc = subprocess.Popen([OTAFERRY, "broker", "--listen", f"127.0.0.1:{self.port}"],
+                                     stdout=out, stderr=out)  # fmt: skip
+        out.close()
+        wait_for(lambda: port_open(self.port) or self.proc.poll() is not None, 10,
+                 "otaferry broker")  # fmt: skip
+        if self.proc.poll() is not None:
+            raise AssertionError(f"otaferry broker did not start: {self.log.read_text()}")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
 
 
 def make_pki(folder: Path, clients: list[str]) -> dict[str, Path]:
@@ -180,8 +211,17 @@ class SimDevice:
     flags: tuple[str, ...] = ()
     linesim: subprocess.Popen[bytes] | None = None
     proc: subprocess.Popen[bytes] | None = None
+    lora: tuple[str, ...] = ()  # device run's LoRa options: behind a lora-sim, no linesim
 
     def start(self) -> None:
+        if self.lora:
+            wait_for(self.dev_port.exists, 10, "the lora-sim pty")
+            self.proc = subprocess.Popen(
+                [OTAFERRY, "device", "run", "--quiet", *self.lora, "--port", str(self.dev_port),
+                 "--flash", str(self.flash), "--checkin-timeout", "60", *self.flags],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            return
         if self.linesim is None:
             self.linesim = subprocess.Popen(
                 [OTAFERRY, "linesim", "--baud", str(BAUD), "--latency-ms", "1",
@@ -229,6 +269,11 @@ class Site:
     tls: dict[str, str] | None = None
     gateway: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    lora_modem: str | None = None  # all devices behind one LoRa modem link on a lora-sim
+    lora_radio: tuple[str, ...] = ("--region", "US915", "--sf", "7", "--bw", "500", "--cr", "5")
+    lorasim: subprocess.Popen[bytes] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # more top-level config keys
+    tables: str = ""  # more config tables (TOML), appended
 
     def __post_init__(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -270,7 +315,7 @@ class Site:
             "progress_interval = 0.2",
             "rto = 0.3",
             "checkin_timeout = 60",
-            *(f"{k} = {json.dumps(v)}" for k, v in extra.items()),
+            *(f"{k} = {json.dumps(v)}" for k, v in {**self.settings, **extra}.items()),
             "[broker]",
             f'url = "{self.broker_url}"',
             f'prefix = "{self.prefix}"',
@@ -278,7 +323,17 @@ class Site:
         ]
         if self.tls:
             lines += [f'{k} = "{v}"' for k, v in self.tls.items()]
-        for dev in self.devices:
+        if self.lora_modem:
+            radio = dict(zip(self.lora_radio[::2], self.lora_radio[1::2], strict=True))
+            lines += ["[[links]]", 'name = "lora0"', 'kind = "lora"',
+                      f'modem = "{self.lora_modem}"', f'port = "{self.folder / "lora-gw.tty"}"',
+                      f'region = "{radio["--region"]}"', f"sf = {radio['--sf']}",
+                      f"bw = {radio['--bw']}", f"cr = {radio['--cr']}",
+                      f"concurrency = {len(self.devices)}"]  # fmt: skip
+            for i, dev in enumerate(self.devices):
+                lines += ["[[links.devices]]", f'id = "{dev.device_id}"',
+                          f'public_key = "{dev.pub.name}"', f"address = {i + 1}"]  # fmt: skip
+        for dev in self.devices if not self.lora_modem else []:
             lines += [
                 "[[links]]",
                 f'name = "{dev.name}"',
@@ -289,8 +344,25 @@ class Site:
                 f'public_key = "{dev.pub.name}"',
             ]
         path = self.folder / "gateway.toml"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text("\n".join(lines) + "\n" + self.tables)
         return path
+
+    def start_lora(self) -> None:
+        """One ``otaferry lora-sim``: the gateway's modem (address 0) and one per device
+        (addresses 1..N), each device's ``device run --lora-modem`` behind its own."""
+        assert self.lora_modem is not None
+        self.stats = self.folder / "lora-stats.json"
+        ports = [self.folder / "lora-gw.tty"] + [d.dev_port for d in self.devices]
+        self.lorasim = subprocess.Popen(
+            [OTAFERRY, "lora-sim", "--modem", self.lora_modem, *self.lora_radio, "--seed", "3",
+             "--stats", str(self.stats), *map(str, ports)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(lambda: all(p.exists() for p in ports), 10, "lora-sim ptys")
+        for i, dev in enumerate(self.devices):
+            dev.lora = ("--lora-modem", self.lora_modem, "--address", str(i + 1),
+                        *self.lora_radio)  # fmt: skip
+            dev.start()
 
     def start_gateway(self) -> subprocess.Popen[bytes]:
         config = self.write_config()
@@ -338,6 +410,9 @@ class Site:
             self.gateway.wait()
         for dev in self.devices:
             dev.stop()
+        if self.lorasim is not None and self.lorasim.poll() is None:
+            self.lorasim.terminate()  # writes its stats
+            self.lorasim.wait(timeout=10)
 
 
 class Watcher:

@@ -272,4 +272,8 @@ def test_demo_gateway(tmp_path: Path, local_broker: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "job demo-job-1         : done (SUCCEEDED)" in proc.stdout
     assert proc.stdout.count("runs 1.1.0 in ota_1 (VALID)") == 2
+    assert "[ broker] the one answering on 127.0.0.1:1883" in proc.stdout
+    # the shared broker keeps none of the demo's retained states (2 devices, job, health,
+    # artifact)
+    assert "[ broker] 5 retained demo messages cleared" in proc.stdout
     assert "Traceback" not in proc.stderr

@@ -50,6 +50,22 @@ public_key = "dev.key.pub"
 """
 
 
+LORA = """
+[[links]]
+kind = "lora"
+modem = "rak3172"
+port = "/dev/ttyUSB1"
+region = "US915"
+sf = 9
+bw = 500
+cr = 6
+[[links.devices]]
+id = "00112233445566bb"
+public_key = "dev.key.pub"
+address = 7
+"""
+
+
 def test_config_loads_with_defaults(tmp_path: Path) -> None:
     cfg = load_config(_config(tmp_path, GOOD))
     assert cfg.broker.host == "127.0.0.1" and cfg.broker.port == 1884 and not cfg.broker.tls
@@ -57,6 +73,11 @@ def test_config_loads_with_defaults(tmp_path: Path) -> None:
     assert cfg.links[0].devices[0].id == "00112233445566aa"
     assert cfg.cache_dir == tmp_path / "cache" and cfg.job_store == tmp_path / "jobs.sqlite"
     assert cfg.device("00112233445566aa") is not None
+    (tmp_path / "lora").mkdir()
+    lora = load_config(_config(tmp_path / "lora", GOOD + LORA)).links[1]
+    assert (lora.kind, lora.modem, lora.region, lora.sf, lora.bw, lora.cr) == (
+        "lora", "rak3172", "US915", 9, 500, 6)  # fmt: skip
+    assert lora.devices[0].address == 7 and lora.concurrency == 4
 
 
 @pytest.mark.parametrize(
@@ -72,6 +93,11 @@ def test_config_loads_with_defaults(tmp_path: Path) -> None:
         (lambda s: s.replace('["vendor.key.pub"]', "[]"), "trusted_keys"),
         (lambda s: s.replace('gateway_id = "site-1"', 'gateway_id = "a/b"'), "gateway_id"),
         (lambda s: s + "[[\n", "(syntax)"),
+        (lambda s: s + LORA.replace("US915", "MARS"), "links[1].region"),
+        (lambda s: s + LORA.replace("bw = 500", "bw = 200"), "links[1].bw"),
+        (lambda s: s + LORA.replace("US915", "EU868"), "links[1].bw"),  # no 500 kHz in EU868
+        (lambda s: s + LORA.replace("cr = 6", "cr = 9"), "links[1].cr"),
+        (lambda s: s + LORA.replace('"rak3172"', '"sx1276"'), "links[1].modem"),
     ],
 )
 def test_config_error_names_the_key(tmp_path: Path, edit, key: str) -> None:  # type: ignore[no-untyped-def]
@@ -198,3 +224,47 @@ def test_topics_and_job_ids() -> None:
 )
 def test_aws_iot_jobs_mapping(phase: str, reason: str | None, aws: str) -> None:
     assert aws_state(phase, reason) == aws
+
+
+def test_store_retry_queues_a_new_attempt_once_and_migrates_old_stores(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = tmp_path / "old.sqlite"  # a store from before the retry policy: no attempt column
+    db = sqlite3.connect(str(old))
+    db.executescript(
+        "CREATE TABLE jobs (job_id TEXT PRIMARY KEY, request TEXT NOT NULL, received REAL);"
+        "CREATE TABLE executions (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT, "
+        "device TEXT, phase TEXT, reason TEXT, message TEXT, confirmed INTEGER DEFAULT 0, "
+        "total INTEGER DEFAULT 0, running_version TEXT, started REAL, finished REAL, "
+        "UNIQUE (job_id, device));"
+        "INSERT INTO jobs VALUES ('j0', '{}', 0);"
+        "INSERT INTO executions (job_id, device, phase) VALUES ('j0', 'aa', 'transferring');"
+    )
+    db.commit()
+    db.close()
+    store = JobStore(old)
+    ex = store.get("j0", "aa")
+    assert ex is not None and (ex.attempt, ex.retry_at) == (0, None)
+    assert store.retry("j0", "aa", 1, 123.0, "TIMEOUT", "attempt 2 of 3")
+    assert not store.retry("j0", "aa", 1, 456.0, "TIMEOUT", "again")  # that attempt exists
+    ex = store.get("j0", "aa")
+    assert ex is not None
+    assert (ex.phase, ex.attempt, ex.retry_at, ex.reason) == ("queued", 1, 123.0, "TIMEOUT")
+    assert store.update("j0", "aa", "failed", reason="TIMEOUT")
+    assert not store.retry("j0", "aa", 2, 789.0, "TIMEOUT", "too late")  # finished stays so
+    store.close()
+
+
+def test_retry_policy_config_and_backoff(tmp_path: Path) -> None:
+    cfg = load_config(_config(tmp_path, GOOD.replace(
+        "[broker]", "retries = 5\n[retry]\ntimed_out = 3\nbackoff = 10\nmax_backoff = 25\n"
+        "[broker]")))  # fmt: skip
+    assert cfg.retries == 5 and cfg.retry.timed_out == 3
+    assert [cfg.retry.delay(n) for n in (1, 2, 3)] == [10.0, 20.0, 25.0]
+    (tmp_path / "b").mkdir()
+    assert load_config(_config(tmp_path / "b", GOOD)).retry.timed_out == 0  # none by default
+    (tmp_path / "c").mkdir()
+    with pytest.raises(ConfigError) as info:
+        load_config(_config(tmp_path / "c", GOOD.replace("[broker]",
+                                                         "[retry]\ntimed_out = 11\n[broker]")))
+    assert info.value.key == "retry.timed_out"

@@ -42,3 +42,21 @@ def test_the_bench_recipe_runs_as_written(tmp_path: Path) -> None:
     assert info and "VALID" in info[-1] and "1.1" in info[-1], run.stdout
     assert "security counter 1" in run.stdout
     assert "Traceback" not in run.stderr
+
+
+def test_the_quick_start_is_two_commands_the_first_the_gateway_demo() -> None:
+    """The quick start: exactly two commands on a fresh machine. The first sets up and
+    runs the main job (architecture 2, ``demo --gateway``, on the embedded broker
+    where nothing else is installed: tests/test_gateway_embedded.py runs it so); the
+    second is what CI runs (.ci/run's last line)."""
+    text = (ROOT / "README.md").read_text()
+    quick = text[text.index("## Quick start") : text.index("## Command line")]
+    blocks = re.findall(r"```sh\n(.*?)```", quick, re.S)
+    assert [b.strip() for b in blocks] == [
+        "python3 -m venv .venv && .venv/bin/pip install -q -e . && "
+        ".venv/bin/otaferry demo --gateway",
+        "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && "
+        ".venv/bin/python -m pytest",
+    ]
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci == blocks[1].strip()

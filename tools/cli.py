@@ -616,6 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="architecture 2: a broker, the gateway service, two devices, a job over MQTT",
     )
+    s.add_argument(
+        "--broker",
+        metavar="embedded|mosquitto|URL",
+        help="with --gateway: the broker (default: 127.0.0.1:1883 if it answers, else a "
+        "mosquitto started here if installed, else the embedded one)",
+    )
     s.set_defaults(func=_lazy("demo", "run"))
 
     return p

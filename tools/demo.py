@@ -40,6 +40,7 @@ from ..transport.linesim import LineSim
 from ..transport.secure_link import SecureLink
 from ..transport.serial_link import SerialLink
 from ..transport.updater import PushOptions, Updater
+from .args import UsageError
 from .files import read_file
 from .sample_fw import make_image
 from .simdevice import start_device, stop_device
@@ -58,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "gateway", False):
         from .demo_gateway import run as run_gateway
 
-        return run_gateway(args.workdir)
+        return run_gateway(args.workdir, args.broker or "auto")
+    if args.broker:
+        raise UsageError("--broker goes with --gateway")
     # Read the given image before anything is made, so a wrong path fails first.
     image = read_file(args.image) if args.image else None
     if args.workdir:

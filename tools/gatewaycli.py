@@ -45,6 +45,39 @@ def gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def broker(args: argparse.Namespace) -> int:
+    from ..transport.gateway.broker import Broker, BrokerLimits, BrokerLog, is_loopback
+
+    host, _, port_text = args.listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+        if not 0 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        raise UsageError(f"--listen {args.listen!r}: HOST:PORT, PORT 0..65535") from None
+    if not is_loopback(host) and not args.allow_remote:
+        raise UsageError(f"--listen {args.listen!r}: the broker has no authentication, so it "
+                         "listens on loopback only (--allow-remote to override)")  # fmt: skip
+    limits = BrokerLimits(max_packet=args.max_packet, max_queued=args.max_queued)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with Broker(limits, log=BrokerLog(args.log)) as b:
+            try:
+                await b.start(host, port, allow_remote=args.allow_remote)
+            except OSError as exc:
+                raise OtaferryError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                                    Reason.IO_ERROR) from None  # fmt: skip
+            await stop.wait()
+
+    asyncio.run(main())
+    return 0
+
+
 # ---------------------------------------------------------------- the submitter
 
 
@@ -243,6 +276,18 @@ def add_parsers(sub: Any, lazy: Any) -> None:
     s.add_argument("--config", required=True, help="gateway.toml (README 'The gateway')")
     s.add_argument("--log", choices=("text", "json"), help="log style (default: the config's)")
     s.set_defaults(func=lazy("gatewaycli", "gateway"))
+
+    s = sub.add_parser("broker", help="a small MQTT 3.1.1 broker (the demo's embedded default)")
+    s.add_argument("--listen", default="127.0.0.1:1883",
+                   help="HOST:PORT (default 127.0.0.1:1883; port 0: a free one, logged)")
+    s.add_argument("--allow-remote", action="store_true",
+                   help="listen on a non-loopback address (there is no authentication)")
+    s.add_argument("--max-packet", type=A.int_range(64, 1 << 28), default=1 << 20,
+                   help="largest packet accepted, bytes (default 1 MiB)")
+    s.add_argument("--max-queued", type=A.int_range(1, 1 << 20), default=1000,
+                   help="messages kept per session, queued and in flight (default 1000)")
+    s.add_argument("--log", choices=("text", "json"), default="text", help="log style")
+    s.set_defaults(func=lazy("gatewaycli", "broker"))
 
     s = sub.add_parser("job", help="submit, follow, cancel and list a gateway's jobs over MQTT")
     jsub = s.add_subparsers(dest="job_command", required=True, metavar="SUBCOMMAND")

@@ -165,7 +165,10 @@ async def run(
         stop = asyncio.Event()
         service = asyncio.ensure_future(gateway.run(stop))
         try:
-            async with JobClient(MqttSettings("127.0.0.1", port), prefix, "bench") as client:
+            # the submitter shares this loop with every session: a 10 s PUBACK wait is
+            # not a broker fault when a thousand sessions keep the loop busy
+            settings = MqttSettings("127.0.0.1", port, timeout=60.0)
+            async with JobClient(settings, prefix, "bench") as client:
                 sha = await client.upload(ota)
                 while gateway.north is None or not gateway.north.connected.is_set():
                     await asyncio.sleep(0.05)
@@ -230,15 +233,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", default=str(DEFAULT_IMAGE), help="the new image (full update)")
     ap.add_argument("--mtu", type=int, default=1024, help="frame size on the in-memory hub")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--broker", default="auto", metavar="auto|embedded|mosquitto|URL",
+                    help="auto: 127.0.0.1:1883 if it answers, else a mosquitto started here, "
+                    "else otaferry's embedded broker (in this process: it shares the CPU); "
+                    "a URL: a broker on 127.0.0.1 (e.g. otaferry broker in its own process)")
     args = ap.parse_args(argv)
+    if args.broker not in ("auto", "embedded", "mosquitto") and not args.broker.startswith(
+        ("mqtt://127.0.0.1:", "mqtt://localhost:")
+    ):
+        ap.error("--broker: auto, embedded, mosquitto or mqtt://127.0.0.1:PORT")
     if args.memory < 0 or args.ptys < 0 or args.memory + args.ptys < 1:
         ap.error("give at least one device")
     image = Path(args.image).read_bytes()
     old = OLD_IMAGE.read_bytes()
     with tempfile.TemporaryDirectory(prefix="otaferry-benchgw-") as tmp:
         work = Path(tmp)
-        with _broker(work) as port:
-            result = asyncio.run(run(args.memory, args.ptys, image, old, work, port, args.mtu))
+
+        async def go() -> dict[str, Any]:
+            async with _broker(work, args.broker) as where:
+                got = await run(args.memory, args.ptys, image, old, work, where.settings.port,
+                                args.mtu)  # fmt: skip
+                got["broker"] = where.kind
+                return got
+
+        result = asyncio.run(go())
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

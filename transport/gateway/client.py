@@ -106,6 +106,14 @@ class JobClient:
             await self._session.unsubscribe(*filters, self._marker)
         return out
 
+    async def clear_retained(self, *filters: str) -> int:
+        """Clear every retained JSON message under ``filters`` (an empty retained
+        message each); how many. For a site that is gone, or a demo's leftovers."""
+        topics = await self.retained(*filters)
+        for topic in topics:
+            await self._publish(topic, b"", retain=True)
+        return len(topics)
+
     async def upload(self, ota: bytes, *, force: bool = False) -> str:
         """Send an artifact in chunks unless the gateway has it already; its SHA-256."""
         sha, chunks = encode_chunks(ota)

@@ -11,6 +11,12 @@ relative to the config file's folder. Example::
     job_store = "jobs.sqlite"
     log = "json"                             # or "text"
     progress_interval = 1.0                  # s between progress messages per device
+    retries = 12                             # retransmissions before a session times out
+
+    [retry]                                  # new attempts after a TIMEOUT (default none)
+    timed_out = 2
+    backoff = 60.0                           # s before the first, doubling
+    max_backoff = 3600.0
 
     [broker]
     url = "mqtts://broker.example:8883"      # mqtt:// (1883) or mqtts:// (8883)
@@ -48,6 +54,7 @@ __all__ = [
     "DeviceConfig",
     "GatewayConfig",
     "LinkConfig",
+    "RetryPolicy",
     "load_config",
     "parse_broker_url",
 ]
@@ -98,7 +105,25 @@ class LinkConfig:
     region: str = "EU868"
     sf: int = 7
     bw: int = 125
+    cr: int = 5  # coding rate 4/cr
     devices: tuple[DeviceConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """New attempts of an execution whose device stopped answering (reason TIMEOUT,
+    AWS ``TIMED_OUT``): AWS IoT Jobs' ``jobExecutionsRetryConfig`` with the
+    ``TIMED_OUT`` criterion. Attempt n+1 starts ``backoff * 2**n`` s (at most
+    ``max_backoff``) after attempt n ended. Other failures are not retried: a
+    rollback or a refusal would end the same way again."""
+
+    timed_out: int = 0  # new attempts (0: none, the execution fails TIMED_OUT at once)
+    backoff: float = 60.0
+    max_backoff: float = 3600.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before attempt ``attempt`` (1 = the first new one)."""
+        return float(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +139,8 @@ class GatewayConfig:
     progress_interval: float = 1.0
     rto: float = 1.0
     checkin_timeout: float = 180.0
+    retries: int = 12  # retransmissions of a frame or handshake message before TIMEOUT
+    retry: RetryPolicy = RetryPolicy()
 
     def device(self, device_id: str) -> tuple[LinkConfig, DeviceConfig] | None:
         for link in self.links:
@@ -222,6 +249,32 @@ def _hex_id(value: str, key: str) -> str:
     return raw.hex()
 
 
+def _check_radio(t: _Table, region_name: str, sf: int, bw: int) -> None:
+    """A LoRa link's region and modulation, as the modem hub will take them."""
+    from ...protocol.lora import LoRaParams, region
+
+    try:
+        plan = region(region_name)
+    except ValueError as exc:
+        raise ConfigError(t.name("region"), str(exc)) from None
+    if bw not in (125, 250, 500):
+        raise ConfigError(t.name("bw"), f"{bw}: 125, 250 or 500 (kHz)")
+    try:
+        plan.check(LoRaParams(sf, bw * 1000), plan.default_hz)
+    except ValueError as exc:
+        raise ConfigError(t.name("bw"), str(exc)) from None
+
+
+def _retry_policy(t: _Table) -> RetryPolicy:
+    policy = RetryPolicy(
+        timed_out=t.number("timed_out", 0, 10, 0),  # AWS allows 0..10 as well
+        backoff=t.number("backoff", 0, 86_400, 60.0, integer=False),
+        max_backoff=t.number("max_backoff", 0, 7 * 86_400, 3600.0, integer=False),
+    )
+    t.done()
+    return policy
+
+
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read and check ``path``; raises :class:`ConfigError` (or OtaferryError IO_ERROR)."""
     p = Path(path)
@@ -294,6 +347,11 @@ def config_from_dict(data: dict[str, Any], base: Path) -> GatewayConfig:
         if kind == "serial" and len(devices) > 1:
             raise ConfigError(t.name("devices"), "a serial line has one device behind it")
         mtu = t.number("mtu", 26, 65535, 1024) if kind == "serial" else t.number("mtu", 0, 255, 0)
+        sf = t.number("sf", 7, 12, 7)
+        bw = t.number("bw", 125, 500, 125)
+        lora_region = t.text("region", "EU868")
+        if kind == "lora":
+            _check_radio(t, lora_region, sf, bw)
         link = LinkConfig(
             name=name,
             port=t.text("port"),
@@ -302,9 +360,10 @@ def config_from_dict(data: dict[str, Any], base: Path) -> GatewayConfig:
             concurrency=t.number("concurrency", 1, 100_000, 1 if kind == "serial" else 4),
             kind=kind,
             modem=modem,
-            region=t.text("region", "EU868"),
-            sf=t.number("sf", 7, 12, 7),
-            bw=t.number("bw", 125, 500, 125),
+            region=lora_region,
+            sf=sf,
+            bw=bw,
+            cr=t.number("cr", 5, 8, 5),
             devices=tuple(devices),
         )
         t.done()
@@ -335,6 +394,8 @@ def config_from_dict(data: dict[str, Any], base: Path) -> GatewayConfig:
         progress_interval=top.number("progress_interval", 0.05, 3600, 1.0, integer=False),
         rto=top.number("rto", 0.05, 60, 1.0, integer=False),
         checkin_timeout=top.number("checkin_timeout", 1, 86_400, 180.0, integer=False),
+        retries=top.number("retries", 0, 100, 12),
+        retry=_retry_policy(top.table("retry", {})),
     )
     top.done()
     return cfg

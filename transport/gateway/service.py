@@ -38,7 +38,7 @@ from typing import Any, TextIO
 
 from ...protocol.errors import OtaferryError, Reason, RemoteError, TimeoutError_, TransportError
 from ...protocol.keys import load_verify_key
-from ...protocol.lora import LoRaParams, region
+from ...protocol.lora import LoRaParams, RegionPacing, region
 from ...protocol.session import (
     Accepted,
     CheckedIn,
@@ -398,22 +398,34 @@ class Gateway:
         try:
             async with lock:
                 assert self.store is not None
-                current = self.store.get(ex.job_id, ex.device)
-                if current is None or current.terminal:
-                    return
-                try:
-                    artifacts = await self._artifacts(current)
-                except OtaferryError as exc:
-                    self._finish(current, "failed", exc.reason.name, exc.message)
-                    return
-                async with self._sem[link_cfg.name]:
-                    self.active += 1
-                    self._publish_health()
+                while True:  # one pass per attempt (the retry policy queues new ones)
+                    current = self.store.get(ex.job_id, ex.device)
+                    if current is None or current.terminal:
+                        return
+                    wait = (current.retry_at or 0.0) - time.time()
+                    if wait > 0:  # a new attempt's backoff: the link is free meanwhile
+                        await asyncio.sleep(wait)
+                    if current.attempt and current.reason is not None:
+                        # the new attempt starts: the last one's reason is history now
+                        self.store.clear_reason(ex.job_id, ex.device)
+                        self._live_for(ex.device).state.update(reason=None, message=None)
+                        current = self.store.get(ex.job_id, ex.device) or current
                     try:
-                        await self._session(current, link_cfg, dev, artifacts)
-                    finally:
-                        self.active -= 1
+                        artifacts = await self._artifacts(current)
+                    except OtaferryError as exc:
+                        self._finish(current, "failed", exc.reason.name, exc.message)
+                        return
+                    async with self._sem[link_cfg.name]:
+                        self.active += 1
                         self._publish_health()
+                        try:
+                            await self._session(current, link_cfg, dev, artifacts)
+                        finally:
+                            self.active -= 1
+                            self._publish_health()
+                    after = self.store.get(ex.job_id, ex.device)
+                    if after is None or after.attempt <= current.attempt:
+                        return  # finished (or left unfinished by a stop): no new attempt
         except asyncio.CancelledError:
             if key in self._cancel_requested:
                 self._cancel_requested.discard(key)
@@ -424,13 +436,19 @@ class Gateway:
         finally:
             self._tasks.pop(key, None)
 
-    def _push_options(self, link: LinkConfig) -> PushOptions:
+    def _push_options(self, link: LinkConfig, hub: Hub) -> PushOptions:
         if link.name in self._options:
             return self._options[link.name]
+        rto = self.config.rto
+        pacing = hub.pacing
+        if isinstance(pacing, RegionPacing):
+            # a LoRa round trip is air time both ways plus the duty-cycle wait: the
+            # configured rto (sized for a UART) would retransmit every frame
+            rto = max(rto, pacing.first_rto(hub.broadcast_mtu))
         return PushOptions(
             line_rate=link.baud / 10 if link.kind == "serial" else None,
-            rto=self.config.rto,
-            max_retries=12,
+            rto=rto,
+            max_retries=self.config.retries,
             max_restarts=20,
             checkin_timeout=self.config.checkin_timeout,
         )
@@ -447,9 +465,10 @@ class Gateway:
                 assert self._link_key is not None
                 secure = await SecureLink.connect(
                     hub.link(dev.address), self._link_key, self._device_keys[dev.id],
-                    rto=self.config.rto, retries=12,
+                    rto=self.config.rto if link_cfg.kind == "serial" else None,
+                    retries=self.config.retries,
                 )  # fmt: skip
-                up = Updater(secure, self._push_options(link_cfg))
+                up = Updater(secure, self._push_options(link_cfg, hub))
                 on_event = self._on_event_for(ex)
                 if len(artifacts) == 1:
                     await up.push(artifacts[0], on_event, job_id=ex.job_id)
@@ -466,7 +485,8 @@ class Gateway:
                     self._finish(ex, "failed", exc.reason.name, exc.message)
                 return
             except TimeoutError_ as exc:
-                self._finish(ex, "failed", Reason.TIMEOUT.name, exc.message)
+                if not self._retry_later(ex, exc.message):
+                    self._finish(ex, "failed", Reason.TIMEOUT.name, exc.message)
                 return
             except TransportError as exc:
                 attempts += 1
@@ -483,6 +503,31 @@ class Gateway:
                 return
             self._finish(ex, "done", None, None)
             return
+
+    def _retry_later(self, ex: Execution, message: str) -> bool:
+        """The retry policy after a TIMEOUT: queue attempt n+1 after its backoff
+        (recorded, so a restart keeps both the count and the time); False when the
+        policy has no attempt left."""
+        assert self.store is not None
+        policy = self.config.retry
+        attempt = ex.attempt + 1
+        if attempt > policy.timed_out:
+            return False
+        delay = policy.delay(attempt)
+        note = (f"attempt {ex.attempt + 1} timed out ({message}); attempt {attempt + 1} "
+                f"of {policy.timed_out + 1} in {delay:g} s")  # fmt: skip
+        if not self.store.retry(ex.job_id, ex.device, attempt, time.time() + delay,
+                                Reason.TIMEOUT.name, note):  # fmt: skip
+            return False
+        self.log("job_retry", job_id=ex.job_id, device=ex.device, attempt=attempt,
+                 delay_s=delay, error=message)  # fmt: skip
+        again = self.store.get(ex.job_id, ex.device)
+        assert again is not None
+        # a new attempt starts its own phases at queued; the reason says why
+        self._set_device(again, "queued", force=True, reason=Reason.TIMEOUT.name, message=note,
+                         retry_in_s=delay)  # fmt: skip
+        self._publish_result(ex.job_id)
+        return True
 
     async def _hub(self, link: LinkConfig) -> Hub:
         async with self._hub_locks[link.name]:
@@ -508,7 +553,7 @@ class Gateway:
             plan = region(link.region)
             assert link.modem is not None
             return await ModemHub.open(
-                link.port, link.modem, LoRaParams(link.sf, link.bw * 1000, 5, 8), region=plan,
+                link.port, link.modem, LoRaParams(link.sf, link.bw * 1000, link.cr, 8), region=plan,
                 address=0, peers=tuple(d.address for d in link.devices),
                 mtu=link.mtu or None, baudrate=link.baud,
             )  # fmt: skip
@@ -566,9 +611,10 @@ class Gateway:
         return on_event
 
     def _state_of(self, ex: Execution) -> dict[str, Any]:
-        return {"job_id": ex.job_id, "phase": ex.phase, "aws": aws_state(ex.phase, ex.reason),
-                "confirmed_bytes": ex.confirmed, "total_bytes": ex.total, "reason": ex.reason,
-                "message": ex.message, "running_version": ex.running_version}  # fmt: skip
+        return {"job_id": ex.job_id, "attempt": ex.attempt, "phase": ex.phase,
+                "aws": aws_state(ex.phase, ex.reason), "confirmed_bytes": ex.confirmed,
+                "total_bytes": ex.total, "reason": ex.reason, "message": ex.message,
+                "running_version": ex.running_version}  # fmt: skip
 
     def _set_device(self, ex: Execution, phase: str, *, force: bool = False, **fields: Any) -> None:
         """Merge into the device's state; publish now (phase change, ``force``) or at most
@@ -576,8 +622,8 @@ class Gateway:
         execution (see the module docstring)."""
         live = self._live_for(ex.device)
         st = live.state
-        if st.get("job_id") != ex.job_id:
-            st.clear()
+        if st.get("job_id") != ex.job_id or st.get("attempt", 0) != ex.attempt:
+            st.clear()  # a new execution, or a new attempt of one: its phases start again
             st.update(self._state_of(ex))
         old_phase = st.get("phase", "queued")
         if _ORDER[phase] < _ORDER.get(old_phase, 0):
@@ -590,8 +636,10 @@ class Gateway:
         st["phase"] = phase
         st["job_id"] = ex.job_id
         st["aws"] = aws_state(phase, st.get("reason"))
-        if phase not in TERMINAL:
-            st["reason"] = None
+        if phase not in TERMINAL and not (phase == "queued" and ex.attempt):
+            st["reason"] = None  # (a new attempt, queued, keeps the reason of the last)
+        if phase != "queued":
+            st.pop("retry_in_s", None)
         self._publish_device(ex.device, force=force or changed)
 
     def _publish_device(self, device: str, *, force: bool) -> None:
@@ -626,7 +674,7 @@ class Gateway:
     def _finish(self, ex: Execution, phase: str, reason: str | None, message: str | None) -> None:
         assert self.store is not None
         live = self._live_for(ex.device)
-        if live.state.get("job_id") != ex.job_id:
+        if live.state.get("job_id") != ex.job_id or live.state.get("attempt", 0) != ex.attempt:
             live.state.clear()
             live.state.update(self._state_of(ex))
         live.state.update(phase=phase, reason=reason, message=message, eta_s=None,
@@ -667,7 +715,8 @@ class Gateway:
             timer.cancel()
         execs = self.store.executions(job_id)
         devices = {e.device: {"phase": e.phase, "aws": aws_state(e.phase, e.reason),
-                              "reason": e.reason, "message": e.message} for e in execs}  # fmt: skip
+                              "reason": e.reason, "message": e.message,
+                              "attempt": e.attempt} for e in execs}  # fmt: skip
         phases = {e.phase for e in execs}
         if not execs:
             state = "cancelled"

@@ -7,8 +7,9 @@ Tables:
 - ``executions``: one row per (job, device): ``phase`` (queued, transferring,
   rebooting, checking_in, done, failed, rolled_back, cancelled), the reason,
   the device-reported progress (confirmed bytes of total), the running version
-  from its hello. Order of arrival is the rowid: a device's executions run one
-  after another in that order.
+  from its hello, the attempt (0 the first; the retry policy's new attempts after
+  a timeout count up) and when the next attempt may start. Order of arrival is
+  the rowid: a device's executions run one after another in that order.
 - ``seqs``: per device, the highest status sequence number *reserved*. The
   service hands out numbers from a block it reserved here before the first one
   is published, so after a crash at any moment the next process starts above
@@ -51,6 +52,8 @@ CREATE TABLE IF NOT EXISTS executions (
     confirmed INTEGER NOT NULL DEFAULT 0,
     total     INTEGER NOT NULL DEFAULT 0,
     running_version TEXT,
+    attempt   INTEGER NOT NULL DEFAULT 0,
+    retry_at  REAL,
     started   REAL,
     finished  REAL,
     UNIQUE (job_id, device)
@@ -74,6 +77,8 @@ class Execution:
     confirmed: int
     total: int
     running_version: str | None
+    attempt: int = 0
+    retry_at: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -91,6 +96,10 @@ class JobStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(executions)")}
+        for col, kind in (("attempt", "INTEGER NOT NULL DEFAULT 0"), ("retry_at", "REAL")):
+            if col not in cols:  # a store written before the retry policy
+                self._tx(f"ALTER TABLE executions ADD COLUMN {col} {kind}")
         self._seq: dict[str, tuple[int, int]] = {}  # device -> (next, reserved)
 
     def close(self) -> None:
@@ -136,7 +145,8 @@ class JobStore:
 
     # --- executions
 
-    _COLS = "id, job_id, device, phase, reason, message, confirmed, total, running_version"
+    _COLS = ("id, job_id, device, phase, reason, message, confirmed, total, running_version, "
+             "attempt, retry_at")
 
     def executions(self, job_id: str | None = None) -> list[Execution]:
         if job_id is None:
@@ -186,6 +196,24 @@ class JobStore:
              now if phase in TERMINAL else None, job_id, device),
         )  # fmt: skip
         return cur.rowcount == 1
+
+    def retry(self, job_id: str, device: str, attempt: int, retry_at: float, reason: str,
+              message: str) -> bool:  # fmt: skip
+        """Queue an unfinished execution again as attempt ``attempt``, not before
+        ``retry_at`` (epoch seconds); False if it is finished or the attempt is not new."""
+        cur = self._tx(
+            "UPDATE executions SET phase='queued', attempt=?, retry_at=?, reason=?, message=? "
+            "WHERE job_id=? AND device=? AND attempt<? AND phase NOT IN "
+            "('done', 'failed', 'rolled_back', 'cancelled')",
+            (attempt, retry_at, reason, message, job_id, device, attempt),
+        )
+        return cur.rowcount == 1
+
+    def clear_reason(self, job_id: str, device: str) -> None:
+        """An unfinished execution's reason and message cleared (a new attempt starts)."""
+        self._tx("UPDATE executions SET reason=NULL, message=NULL WHERE job_id=? AND device=? "
+                 "AND phase NOT IN ('done', 'failed', 'rolled_back', 'cancelled')",
+                 (job_id, device))  # fmt: skip
 
     def queue_depth(self) -> int:
         row = self.db.execute("SELECT COUNT(*) FROM executions WHERE phase='queued'").fetchone()

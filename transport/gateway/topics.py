@@ -14,9 +14,9 @@ in (the cloud publishes, the gateway subscribes):
 out (the gateway publishes, all retained, QoS 1):
   health                     {"state": "online"|"offline", "links", "active_sessions",
                               "queue_depth"} (the last will sets "offline")
-  device/<device_id>/state   {"seq", "job_id", "phase", "aws", "confirmed_bytes", "total_bytes",
-                              "rate_bps", "eta_s", "reason", "message", "running_version",
-                              "running_sha256", ...}
+  device/<device_id>/state   {"seq", "job_id", "attempt", "phase", "aws", "confirmed_bytes",
+                              "total_bytes", "rate_bps", "eta_s", "reason", "message",
+                              "running_version", "running_sha256", ...}
   job/<job_id>/result        {"job_id", "state", "aws", "devices": {<device_id>: {...}}}
   artifact/<sha256>/state    {"state": "receiving"|"accepted"|"rejected"|"wanted", "reason", ...}
 """
