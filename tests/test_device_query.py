@@ -84,16 +84,20 @@ def test_device_run_waits_for_its_port_to_come_back(tmp_path: Path) -> None:
     device = subprocess.Popen([OTAFERRY, "device", "run", "--port", str(b), "--baud", "921600",
                                "--flash", str(flash)], stderr=log.open("wb"))  # fmt: skip
     try:
-        time.sleep(1.0)
+        for _ in range(600):  # until it serves (on a loaded machine, seconds)
+            if "device: serving" in log.read_text():
+                break
+            time.sleep(0.05)
+        assert "device: serving" in log.read_text(), log.read_text()
         sim.terminate()
         sim.wait(10)
-        for _ in range(100):
+        for _ in range(400):
             if "waiting for it to come back" in log.read_text():
                 break
             time.sleep(0.05)
         assert device.poll() is None, log.read_text()  # still running
         sim = line()
-        for _ in range(100):
+        for _ in range(300):
             if "is back" in log.read_text():
                 break
             time.sleep(0.1)
