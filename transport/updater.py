@@ -74,6 +74,11 @@ class PushOptions:
     await_checkin: bool = True
     """End only when the new image has booted, checked in and confirmed (SPEC
     8.7); False: end at DONE (written, verified, set to boot), as before."""
+    compact: bool = False
+    """Compact DATA frames (SPEC 8.8) when the device takes them and the link is
+    sealed (a link with ``compact_mtu``); for links that keep order (LoRa)."""
+    batch: bool = False
+    """Batched acknowledgements (SPEC 8.8) when the device offers them."""
     checkin_timeout: float = 180.0
     """Seconds from DONE for the device to reset, boot the new image and check
     in; more than the device's own deadline (120 s by default), so a device
@@ -169,6 +174,8 @@ class Updater:
             paced=True,
             await_checkin=o.await_checkin,
             checkin_timeout=o.checkin_timeout,
+            compact_mtu=getattr(self.link, "compact_mtu", None) if o.compact else None,
+            batch=o.batch,
         )
 
     async def events(
