@@ -296,6 +296,7 @@ class ModemLoop:
         self.off_until = 0.0
         self.last_air = 0.0
         self.started = False
+        self.announced = []  # the unasked HELLO of power-on, while unsent
         self.stats = {"rx": 0, "tx": 0, "modem_errors": 0, "foreign": 0}
 
     @property
@@ -346,7 +347,16 @@ class ModemLoop:
                     self.stats["foreign"] += 1  # another device's answer (REYAX 0 = all)
                     continue
                 self.stats["rx"] += 1
-                self.outbox.extend(self.loop.receive(event[2], now))
+                if self.announced:
+                    # The gateway talks to us: what is left of the boot announcement
+                    # is stale, and at 1 % each part would hold the answers up for
+                    # a minute of off time.
+                    self.outbox = [p for p in self.outbox if p not in self.announced]
+                    self.announced = []
+                replies = self.loop.receive(event[2], now)
+                if len(replies) > 1 and replies[0][:1] == b"\xe2":
+                    self.announced = replies[1:]  # MSG2, then the HELLO of a new boot
+                self.outbox.extend(replies)
             elif kind == "err":
                 self.stats["modem_errors"] += 1
                 self.waiting = []
@@ -377,7 +387,8 @@ class ModemLoop:
             return command
         if not self.started:
             self.started = True
-            self.outbox.extend(self.loop.start(now))
+            self.announced = list(self.loop.start(now))
+            self.outbox.extend(self.announced)
         if not self.outbox or now < self.off_until:
             return b""
         packet = self.outbox.pop(0)

@@ -387,7 +387,11 @@ class Sender:
     by every event (with the update id, and the device id once it said HELLO).
     ``compact_mtu``: the largest compact DATA body the link carries (SPEC 8.8;
     a secure link's ``compact_mtu``), None: never compact. ``batch``: ask for
-    batched acknowledgements (SPEC 8.8). Either is used only with a device
+    batched acknowledgements (SPEC 8.8). ``query_interval``: the longest wait
+    between QUERYs while the new image reboots (a radio whose answers take
+    long needs more than the 8 s default, or the device queues HELLO after
+    HELLO); ``reboot_wait``: the first of those waits (None: the current
+    RTO). Compact and batch are used only with a device
     whose HELLO announces it; compact DATA also runs no lookahead and keeps
     what it sends within 63 chunks of the lowest one it knows missing, and its
     timer probes with POLL frames (so it never resends a chunk the device
@@ -417,6 +421,8 @@ class Sender:
         checkin_timeout: float = 180.0,
         compact_mtu: int | None = None,
         batch: bool = False,
+        query_interval: float = 8.0,
+        reboot_wait: float | None = None,
     ) -> None:
         if not isinstance(artifact, Artifact):
             raise TypeError("Sender takes an Artifact (Artifact.parse(ota_bytes), shared)")
@@ -464,6 +470,9 @@ class Sender:
         self._max_stalls = 2 * max_retries + 4 if max_stalls is None else max_stalls
         self._max_restarts = max_restarts
         self._precheck = precheck
+        self._query_interval = query_interval
+        self._reboot_wait = reboot_wait
+        self._last_query = float("-inf")
         self._compact_mtu = compact_mtu
         self._want_batch = batch
         self.compact = False  # set from the HELLO: compact DATA in this session
@@ -544,6 +553,8 @@ class Sender:
         out: list[bytes] = []
         recs: list[_Sent | None] = []
         if self._control is not None:
+            if self._control[1:2] == b"\x01":  # a QUERY ([1, ...])
+                self._last_query = now
             out.append(self._control)
             recs.append(None)
             self._control = None
@@ -682,7 +693,7 @@ class Sender:
             if frame.session_id == NO_SESSION and self.phase is not Phase.HANDSHAKE:
                 self._restart(now, "device announced itself (reset?)")
             elif frame.session_id == NO_SESSION:
-                self._control = Query(self.session_id).encode()  # it is there: ask now
+                self._ask_now(now, frame.part)  # it is there: ask now
             else:
                 self._ignore()
             return
@@ -706,6 +717,10 @@ class Sender:
         self._hello[frame.part] = frame.chunk
         self._hello_bytes = held
         if len(self._hello) < self._hello_count:
+            # The answer is arriving (on a duty-cycled radio a part may take a
+            # minute): asking again now would only queue another whole HELLO.
+            if self._deadline is not None:
+                self._deadline = max(self._deadline, now + self._rto)
             return
         blob = b"".join(self._hello[i] for i in range(self._hello_count))
         self._hello = {}
@@ -723,9 +738,16 @@ class Sender:
         if checking_in:
             self.info = info
             if not self._on_checkin_info(info, now) and frame.session_id == NO_SESSION:
-                self._control = Query(self.session_id).encode()  # it is back: ask now
+                self._ask_now(now, frame.part)  # it is back: ask now
             return
         self._on_info(info, now)
+
+    def _ask_now(self, now: float, frame_part: int) -> None:
+        """QUERY at once for an unasked HELLO — unless one left within half an RTO:
+        the device is answering that one (a boot announcement in several parts
+        must not draw a QUERY per part, each answered by a whole HELLO)."""
+        if frame_part == 0 and now - self._last_query >= self._rto / 2:
+            self._control = Query(self.session_id).encode()
 
     def _on_info(self, info: HelloInfo, now: float) -> None:
         self.info = info
@@ -986,7 +1008,7 @@ class Sender:
         if self._checkin_deadline is None:
             self._checkin_deadline = now + self._checkin_timeout
             self._events.append(Rebooting(self._checkin_timeout, **self._ids()))
-        self._rto = max(self._rto, self._min_rto)
+        self._rto = max(self._rto, self._min_rto, self._reboot_wait or 0.0)
         self._deadline = now + self._rto
 
     def _reboot_timer(self, now: float) -> None:
@@ -999,7 +1021,7 @@ class Sender:
                 "(the device rolls back when its own deadline passes)",
             )
             return
-        self._rto = min(self._rto * 2, self._max_rto, 8.0)
+        self._rto = min(self._rto * 2, self._max_rto, max(self._query_interval, self._min_rto))
         self._deadline = min(now + self._rto, self._checkin_deadline)
         self._control = Query(self.session_id).encode()
 

@@ -581,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "bench",
         help="benchmarks: 'bench delta [--pairs F]', 'bench artifact DIR', 'bench link [IMAGE]', "
-        "'bench campaign', 'bench fleet [--sessions N]', 'bench gateway [--memory N] [--ptys M]'",
+        "'bench campaign', 'bench fleet [--sessions N]', 'bench gateway [--memory N] [--ptys M]', "
+        "'bench lora [--json OUT]'",
         add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark and its arguments")
@@ -630,6 +631,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return bench_gateway.main(rest)
 
+    def lora(rest: list[str]) -> int:
+        from .bench import lora as bench_lora
+
+        return bench_lora.main(rest)
+
     benches: dict[str, Callable[[list[str]], int]] = {
         "delta": delta.main,
         "artifact": artifact.main,
@@ -637,6 +643,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "campaign": campaign.main,
         "fleet": fleet.main,
         "gateway": gateway,
+        "lora": lora,
     }
     if not args.rest or args.rest[0] not in benches:
         print(f"usage: otaferry bench {{{','.join(benches)}}} [ARGS] [options]  (-h for each)")

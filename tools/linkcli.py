@@ -60,6 +60,8 @@ async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
                 window=args.window or pacing.ack_batch(link.mtu),
                 compact=True,
                 batch=True,
+                query_interval=min(60.0, pacing.first_rto(link.mtu)),
+                reboot_wait=min(60.0, pacing.first_rto(link.mtu)) / 2,
                 rto=max(args.rto, pacing.first_rto(link.mtu)),
                 max_retries=args.retries,
                 await_checkin=not args.no_await_checkin,

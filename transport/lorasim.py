@@ -188,8 +188,12 @@ class _Modem:
         self.buf = bytearray()
         self.busy = False  # a packet of ours is on (or waiting for) the air
         self.out = bytearray()
+        self.sink: Any = None  # in-process UART (bench lora): called with the modem's bytes
 
     def write(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sim.loop.call_soon(self.sink, bytes(data))
+            return
         self.out += data
         self._flush()
 
@@ -483,6 +487,23 @@ class LoRaSim:
             raise TransportError(
                 f"lora-sim: cannot create the ptys: {exc}", Reason.IO_ERROR
             ) from exc
+
+    def start_in_process(self, loop: asyncio.AbstractEventLoop) -> list[Any]:
+        """The same modems with in-process UARTs instead of ptys (``otaferry bench
+        lora``, on a virtual clock): returns one ``feed(bytes)`` per modem, in
+        address order; set each modem's ``sink`` to receive what it says."""
+        self.loop = loop
+        for address in range(len(self.paths)):
+            station = self.channel.add(address, self.params, self.freq_hz)
+            modem: _Modem
+            if self.kind in ("rylr998", "rylr896"):
+                modem = _Reyax(self, station, -1)
+            elif self.kind == "rak3172":
+                modem = _RAK(self, station, -1)
+            else:
+                modem = _Ebyte(self, station, -1, 58 if self.kind == "e32" else 240)
+            self.modems.append(modem)
+        return [m.feed for m in self.modems]
 
     def _readable(self, modem: _Modem) -> None:
         try:

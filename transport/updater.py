@@ -79,6 +79,10 @@ class PushOptions:
     sealed (a link with ``compact_mtu``); for links that keep order (LoRa)."""
     batch: bool = False
     """Batched acknowledgements (SPEC 8.8) when the device offers them."""
+    query_interval: float = 8.0
+    """The longest wait between QUERYs while the new image reboots."""
+    reboot_wait: float | None = None
+    """The first of those waits (None: the retransmit timeout)."""
     checkin_timeout: float = 180.0
     """Seconds from DONE for the device to reset, boot the new image and check
     in; more than the device's own deadline (120 s by default), so a device
@@ -167,7 +171,7 @@ class Updater:
             mtu=self.link.mtu,
             window=self.window(),
             session_id=secrets.randbits(32) or 1,
-            rto=o.rto,
+            rto=min(o.rto, 60.0),  # the Sender's max_rto (a slow LoRa setting asks more)
             max_retries=o.max_retries,
             max_restarts=o.max_restarts,
             job_id=job_id,
@@ -176,6 +180,8 @@ class Updater:
             checkin_timeout=o.checkin_timeout,
             compact_mtu=getattr(self.link, "compact_mtu", None) if o.compact else None,
             batch=o.batch,
+            query_interval=o.query_interval,
+            reboot_wait=o.reboot_wait,
         )
 
     async def events(
