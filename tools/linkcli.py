@@ -60,8 +60,10 @@ async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
                 window=args.window or pacing.ack_batch(link.mtu),
                 compact=True,
                 batch=True,
-                query_interval=min(60.0, pacing.first_rto(link.mtu)),
-                reboot_wait=min(60.0, pacing.first_rto(link.mtu)) / 2,
+                # the device may owe a full frame's off time before it can answer
+                query_interval=pacing.first_rto(link.mtu, answer=link.mtu),
+                reboot_wait=pacing.first_rto(link.mtu, answer=link.mtu) / 2,
+                max_rto=max(60.0, pacing.first_rto(link.mtu, answer=link.mtu)),
                 rto=max(args.rto, pacing.first_rto(link.mtu)),
                 max_retries=args.retries,
                 await_checkin=not args.no_await_checkin,

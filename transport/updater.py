@@ -83,6 +83,9 @@ class PushOptions:
     """The longest wait between QUERYs while the new image reboots."""
     reboot_wait: float | None = None
     """The first of those waits (None: the retransmit timeout)."""
+    max_rto: float = 60.0
+    """The longest retransmit timeout (a duty-cycled radio whose device may owe a
+    minute of off time before it can answer needs more)."""
     checkin_timeout: float = 180.0
     """Seconds from DONE for the device to reset, boot the new image and check
     in; more than the device's own deadline (120 s by default), so a device
@@ -171,7 +174,8 @@ class Updater:
             mtu=self.link.mtu,
             window=self.window(),
             session_id=secrets.randbits(32) or 1,
-            rto=min(o.rto, 60.0),  # the Sender's max_rto (a slow LoRa setting asks more)
+            rto=min(o.rto, o.max_rto),
+            max_rto=o.max_rto,
             max_retries=o.max_retries,
             max_restarts=o.max_restarts,
             job_id=job_id,

@@ -177,8 +177,10 @@ async def emulate(
             compact=True,
             batch=True,
             rto=pacing.first_rto(mtu),
-            query_interval=min(60.0, pacing.first_rto(mtu)),
-                reboot_wait=min(60.0, pacing.first_rto(mtu)) / 2,
+            # the device may owe a full frame's off time before it can answer
+                query_interval=pacing.first_rto(mtu, answer=mtu),
+                reboot_wait=pacing.first_rto(mtu, answer=mtu) / 2,
+                max_rto=max(60.0, pacing.first_rto(mtu, answer=mtu)),
             max_retries=12,
             checkin_timeout=CHECKIN_TIMEOUT + 600,
         )
