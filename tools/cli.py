@@ -618,6 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="architecture 2: a broker, the gateway service, two devices, a job over MQTT",
     )
+    s.add_argument(
+        "--lora",
+        action="store_true",
+        help="over emulated LoRa modems (lora-sim on ptys, EU868 10 %% sub-band, SF7)",
+    )
     s.set_defaults(func=_lazy("demo", "run"))
 
     return p

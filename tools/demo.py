@@ -59,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
         from .demo_gateway import run as run_gateway
 
         return run_gateway(args.workdir)
+    if getattr(args, "lora", False):
+        from .demo_lora import run as run_lora
+
+        return run_lora(args.workdir)
     # Read the given image before anything is made, so a wrong path fails first.
     image = read_file(args.image) if args.image else None
     if args.workdir:
