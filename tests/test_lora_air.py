@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
+from link_harness import full, image, make_flash
 from otaferry.device_fw import secure as dsec
 from otaferry.device_fw.device import Device
 from otaferry.device_fw.receiver import Receiver
@@ -21,13 +22,13 @@ from otaferry.protocol.shared_artifact import Artifact
 from otaferry.tools.bench import lora as bench
 from otaferry.transport.vclock import run_virtual
 
-from link_harness import full, image, make_flash
-
 K1, K2 = hashlib.sha256(b"k1").digest()[:16], hashlib.sha256(b"k2").digest()[:16]
 MTU = 51  # the link's frames; 41 for session frames inside the seal
 
 
-def _run(flash: str, ota: bytes, *, loss: int, compact: bool) -> tuple[Sender, list[bytes], int]:
+def _run(
+    flash: str, ota: bytes, *, loss: int, compact: bool
+) -> tuple[Sender, list[bytes], int]:
     """Push over a sealed in-memory link that drops every ``loss``-th host record;
     returns the sender, the host's records and the device's STATUS count."""
     host = SecureChannel(K1, K2, initiator=True)
@@ -103,7 +104,8 @@ def test_planner_agrees_with_the_emulator(tmp_path: Path, sf: int, mtu: int) -> 
     rng = random.Random(3)
     old = rng.randbytes(6000)
     new = rng.randbytes(6000)  # ~6 KB of artifact: 120 frames at 51 bytes
-    ota = build_full(new, bench.KEY, hw=[bench.HW], chip=bench.CHIP, version="2", security_counter=1)
+    ota = build_full(new, bench.KEY, hw=[bench.HW], chip=bench.CHIP, version="2",
+                     security_counter=1)  # fmt: skip
     out = run_virtual(bench.emulate(ota, old, tmp_path, sf=sf, mtu=mtu, loss=0.0))
     assert out["outcome"] == "Confirmed" and out["violations"] == 0 and out["compact"]
     planned = bench.planned(ota, modem="rak3172", sf=sf, bw=125, cr=5, mtu=mtu, loss=0.0)
@@ -111,3 +113,26 @@ def test_planner_agrees_with_the_emulator(tmp_path: Path, sf: int, mtu: int) -> 
     # 1 % duty cycle: the wall time is the gateway's air time a hundredfold
     assert out["wall_s"] >= 0.95 * 100 * out["gateway_air_s"]
     assert out["device_air_s"] < 0.25 * out["gateway_air_s"]  # answers batched
+
+
+def test_short_sealed_record_follows_the_spec_and_reads_forward() -> None:
+    host = SecureChannel(K1, K2, initiator=True)
+    dev_ch = dsec.SecureChannel(K2, K1, False)
+    for _ in range(70):
+        assert dev_ch.open(host.seal(b"\x91\x08")) == b"\x91\x08"
+    body = bytes([0x40 | 6]) + bytes(range(8))  # compact DATA, poll, chunk = 6 mod 64
+    record = host.seal(body)
+    v = (70 % 64) << 7 | body[0]  # SPEC 9.5: counter 70 and the compact byte, 13 bits
+    assert record[:2] == bytes([0xA0 | v >> 8, v & 0xFF]) and len(record) == 2 + 8 + 8
+    assert dev_ch.open(record) == body
+    assert dev_ch.open(record) is None  # a replay reads as a later counter: its tag fails
+    assert host.seal(b"\x91\x08")[0] < 0x80  # other frames keep the 15-bit header
+    # 64 or more frames lost in a row: a short record cannot be placed (tag fails) ...
+    for _ in range(64):
+        host.seal(b"\x91\x08")
+    late = host.seal(bytes([5]) + b"x")
+    failed = dev_ch.stats["auth_failed"]
+    assert dev_ch.open(late) is None and dev_ch.stats["auth_failed"] == failed + 1
+    # ... until a full record puts the reader back in step
+    assert dev_ch.open(host.seal(b"\x91\x09")) == b"\x91\x09"
+    assert dev_ch.open(host.seal(bytes([7]) + b"y")) == bytes([7]) + b"y"

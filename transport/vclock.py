@@ -22,7 +22,7 @@ from typing import Any
 __all__ = ["VirtualClockLoop", "run_virtual"]
 
 
-class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _VirtualSelector(selectors.DefaultSelector):
     """Holds the loop's self-pipe registration; ``select`` never waits."""
 
     def __init__(self) -> None:

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from ...device_fw.device import Device
-from ...device_fw.lora import ModemLoop
 from ...device_fw.loop import power_up
+from ...device_fw.lora import ModemLoop
 from ...protocol.artifact import build_delta, build_full
 from ...protocol.keys import SigningKey
 from ...protocol.lora import LoRaParams, RegionPacing, region
@@ -208,8 +208,9 @@ async def emulate(
         "floor_air_s": round(floor, 3),
         "air_over_floor": round(air / floor, 4),
         "wall_s": round(wall, 1),
-        "violations": sum(m["duty_cycle_violations"] + m["dwell_violations"]
-                          for m in stats.values()),  # fmt: skip
+        "violations": sum(
+            m["duty_cycle_violations"] + m["dwell_violations"] for m in stats.values()
+        ),
         "gateway_packets": stats["0"]["tx_packets"],
         "device_packets": stats["1"]["tx_packets"],
         "chunk": sender.chunk_size,
