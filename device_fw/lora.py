@@ -271,6 +271,7 @@ class ModemLoop:
         duty_cycle=None,
         gateway=GATEWAY,
         checkin_timeout=None,
+        off_until=0.0,
     ):
         self.modem = modem_for(kind)
         self.address = address
@@ -293,7 +294,10 @@ class ModemLoop:
         self.outbox = []  # packets for the gateway, in order
         self.waiting = []  # answers the modem still owes for the command in flight
         self.wait_until = None  # E22: the packet's air time; commands: a timeout
-        self.off_until = 0.0
+        # The radio's duty-cycle off time outlives a reset of the MCU: a loop made
+        # after one is given the last loop's (a board keeps it in RTC memory, or
+        # waits one full frame's off time after power-on).
+        self.off_until = off_until
         self.last_air = 0.0
         self.started = False
         self.announced = []  # the unasked HELLO of power-on, while unsent
@@ -440,7 +444,8 @@ def serve_modem(
         try:
             silent = power_up(device, lifecycle, self_test, checkin, on_event)
             loop = ModemLoop(device, kind, address, radio, mtu, on_event, time_scale, duty_cycle,
-                             checkin_timeout=checkin_timeout if lifecycle else None)  # fmt: skip
+                             checkin_timeout=checkin_timeout if lifecycle else None,
+                             off_until=0.0 if loop is None else loop.off_until)  # fmt: skip
             if on_event is not None:
                 on_event("ready", dict(loop.receiver.stats))
             out = loop.start(clock())

@@ -113,16 +113,19 @@ async def _device(flash: Path, kind: str, radio: tuple[Any, ...], mtu: int,
     """``device run --lora-modem`` (device_fw.lora.serve_modem), driven by the loop:
     reset into an installed image, self-test, check in."""
     loop = asyncio.get_running_loop()
+    off_until = 0.0  # the radio's off time outlives a reset
     while True:
         device = Device(str(flash))
         try:
             power_up(device, True, True, True, None)
-            ml = ModemLoop(device, kind, 1, radio, mtu, checkin_timeout=CHECKIN_TIMEOUT)
+            ml = ModemLoop(device, kind, 1, radio, mtu, checkin_timeout=CHECKIN_TIMEOUT,
+                           off_until=off_until)  # fmt: skip
             out = ml.start(loop.time())
             while True:
                 if out:
                     loop.call_soon(feed, out)
                 if ml.reset_requested is not None:
+                    off_until = ml.off_until
                     break
                 deadline = ml.next_deadline()
                 wait = None if deadline is None else max(0.0, deadline - loop.time())
