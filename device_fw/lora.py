@@ -169,11 +169,11 @@ class RakModem:
         return [
             b"AT+NWM=0\r\n",
             b"AT+P2P=%d:%d:%d:%d:%d:14\r\n" % (freq, sf, bw // 1000, cr - 5, preamble),
-            b"AT+PRECV=65534\r\n",
+            b"AT+PRECV=65533\r\n",  # RX, TX still allowed (65534: RX only)
         ]
 
     def after_send(self):
-        return [b"AT+PRECV=65534\r\n"]  # sending ended the listening
+        return [b"AT+PRECV=65533\r\n"]  # re-armed after every TX (idempotent)
 
     def air_size(self, n):
         return n + 2

@@ -5,6 +5,7 @@ virtual clock) on a small update."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from pathlib import Path
@@ -136,3 +137,29 @@ def test_short_sealed_record_follows_the_spec_and_reads_forward() -> None:
     # ... until a full record puts the reader back in step
     assert dev_ch.open(host.seal(b"\x91\x09")) == b"\x91\x09"
     assert dev_ch.open(host.seal(bytes([7]) + b"y")) == bytes([7]) + b"y"
+
+
+def test_emulated_rak3172_takes_no_send_in_rx_only_mode_and_reyax_says_13() -> None:
+    """RUI3 >= 3.4.0: AT+PRECV=65534 listens until AT+PRECV=0 and refuses TX; 65533
+    listens and still sends. REYAX: more than 240 characters is +ERR=13."""
+    from otaferry.protocol.lora import EU868, LoRaParams
+    from otaferry.transport.lorasim import LoRaSim
+
+    async def main() -> list[bytes]:
+        said: list[bytes] = []
+        rak = LoRaSim("rak3172", ["a", "b"], params=LoRaParams(), plan=EU868, seed=1)
+        reyax = LoRaSim("rylr998", ["a", "b"], params=LoRaParams(), plan=EU868, seed=1)
+        loop = asyncio.get_running_loop()
+        for sim in (rak, reyax):
+            sim.start_in_process(loop)
+            sim.modems[0].sink = said.append
+        for line in (b"AT+NWM=0", b"AT+PRECV=65534", b"AT+PSEND=0001AA", b"AT+PRECV=65533",
+                     b"AT+PSEND=0001AA"):  # fmt: skip
+            rak.modems[0].feed(line + b"\r\n")
+        reyax.modems[0].feed(b"AT+SEND=1,241," + b"A" * 241 + b"\r\n")
+        await asyncio.sleep(1.0)
+        return said
+
+    said = b"".join(asyncio.run(main())).split(b"\r\n")
+    assert said[:5] == [b"OK", b"OK", b"AT_BUSY_ERROR", b"OK", b"OK"]
+    assert b"+ERR=13" in said and b"+EVT:TXP2P DONE" in said

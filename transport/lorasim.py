@@ -275,8 +275,10 @@ class _Reyax(_Modem):
             dest, n = int(addr), int(length)
         except ValueError:
             return self.write(b"+ERR=4\r\n")
-        if n != len(data) or not 1 <= n <= 240 or not data.isascii():
-            return self.write(b"+ERR=5\r\n")
+        if n > 240:
+            return self.write(b"+ERR=13\r\n")  # the guide: TX data exceeds 240 bytes
+        if n != len(data) or n < 1 or not data.isascii():
+            return self.write(b"+ERR=5\r\n")  # the data does not match the length
         if self.busy:
             return self.write(b"+ERR=17\r\n")  # the last TX has not finished
         self.transmit(
@@ -302,6 +304,7 @@ class _RAK(_Modem):
     def __init__(self, sim: LoRaSim, station: Station, fd: int) -> None:
         super().__init__(sim, station, fd)
         self.p2p = False
+        self.rx_only = False
         station.listening = False  # until AT+PRECV
 
     def command(self, line: bytes) -> None:
@@ -321,6 +324,9 @@ class _RAK(_Modem):
                 if self.busy:
                     return self.write(b"AT_BUSY_ERROR\r\n")
                 st.listening = mode != 0
+                # RUI3 >= 3.4.0: 65534 listens "until AT+PRECV=0" and takes no TX;
+                # 65533 listens and still sends (then listens again once re-armed).
+                self.rx_only = mode == 65534
             elif name == b"AT+PSEND":
                 return self._send(arg)
             else:
@@ -338,7 +344,7 @@ class _RAK(_Modem):
             return self.write(b"AT_PARAM_ERROR\r\n")
         if not 1 <= len(packet) <= 250:
             return self.write(b"AT_PARAM_ERROR\r\n")
-        if self.busy:
+        if self.busy or self.rx_only:
             return self.write(b"AT_BUSY_ERROR\r\n")
         self.write(b"OK\r\n")
         self.station.listening = False  # the radio leaves RX to send
