@@ -131,7 +131,8 @@ def test_reyax_codec_commands_and_events() -> None:
     line = b"+RCV=7,%d,%s,-52,9\r\n" % (len(data), data)
     stream = b"+READY\r\n+OK\r\n+ERR=17\r\n" + line + b"+RCV=7,99,short,-1,2\r\n"
     events = [e for i in range(len(stream)) for e in codec.feed(stream[i : i + 1])]
-    assert events == [Ok(), Failed("+ERR=17 (the last TX was not completed)"), Received(7, body, -52, 9)]
+    busy = Failed("+ERR=17 (the last TX was not completed)")
+    assert events == [Ok(), busy, Received(7, body, -52, 9)]
     device = dev.ReyaxModem()
     assert device.encode(5, body) == cmd
     assert device.feed(line) == [("rx", 7, body)]
