@@ -452,7 +452,10 @@ class LoRaSim:
         self.modems: list[_Modem] = []
         self._fds: list[int] = []
         self._links: list[Path] = []
-        self.loop = asyncio.get_event_loop_policy().get_event_loop()
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:  # made outside a loop: start() takes the running one
+            self.loop = asyncio.get_event_loop_policy().get_event_loop()
 
     async def __aenter__(self) -> LoRaSim:
         await self.start()
