@@ -32,6 +32,18 @@ DONE = 9
 ABORT = 10
 CONFIRM = 11  # host -> device: the check-in answer (update id, the boot's nonce)
 CONFIRMED = 12  # device -> host: the running image is confirmed (VALID)
+POLL_FRAME = 13  # host -> device: answer with a STATUS echoing (segment, chunk)
+COMPACT = 0x80  # not a wire code: what decode() calls a compact DATA frame (SPEC 8.8)
+
+# HELLO field 17 (SPEC 8.8): what this receiver understands besides version 1.
+FEATURE_BATCH = 1  # acknowledges DATA per poll and per segment, not per gap
+FEATURE_COMPACT = 2  # takes compact DATA frames (and the short sealed record)
+FEATURES = FEATURE_BATCH | FEATURE_COMPACT
+# OfferBlob field 4 (SPEC 8.8): what the sender uses in this session.
+OFFER_BATCH = 1
+OFFER_COMPACT = 2
+COMPACT_POLL = 0x40  # in a compact DATA frame's first byte
+COMPACT_MASK = 0x3F  # ... the low 6 bits of the chunk index
 
 U16 = 0xFFFF
 U32 = 0xFFFFFFFF
@@ -42,7 +54,7 @@ HELLO_FIELDS = 14
 _ARITY = {
     QUERY: (2,), HELLO: (4,), OFFER: (3,), ACCEPT: (3,), REJECT: (2,),
     DATA: (3,), STATUS: (3, 5), COMMIT: (0,), DONE: (0,), ABORT: (2,),
-    CONFIRM: (2,), CONFIRMED: (1,),
+    CONFIRM: (2,), CONFIRMED: (1,), POLL_FRAME: (2,),
 }
 
 
@@ -102,6 +114,15 @@ def data(segment, chunk, payload, poll=False):
     return mpack.encode([DATA | (POLL if poll else 0), segment, chunk, payload])
 
 
+def compact_data(chunk, payload, poll=False):
+    """A compact DATA frame (SPEC 8.8): one byte, poll flag and chunk mod 64, then the payload."""
+    return bytes([(COMPACT_POLL if poll else 0) | (chunk & COMPACT_MASK)]) + bytes(payload)
+
+
+def poll_frame(segment, chunk):
+    return mpack.encode([POLL_FRAME, segment, chunk])
+
+
 def status(segment, base=0, bitmap=b"", echo=None):
     items = [STATUS, segment, base, bitmap]
     if echo is not None:
@@ -134,7 +155,15 @@ def abort(reason, message=""):
 
 
 def decode(body):
-    """Parse one frame body; see the module docstring for the result."""
+    """Parse one frame body; see the module docstring for the result.
+
+    A body whose first byte is below 0x80 is a compact DATA frame (no msgpack
+    array starts so): ``(COMPACT, poll, [chunk mod 64, payload])``.
+    """
+    if body and body[0] < 0x80:
+        if len(body) < 2:
+            raise _bad("compact DATA without payload")
+        return COMPACT, bool(body[0] & COMPACT_POLL), [body[0] & COMPACT_MASK, bytes(body[1:])]
     try:
         items = mpack.decode_all(body, max_depth=1)  # frames never nest
     except DeviceError as exc:
@@ -171,6 +200,8 @@ def decode(body):
         f = [_bin("update_id", a[0], 16, 16)]
     elif code in (REJECT, ABORT):
         f = [_int("reason", a[0], 0, 255), _str("message", a[1])]
+    elif code == POLL_FRAME:
+        f = [_int("segment", a[0], 0, U16), _int("chunk", a[1], 0, U16)]
     elif code == DATA:
         f = [_int("segment", a[0], 0, U16), _int("chunk", a[1], 0, U16), _bin("payload", a[2], 1)]
     elif code == STATUS:
@@ -188,22 +219,29 @@ def decode(body):
 # --- split payloads ------------------------------------------------------------
 
 
-def encode_offer_blob(chunk_size, manifest, signature):
-    return mpack.encode([chunk_size, manifest, signature])
+def encode_offer_blob(chunk_size, manifest, signature, flags=0):
+    items = [chunk_size, manifest, signature]
+    if flags:
+        items.append(flags)
+    return mpack.encode(items)
 
 
 def decode_offer_blob(blob):
-    """-> (chunk_size, manifest_bytes, signature); DeviceError(BAD_FRAME) otherwise."""
+    """-> (chunk_size, manifest_bytes, signature, flags); DeviceError(BAD_FRAME) otherwise.
+
+    ``flags`` (field 4, SPEC 8.8) is 0 when absent (a version-1 sender)."""
     try:
         items = mpack.decode_all(blob, max_depth=1)
     except DeviceError as exc:
         raise _bad("offer: " + exc.message)
-    if not isinstance(items, list) or len(items) != 3:
-        raise _bad("offer blob must be [chunk_size, manifest, signature]")
+    if not isinstance(items, list) or len(items) not in (3, 4):
+        raise _bad("offer blob must be [chunk_size, manifest, signature (, flags)]")
+    flags = _int("flags", items[3], 0, 255) if len(items) == 4 else 0
     return (
         _int("chunk_size", items[0], 1, U16),
         _bin("manifest", items[1], 1),
         _bin("signature", items[2], SIGNATURE_SIZE, SIGNATURE_SIZE),
+        flags,
     )
 
 
@@ -216,9 +254,13 @@ def encode_hello_info(info):
     # is byte for byte what version 1 devices send: pending = [update id, image
     # SHA-256, check-in nonce] while the running image awaits its check-in;
     # failed = [update id, reason] of the last update that rolled back.
+    # Field 17 (SPEC 8.8): the features bitmask, sent only when not 0 (nil for
+    # 15 and 16 then if they are not set).
     tail = []
+    if info.get("features"):
+        tail = [None, None, info["features"]]
     if info.get("failed_uid") is not None:
-        tail = [None, [info["failed_uid"], info["failed_reason"]]]
+        tail = [None, [info["failed_uid"], info["failed_reason"]]] + tail[2:]
     if info.get("pending_uid") is not None:
         pending = [info["pending_uid"], info["pending_sha256"], info["pending_nonce"]]
         tail = [pending] + tail[1:]
@@ -258,6 +300,7 @@ def decode_hello_info(blob):
         _str("codec", c)
     pending = items[14] if len(items) > 14 else None
     failed = items[15] if len(items) > 15 else None
+    features = _int("features", items[16], 0, U32) if len(items) > 16 else 0
     if pending is not None and (not isinstance(pending, list) or len(pending) != 3):
         raise _bad("hello pending must be nil or [uid, sha256, nonce]")
     if failed is not None and (not isinstance(failed, list) or len(failed) != 2):
@@ -283,6 +326,7 @@ def decode_hello_info(blob):
         "pending_nonce": None if pending is None else _bin("pending nonce", pending[2], 8, 8),
         "failed_uid": None if failed is None else _bin("failed uid", failed[0], 16, 16),
         "failed_reason": None if failed is None else _int("failed reason", failed[1], 0, 255),
+        "features": features,
     }
 
 

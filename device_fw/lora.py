@@ -169,11 +169,11 @@ class RakModem:
         return [
             b"AT+NWM=0\r\n",
             b"AT+P2P=%d:%d:%d:%d:%d:14\r\n" % (freq, sf, bw // 1000, cr - 5, preamble),
-            b"AT+PRECV=65534\r\n",
+            b"AT+PRECV=65533\r\n",  # RX, TX still allowed (65534: RX only)
         ]
 
     def after_send(self):
-        return [b"AT+PRECV=65534\r\n"]  # sending ended the listening
+        return [b"AT+PRECV=65533\r\n"]  # re-armed after every TX (idempotent)
 
     def air_size(self, n):
         return n + 2
@@ -271,6 +271,7 @@ class ModemLoop:
         duty_cycle=None,
         gateway=GATEWAY,
         checkin_timeout=None,
+        off_until=0.0,
     ):
         self.modem = modem_for(kind)
         self.address = address
@@ -293,9 +294,13 @@ class ModemLoop:
         self.outbox = []  # packets for the gateway, in order
         self.waiting = []  # answers the modem still owes for the command in flight
         self.wait_until = None  # E22: the packet's air time; commands: a timeout
-        self.off_until = 0.0
+        # The radio's duty-cycle off time outlives a reset of the MCU: a loop made
+        # after one is given the last loop's (a board keeps it in RTC memory, or
+        # waits one full frame's off time after power-on).
+        self.off_until = off_until
         self.last_air = 0.0
         self.started = False
+        self.announced = []  # the unasked HELLO of power-on, while unsent
         self.stats = {"rx": 0, "tx": 0, "modem_errors": 0, "foreign": 0}
 
     @property
@@ -346,7 +351,16 @@ class ModemLoop:
                     self.stats["foreign"] += 1  # another device's answer (REYAX 0 = all)
                     continue
                 self.stats["rx"] += 1
-                self.outbox.extend(self.loop.receive(event[2], now))
+                if self.announced:
+                    # The gateway talks to us: what is left of the boot announcement
+                    # is stale, and at 1 % each part would hold the answers up for
+                    # a minute of off time.
+                    self.outbox = [p for p in self.outbox if p not in self.announced]
+                    self.announced = []
+                replies = self.loop.receive(event[2], now)
+                if len(replies) > 1 and replies[0][:1] == b"\xe2":
+                    self.announced = replies[1:]  # MSG2, then the HELLO of a new boot
+                self.outbox.extend(replies)
             elif kind == "err":
                 self.stats["modem_errors"] += 1
                 self.waiting = []
@@ -377,7 +391,8 @@ class ModemLoop:
             return command
         if not self.started:
             self.started = True
-            self.outbox.extend(self.loop.start(now))
+            self.announced = list(self.loop.start(now))
+            self.outbox.extend(self.announced)
         if not self.outbox or now < self.off_until:
             return b""
         packet = self.outbox.pop(0)
@@ -429,7 +444,8 @@ def serve_modem(
         try:
             silent = power_up(device, lifecycle, self_test, checkin, on_event)
             loop = ModemLoop(device, kind, address, radio, mtu, on_event, time_scale, duty_cycle,
-                             checkin_timeout=checkin_timeout if lifecycle else None)  # fmt: skip
+                             checkin_timeout=checkin_timeout if lifecycle else None,
+                             off_until=0.0 if loop is None else loop.off_until)  # fmt: skip
             if on_event is not None:
                 on_event("ready", dict(loop.receiver.stats))
             out = loop.start(clock())

@@ -26,8 +26,15 @@ Session rules (SPEC.md section 8 "Session"):
   lets the sender merge STATUS frames however late they come). Data for any
   other segment is dropped (see "Why drop" below).
 - STATUS is sent when a segment completes, when a frame has the poll flag, when a
-  chunk arrives past a hole (a loss), and — once per new chunk stored — when a
-  frame shows the sender is out of step (data for another segment).
+  chunk arrives past a hole (a loss; not when the offer asked for batched
+  acknowledgements, SPEC 8.8: then the next poll reports every hole at once),
+  and — once per new chunk stored — when a frame shows the sender is out of
+  step (data for another segment). A POLL frame is answered like a polled copy
+  of the DATA frame it names.
+- Compact DATA (SPEC 8.8) names its chunk by the low 6 bits only: the chunk is
+  the one with those bits at or above the lowest chunk still missing of the
+  segment in flight (the sender sends a compact frame only for a chunk it
+  knows is missing, within 63 of the lowest one it knows missing).
 - COMMIT runs ``Installer.finish`` once; DONE (or REJECT) is the answer, repeated
   for repeated COMMITs.
 
@@ -72,6 +79,7 @@ class _Bits:
         self.b = bytearray((n + 7) // 8)
         self.have = 0
         self.highest = -1
+        self.low = 0  # every chunk below it is held
 
     def has(self, i):
         return bool(self.b[i >> 3] & (1 << (i & 7)))
@@ -84,6 +92,8 @@ class _Bits:
         self.have += 1
         if i > self.highest:
             self.highest = i
+        while self.low < self.n and self.b[self.low >> 3] & (1 << (self.low & 7)):
+            self.low += 1
         return True
 
     def complete(self):
@@ -144,6 +154,7 @@ class Receiver:
         self._armed = True
         self._answered = False
         self._final = None  # REJECT frame repeated in REJECTED
+        self._flags = 0  # the offer's field 4: batched acks, compact DATA
 
     # ------------------------------------------------------------ public
 
@@ -180,10 +191,10 @@ class Receiver:
         if code == F.ABORT:
             self._drop_session()
             return []
-        if code not in (F.OFFER, F.DATA, F.COMMIT):
+        if code not in (F.OFFER, F.DATA, F.COMMIT, F.COMPACT, F.POLL_FRAME):
             self.stats["stray"] += 1  # a device -> host frame echoed back at us
             return []
-        must = poll or code == F.COMMIT
+        must = poll or code in (F.COMMIT, F.POLL_FRAME)
         if self.phase == IDLE:
             return self._answer_once(must, F.abort(R.BAD_STATE, "no session"))
         if self.phase == REJECTED:
@@ -192,6 +203,10 @@ class Receiver:
             return self._on_offer(poll, f[0], f[1], f[2])
         if code == F.DATA:
             return self._on_data(poll, f[0], f[1], f[2])
+        if code == F.COMPACT:
+            return self._on_compact(poll, f[0], f[1])
+        if code == F.POLL_FRAME:
+            return self._on_poll(f[0], f[1])
         return self._on_commit()
 
     def _on_confirm(self, uid, nonce):
@@ -225,6 +240,7 @@ class Receiver:
         self._last_part = None
         self._answered = False
         self._final = None
+        self._flags = 0
 
     def _reject(self, reason, message):
         session_id = self.session_id
@@ -272,6 +288,7 @@ class Receiver:
             "max_offer": self.max_offer,
             "resume_uid": progress.get("uid"),
             "resume_next": progress.get("next"),
+            "features": F.FEATURES,
         }
         pending = dev.pending_checkin()
         if pending is not None:
@@ -369,7 +386,7 @@ class Receiver:
     def _begin(self):
         blob, self._parts = self._parts, None
         try:
-            chunk_size, manifest, signature = F.decode_offer_blob(blob)
+            chunk_size, manifest, signature, flags = F.decode_offer_blob(blob)
         except DeviceError as exc:
             return self._reject(R.MALFORMED, exc.message)
         del blob  # the manifest is a copy: the reassembly buffer goes now
@@ -378,7 +395,7 @@ class Receiver:
             inst.check(manifest, signature)  # verified before it is parsed
         except DeviceError as exc:
             return self._reject(exc.reason, exc.message)
-        problem = self._chunking_problem(chunk_size, inst.manifest)
+        problem = self._chunking_problem(chunk_size, inst.manifest, flags)
         if problem is not None:  # refused before start() touches flash
             return self._reject(R.RESOURCE_LIMIT, problem)
         try:
@@ -387,16 +404,21 @@ class Receiver:
             return self._reject(exc.reason, exc.message)
         self._installer = inst
         self._chunk_size = chunk_size
+        self._flags = flags
         self.phase = DATA
         self._load(nxt)
         return [self._accept()]
 
-    def _chunking_problem(self, chunk_size, m):
+    def _chunking_problem(self, chunk_size, m, flags=0):
         """Why DATA frames of this chunk size cannot reach us, or None."""
         largest = m["segments"].largest()
         chunks = (largest + chunk_size - 1) // chunk_size
         worst = (2 + F.int_size(len(m["segments"]) - 1) + F.int_size(chunks - 1)
                  + F.bin_header_size(chunk_size) + chunk_size)
+        if flags & F.OFFER_COMPACT:
+            # Compact DATA only: one byte, which the short sealed record folds
+            # into its header (SPEC 8.8), so a chunk as large as our mtu fits.
+            worst = chunk_size
         if worst > self.mtu or chunks > F.U16 + 1:
             return "chunk size %d does not fit frames of %d bytes" % (chunk_size, self.mtu)
         return None
@@ -451,7 +473,7 @@ class Receiver:
                 # start its session again.
                 return [F.abort(R.BAD_STATE, "chunk does not fit this session's chunking")]
             return []
-        gap = chunk > bits.highest + 1
+        gap = chunk > bits.highest + 1 and not self._flags & F.OFFER_BATCH
         if not bits.set(chunk):
             self.stats["duplicates"] += 1
             return self._status_if(poll, echo)
@@ -460,6 +482,20 @@ class Receiver:
         if bits.complete():
             return self._complete(echo)
         return self._status_if(poll or gap, echo)
+
+    def _on_compact(self, poll, low, payload):
+        """Compact DATA (SPEC 8.8): the chunk is the one with these low 6 bits at or
+        above the lowest chunk missing of the segment in flight."""
+        if self.phase != DATA or self._bits is None or not self._flags & F.OFFER_COMPACT:
+            self.stats["dropped"] += 1
+            return self._out_of_step(poll, lambda: self._status(None))
+        first = self._bits.low
+        chunk = first + ((low - first) & F.COMPACT_MASK)
+        return self._on_data(poll, self._installer.next_segment, chunk, payload)
+
+    def _on_poll(self, segment, chunk):
+        """POLL (SPEC 8.8): a STATUS echoing (segment, chunk), as for a polled copy of it."""
+        return [self._status((segment, chunk))]
 
     def _complete(self, echo):
         inst = self._installer

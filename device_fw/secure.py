@@ -33,6 +33,11 @@ MSG1_SIZE = 2 + KEY_SIZE + TAG_SIZE
 MSG2_SIZE = 1 + KEY_SIZE + TAG_SIZE
 MAX_BODY = 0xFFFF
 
+# The short sealed record (SPEC 9.5): a compact DATA frame's one byte and the
+# counter's low 6 bits folded into a 2-byte header 0xA0..0xBF, xx.
+SHORT_FIRST = 0xA0
+SHORT_LAST = 0xBF
+SHORT_GAP = 64  # its counter is read forward only, within 64 of the next expected
 COUNTER_MOD = 1 << 15
 MAX_GAP = COUNTER_MOD // 2
 EPOCH_FRAMES = COUNTER_MOD
@@ -59,7 +64,7 @@ def record_kind(packet):
     if not packet:
         return "unknown"
     first = packet[0]
-    if first < 0x80:
+    if first < 0x80 or SHORT_FIRST <= first <= SHORT_LAST:
         return "sealed"
     if 0x90 <= first <= 0x9F or first == 0xDC or first == 0xDD:
         return "plain"
@@ -349,11 +354,21 @@ class SecureChannel:
             record = bytes(data)
         except (TypeError, ValueError):
             return "malformed", None
-        if len(record) < OVERHEAD or record[0] >= 0x80:
+        if len(record) < OVERHEAD:
             return "malformed", None
-        short = record[0] | record[1] << 7
         expected = self.top + 1
-        n = expected + ((short - expected + MAX_GAP) % COUNTER_MOD) - MAX_GAP
+        folded = None
+        if SHORT_FIRST <= record[0] <= SHORT_LAST:
+            if len(record) < OVERHEAD + 1:
+                return "malformed", None
+            v = (record[0] & 0x1F) << 8 | record[1]
+            folded = v & 0x7F  # the compact DATA frame's first byte
+            n = expected + (((v >> 7) - expected) % SHORT_GAP)
+        elif record[0] >= 0x80:
+            return "malformed", None
+        else:
+            short = record[0] | record[1] << 7
+            n = expected + ((short - expected + MAX_GAP) % COUNTER_MOD) - MAX_GAP
         if n < 0:
             return "too_old", None
         if n >= self.limit:
@@ -379,6 +394,8 @@ class SecureChannel:
         body = port.aes_ccm8_decrypt(key, _nonce(self.recv_dir, n), record[HEADER_SIZE:], header)
         if body is None:
             return "auth_failed", None
+        if folded is not None:
+            body = bytes([folded]) + body
         if n > self.top:
             self.seen = ((self.seen << (n - self.top)) | 1) & WINDOW_MASK
             self.top = n

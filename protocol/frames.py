@@ -46,6 +46,15 @@ NONCE_SIZE = 8  # the check-in nonce a pending image announces
 DEVICE_ID_SIZE = 8
 SHA256_SIZE = 32
 
+# SPEC 8.8: HELLO field 17, what a device understands besides version 1 ...
+FEATURE_BATCH = 1  # it acknowledges DATA per poll and per segment, not per gap
+FEATURE_COMPACT = 2  # it takes compact DATA frames and the short sealed record
+# ... and OfferBlob field 4, what the sender uses in this session.
+OFFER_BATCH = 1
+OFFER_COMPACT = 2
+COMPACT_POLL = 0x40
+COMPACT_MASK = 0x3F
+
 __all__ = [
     "NO_SESSION",
     "OFFER_SEGMENT",
@@ -54,6 +63,7 @@ __all__ = [
     "Abort",
     "Accept",
     "Commit",
+    "CompactData",
     "Confirm",
     "Confirmed",
     "Data",
@@ -64,6 +74,7 @@ __all__ = [
     "HelloInfo",
     "Offer",
     "OfferBlob",
+    "Poll",
     "Query",
     "Reject",
     "Status",
@@ -91,6 +102,7 @@ class FrameType(IntEnum):
     ABORT = 10  # either way: session over (reason, message)
     CONFIRM = 11  # host -> device: check-in answer (update id, the boot's nonce)
     CONFIRMED = 12  # device -> host: the running image is confirmed (VALID)
+    POLL = 13  # host -> device: answer with a STATUS echoing (segment, chunk)
 
 
 def _bad(message: str) -> DecodeError:
@@ -244,6 +256,48 @@ class Data:
 
 
 @dataclass(frozen=True, slots=True)
+class CompactData:
+    """``b | payload`` with ``b`` < 0x80: DATA in one byte (SPEC 8.8).
+
+    ``b`` = poll (0x40) | the chunk index mod 64; the segment is the one the
+    device is filling and the chunk the one with these low bits at or above
+    its lowest missing chunk. Not a msgpack array (those start 0x90-0x9F, 0xDC,
+    0xDD), so a body tells its form from its first byte. Only for devices that
+    announce ``FEATURE_COMPACT``, inside the secure channel (a plaintext record
+    starting below 0x80 would read as sealed).
+    """
+
+    low: int
+    payload: bytes
+    poll: bool = False
+
+    def __post_init__(self) -> None:
+        _int("low", self.low, 0, COMPACT_MASK)
+        _bytes("payload", self.payload, 1)
+
+    def encode(self) -> bytes:
+        return bytes([(COMPACT_POLL if self.poll else 0) | self.low]) + self.payload
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """``[13, segment, chunk]`` — answer with a STATUS echoing (segment, chunk) (SPEC 8.8).
+
+    What a compact sender probes with when its timer fires: it carries no data,
+    so it can name a chunk the device may already hold."""
+
+    segment: int
+    chunk: int
+
+    def __post_init__(self) -> None:
+        _int("segment", self.segment, 0, U16_MAX)
+        _int("chunk", self.chunk, 0, U16_MAX)
+
+    def encode(self) -> bytes:
+        return _pack([FrameType.POLL, self.segment, self.chunk])
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     """``[7, segment, base, bitmap]`` or ``[7, segment, base, bitmap, echo_seg, echo_chunk]``.
 
@@ -342,7 +396,7 @@ class Confirmed:
 
 Frame: TypeAlias = (
     Query | Hello | Offer | Accept | Reject | Data | Status | Commit | Done | Abort | Confirm
-    | Confirmed
+    | Confirmed | CompactData | Poll
 )
 
 
@@ -353,6 +407,11 @@ def _parts_check(part: int, count: int) -> None:
 
 def decode_frame(body: bytes | bytearray | memoryview) -> Frame:
     """Parse one frame body; ``DecodeError(BAD_FRAME)`` for anything else."""
+    if body and body[0] < 0x80:
+        if len(body) < 2:
+            raise _bad("compact DATA without payload")
+        first = body[0]
+        return CompactData(first & COMPACT_MASK, bytes(body[1:]), bool(first & COMPACT_POLL))
     try:
         items = msgpack.unpackb(
             bytes(body), raw=False, use_list=True, strict_map_key=True, max_ext_len=0
@@ -392,6 +451,7 @@ _ARITY = {
     FrameType.ABORT: (2,),
     FrameType.CONFIRM: (2,),
     FrameType.CONFIRMED: (1,),
+    FrameType.POLL: (2,),
 }
 
 
@@ -421,6 +481,8 @@ def _build(ftype: FrameType, a: list[Any], n: int, poll: bool) -> Frame:
         return Confirm(_bytes("update_id", a[0]), _bytes("nonce", a[1]))
     if ftype is FrameType.CONFIRMED:
         return Confirmed(_bytes("update_id", a[0]))
+    if ftype is FrameType.POLL:
+        return Poll(a[0], a[1])
     return Abort(a[0], a[1])
 
 
@@ -459,6 +521,7 @@ class HelloInfo:
     pending_nonce: bytes | None = None  # ... and this boot's nonce
     failed_uid: bytes | None = None  # the last update that rolled back ...
     failed_reason: int | None = None  # ... and why (SELF_TEST_FAILED, CHECKIN_TIMEOUT, ...)
+    features: int = 0  # field 17 (SPEC 8.8): FEATURE_BATCH | FEATURE_COMPACT
 
     FIELDS = 14
 
@@ -494,6 +557,7 @@ class HelloInfo:
         if self.failed_uid is not None:
             _bytes("failed uid", self.failed_uid, UID_SIZE, UID_SIZE)
             _int("failed reason", self.failed_reason, 0, 255)
+        _int("features", self.features, 0, U32_MAX)
 
     def encode(self) -> bytes:
         resume = None if self.resume_uid is None else [self.resume_uid, self.resume_next]
@@ -518,9 +582,9 @@ class HelloInfo:
         )
 
     def _tail(self) -> list[Any]:
-        tail: list[Any] = []
+        tail: list[Any] = [None, None, self.features] if self.features else []
         if self.failed_uid is not None:
-            tail = [None, [self.failed_uid, self.failed_reason]]
+            tail = [None, [self.failed_uid, self.failed_reason], *tail[2:]]
         if self.pending_uid is not None:
             tail = [[self.pending_uid, self.pending_sha256, self.pending_nonce], *tail[1:]]
         return tail
@@ -538,6 +602,7 @@ class HelloInfo:
             raise _bad("hello resume must be nil or [update_id, next_segment]")
         pending = items[14] if len(items) > 14 else None
         failed = items[15] if len(items) > 15 else None
+        features = items[16] if len(items) > 16 else 0
         if pending is not None and (not isinstance(pending, list) or len(pending) != 3):
             raise _bad("hello pending must be nil or [update_id, sha256, nonce]")
         if failed is not None and (not isinstance(failed, list) or len(failed) != 2):
@@ -564,6 +629,7 @@ class HelloInfo:
                 pending_nonce=None if pending is None else _bytes("pending nonce", pending[2]),
                 failed_uid=None if failed is None else _bytes("failed uid", failed[0]),
                 failed_reason=None if failed is None else failed[1],
+                features=features,
             )
         except TypeError as exc:
             raise _bad(str(exc)) from None
@@ -571,30 +637,36 @@ class HelloInfo:
 
 @dataclass(frozen=True, slots=True)
 class OfferBlob:
-    """``[chunk_size, manifest, signature]``: what OFFER parts carry, joined.
+    """``[chunk_size, manifest, signature (, flags)]``: what OFFER parts carry, joined.
 
     ``chunk_size`` fixes the DATA chunking for the session (the device places
-    chunk k at byte ``k * chunk_size`` of its segment buffer).
+    chunk k at byte ``k * chunk_size`` of its segment buffer). ``flags``
+    (SPEC 8.8: OFFER_BATCH, OFFER_COMPACT) only when not 0, and only to a device
+    whose HELLO announced those features.
     """
 
     chunk_size: int
     manifest: bytes
     signature: bytes
+    flags: int = 0
 
     def __post_init__(self) -> None:
         _int("chunk_size", self.chunk_size, 1, U16_MAX)
         _bytes("manifest", self.manifest, 1)
         _bytes("signature", self.signature, SIGNATURE_SIZE, SIGNATURE_SIZE)
+        _int("flags", self.flags, 0, 255)
 
     def encode(self) -> bytes:
-        return _pack([self.chunk_size, self.manifest, self.signature])
+        tail = [self.flags] if self.flags else []
+        return _pack([self.chunk_size, self.manifest, self.signature, *tail])
 
     @classmethod
     def decode(cls, blob: bytes) -> OfferBlob:
         items = _unpack_array(blob, "offer")
-        if len(items) != 3:
-            raise _bad(f"offer blob has {len(items)} fields, expected 3")
-        return cls(items[0], _bytes("manifest", items[1]), _bytes("signature", items[2]))
+        if len(items) not in (3, 4):
+            raise _bad(f"offer blob has {len(items)} fields, expected 3 or 4")
+        flags = items[3] if len(items) == 4 else 0
+        return cls(items[0], _bytes("manifest", items[1]), _bytes("signature", items[2]), flags)
 
 
 def _unpack_array(blob: bytes, what: str) -> list[Any]:

@@ -18,7 +18,9 @@ waits. The command sets follow the vendors' manuals:
   1.33, hex 120 at 2.0. The alphabet has no ``,``, CR or LF, so a ``+RCV``
   line splits unambiguously, and the receiver also knows the length.
 - **RAK3172 (RUI3) in LoRa P2P**: ``AT+NWM=0``, ``AT+P2P=<freq>:<sf>:<bw>:<cr>:
-  <preamble>:<power>``, ``AT+PRECV=65534`` (listen until told otherwise),
+  <preamble>:<power>``, ``AT+PRECV=65533`` (listen, and still allow TX: RUI3
+  3.4.0's release notes; with ``65534`` the module stays in RX "until
+  AT+PRECV=0" and takes no ``AT+PSEND``),
   ``AT+PSEND=<hex>`` (1..250 bytes) answered ``OK`` and, once on the air,
   ``+EVT:TXP2P DONE``; sending ends the listening, so RX is re-armed after
   each TX (a packet that arrives before that is lost); received packets as
@@ -160,6 +162,22 @@ class ReyaxCodec(ModemCodec):
     AIR_EXTRA = 8
     max_mtu = 192  # b85_size(192) == 240
     BANDWIDTHS: ClassVar[dict[int, int]] = {125_000: 7, 250_000: 8, 500_000: 9}
+    # The guide's error codes (REYAX "LoRa AT Command Guide", RYLR998/RYLR498).
+    ERRORS: ClassVar[dict[str, str]] = {
+        "1": "no CR LF at the end of the command",
+        "2": "the command does not start with AT",
+        "4": "unknown command",
+        "5": "the data does not match its length",
+        "10": "TX is over times",
+        "12": "CRC error",
+        "13": "TX data exceeds 240 bytes",
+        "14": "failed to write flash memory",
+        "15": "unknown failure",
+        "17": "the last TX was not completed",
+        "18": "preamble value not allowed",
+        "19": "RX failed, header error",
+        "20": "smart receiving power saving time not allowed",
+    }
 
     def __init__(self, network_id: int = 18, password: str | None = None) -> None:
         self.network_id = network_id
@@ -196,7 +214,9 @@ class ReyaxCodec(ModemCodec):
             if line == b"+OK":
                 out.append(Ok())
             elif line.startswith(b"+ERR="):
-                out.append(Failed(line[5:].decode("ascii", "replace")))
+                code = line[5:].decode("ascii", "replace")
+                why = self.ERRORS.get(code)
+                out.append(Failed(f"+ERR={code}" + (f" ({why})" if why else "")))
             elif line.startswith(b"+RCV="):
                 event = self._rcv(line[5:])
                 if event is not None:
@@ -237,11 +257,11 @@ class RAKCodec(ModemCodec):
             b"AT+NWM=0\r\n",
             b"AT+P2P=%d:%d:%d:%d:%d:%d\r\n"
             % (freq_hz, params.sf, params.bw // 1000, params.cr - 5, params.preamble, self.power),
-            b"AT+PRECV=65534\r\n",
+            b"AT+PRECV=65533\r\n",
         ]
 
     def after_send(self) -> list[bytes]:
-        return [b"AT+PRECV=65534\r\n"]
+        return [b"AT+PRECV=65533\r\n"]
 
     def encode_send(self, dest: int, body: bytes) -> bytes:
         if not 1 <= len(body) <= self.max_mtu:

@@ -53,6 +53,11 @@ MSG1_SIZE = 2 + DH_SIZE + TAG_SIZE  # 42 with an empty payload
 MSG2_SIZE = 1 + DH_SIZE + TAG_SIZE  # 41 with an empty payload
 REJECT_SIZE = 2
 MAX_BODY = 0xFFFF
+SHORT_FIRST = 0xA0
+"""Short sealed records (SPEC 9.5) start with 0xA0..0xBF: a compact DATA frame
+(first byte < 0x80, SPEC 8.8) folded with the counter's low 6 bits into 2 bytes."""
+SHORT_LAST = 0xBF
+SHORT_GAP = 64
 """CCM with a 13-byte nonce has a 2-byte length field: bodies up to 65535 bytes."""
 MAX_PAYLOAD = MAX_BODY
 
@@ -108,7 +113,7 @@ def record_kind(packet: bytes | bytearray | memoryview) -> RecordKind:
     if not packet:
         return RecordKind.UNKNOWN
     first = packet[0]
-    if first < 0x80:
+    if first < 0x80 or SHORT_FIRST <= first <= SHORT_LAST:
         return RecordKind.SEALED
     if 0x90 <= first <= 0x9F or first in (0xDC, 0xDD):  # msgpack fixarray, array16/32
         return RecordKind.PLAIN
@@ -524,7 +529,15 @@ class SecureChannel:
             self._send_key = ratchet(self._send_key)
             self._send_aead = AESCCM(self._send_key, tag_length=TAG_SIZE)
             self._send_epoch = epoch
-        header = bytes([n & 0x7F, (n >> 7) & 0xFF])
+        if data and data[0] < 0x80:
+            # A compact DATA frame (SPEC 8.8): its first byte and the counter's low
+            # 6 bits share the 2 header bytes; the receiver reads the counter
+            # forward, within 64 of the next it expects (SPEC 9.5).
+            v = (n & 0x3F) << 7 | data[0]
+            header = bytes([SHORT_FIRST | v >> 8, v & 0xFF])
+            data = data[1:]
+        else:
+            header = bytes([n & 0x7F, (n >> 7) & 0xFF])
         self._send_next = n + 1
         self._counts["sealed"] += 1
         return header + self._send_aead.encrypt(_nonce(self._send_dir, n), data, header)
@@ -543,11 +556,21 @@ class SecureChannel:
             record = bytes(data)
         except (TypeError, ValueError):
             return self._drop("malformed")
-        if len(record) < OVERHEAD or record[0] >= 0x80:
+        if len(record) < OVERHEAD:
             return self._drop("malformed")
-        short = record[0] | record[1] << 7
         expected = self._top + 1
-        n = expected + ((short - expected + MAX_GAP) % COUNTER_MOD) - MAX_GAP
+        folded: int | None = None
+        if SHORT_FIRST <= record[0] <= SHORT_LAST:
+            if len(record) < OVERHEAD + 1:
+                return self._drop("malformed")
+            v = (record[0] & 0x1F) << 8 | record[1]
+            folded = v & 0x7F
+            n = expected + ((v >> 7) - expected) % SHORT_GAP
+        elif record[0] >= 0x80:
+            return self._drop("malformed")
+        else:
+            short = record[0] | record[1] << 7
+            n = expected + ((short - expected + MAX_GAP) % COUNTER_MOD) - MAX_GAP
         if n < 0:
             return self._drop("too_old")
         if n >= self._limit:
@@ -577,6 +600,8 @@ class SecureChannel:
         except InvalidTag:
             return self._drop("auth_failed")
         self._accept(n, epoch, key)
+        if folded is not None:
+            body = bytes([folded]) + body
         return "opened", body
 
     def _accept(self, n: int, epoch: int, key: bytes) -> None:

@@ -50,17 +50,23 @@ from typing import Any, TypeAlias
 from .artifact import ArtifactReader
 from .errors import DecodeError, ProtocolError, Reason
 from .frames import (
+    FEATURE_BATCH,
+    FEATURE_COMPACT,
     NO_SESSION,
+    OFFER_BATCH,
+    OFFER_COMPACT,
     OFFER_SEGMENT,
     Abort,
     Accept,
     Commit,
+    CompactData,
     Confirm,
     Data,
     Done,
     Hello,
     HelloInfo,
     Offer,
+    Poll,
     Query,
     Reject,
     Status,
@@ -95,6 +101,8 @@ __all__ = [
 ]
 
 MIN_MTU = 16
+COMPACT_SPAN = 0x3F  # a compact DATA frame reaches 63 chunks past the lowest missing one
+U16_CHUNK = 0xFFFF
 # What a sender buffers of an unauthenticated HELLO (issue [M] 3: 65,534 parts once held
 # 72 MB). A HelloInfo is a few hundred bytes; at the smallest mtu it takes ~40 parts.
 MAX_HELLO_PARTS = 512
@@ -377,6 +385,18 @@ class Sender:
     ``precheck``: refuse locally (``Rejected(local=True)``) what the HELLO shows
     the device would refuse. ``job_id``: the caller's name for the job, carried
     by every event (with the update id, and the device id once it said HELLO).
+    ``compact_mtu``: the largest compact DATA body the link carries (SPEC 8.8;
+    a secure link's ``compact_mtu``), None: never compact. ``batch``: ask for
+    batched acknowledgements (SPEC 8.8). ``query_interval``: the longest wait
+    between QUERYs while the new image reboots (a radio whose answers take
+    long needs more than the 8 s default, or the device queues HELLO after
+    HELLO); ``reboot_wait``: the first of those waits (None: the current
+    RTO). Compact and batch are used only with a device
+    whose HELLO announces it; compact DATA also runs no lookahead and keeps
+    what it sends within 63 chunks of the lowest one it knows missing, and its
+    timer probes with POLL frames (so it never resends a chunk the device
+    might hold, which the one-byte index could not tell apart). Both are for
+    links that keep order (LoRa: one packet on the air at a time).
     """
 
     def __init__(
@@ -399,6 +419,10 @@ class Sender:
         paced: bool = False,
         await_checkin: bool = False,
         checkin_timeout: float = 180.0,
+        compact_mtu: int | None = None,
+        batch: bool = False,
+        query_interval: float = 8.0,
+        reboot_wait: float | None = None,
     ) -> None:
         if not isinstance(artifact, Artifact):
             raise TypeError("Sender takes an Artifact (Artifact.parse(ota_bytes), shared)")
@@ -446,6 +470,13 @@ class Sender:
         self._max_stalls = 2 * max_retries + 4 if max_stalls is None else max_stalls
         self._max_restarts = max_restarts
         self._precheck = precheck
+        self._query_interval = query_interval
+        self._reboot_wait = reboot_wait
+        self._last_query = float("-inf")
+        self._compact_mtu = compact_mtu
+        self._want_batch = batch
+        self.compact = False  # set from the HELLO: compact DATA in this session
+        self.batch = False  # ... batched acknowledgements
         self._poll_every = max(1, (window + 1) // 2)
         self._loss = 0.0
         self._lookahead = lookahead
@@ -522,6 +553,8 @@ class Sender:
         out: list[bytes] = []
         recs: list[_Sent | None] = []
         if self._control is not None:
+            if self._control[1:2] == b"\x01":  # a QUERY ([1, ...])
+                self._last_query = now
             out.append(self._control)
             recs.append(None)
             self._control = None
@@ -610,7 +643,9 @@ class Sender:
             if self.phase not in _ACTIVE:
                 return
             self._polls.clear()  # overdue: the probe is the poll to wait for now
-            if self._probe is None:
+            if self.compact and self.phase is Phase.DATA:
+                self._control = self._poll_frame()
+            elif self._probe is None:
                 self._probe = self._probe_unit()
 
     def receive_frame(self, body: bytes, now: float) -> None:
@@ -658,7 +693,7 @@ class Sender:
             if frame.session_id == NO_SESSION and self.phase is not Phase.HANDSHAKE:
                 self._restart(now, "device announced itself (reset?)")
             elif frame.session_id == NO_SESSION:
-                self._control = Query(self.session_id).encode()  # it is there: ask now
+                self._ask_now(now, frame.part)  # it is there: ask now
             else:
                 self._ignore()
             return
@@ -682,6 +717,10 @@ class Sender:
         self._hello[frame.part] = frame.chunk
         self._hello_bytes = held
         if len(self._hello) < self._hello_count:
+            # The answer is arriving (on a duty-cycled radio a part may take a
+            # minute): asking again now would only queue another whole HELLO.
+            if self._deadline is not None:
+                self._deadline = max(self._deadline, now + self._rto)
             return
         blob = b"".join(self._hello[i] for i in range(self._hello_count))
         self._hello = {}
@@ -699,9 +738,16 @@ class Sender:
         if checking_in:
             self.info = info
             if not self._on_checkin_info(info, now) and frame.session_id == NO_SESSION:
-                self._control = Query(self.session_id).encode()  # it is back: ask now
+                self._ask_now(now, frame.part)  # it is back: ask now
             return
         self._on_info(info, now)
+
+    def _ask_now(self, now: float, frame_part: int) -> None:
+        """QUERY at once for an unasked HELLO — unless one left within half an RTO:
+        the device is answering that one (a boot announcement in several parts
+        must not draw a QUERY per part, each answered by a whole HELLO)."""
+        if frame_part == 0 and now - self._last_query >= self._rto / 2:
+            self._control = Query(self.session_id).encode()
 
     def _on_info(self, info: HelloInfo, now: float) -> None:
         self.info = info
@@ -727,13 +773,23 @@ class Sender:
                 return
         mtu = min(self.mtu, info.max_frame)
         largest = max(len(s) for s in self._segments)
-        size = max_chunk_size(mtu, self._n, largest)
+        self.compact = self._compact_mtu is not None and bool(info.features & FEATURE_COMPACT)
+        self.batch = self._want_batch and bool(info.features & FEATURE_BATCH)
+        if self.compact and self._compact_mtu is not None:
+            # One byte of header, folded into the short sealed record: a chunk as
+            # large as the device's frame (SPEC 8.8).
+            size = min(self._compact_mtu - 1, info.max_frame, largest, U16_CHUNK)
+        else:
+            size = max_chunk_size(mtu, self._n, largest)
         if self._chunk_param is not None:
             size = min(size, self._chunk_param)
         if size < 1:
             self._reject_locally(Reason.RESOURCE_LIMIT, f"no DATA frame fits a {mtu}-byte mtu")
             return
-        blob = self.artifact.offer_blob(size)
+        flags = (OFFER_BATCH if self.batch else 0) | (OFFER_COMPACT if self.compact else 0)
+        if self.batch:
+            self._poll_every = self.window
+        blob = self.artifact.offer_blob(size, flags)
         if self._precheck and len(blob) > info.max_offer:
             self._reject_locally(
                 Reason.RESOURCE_LIMIT,
@@ -855,6 +911,11 @@ class Sender:
         judged = lost + acked
         if judged:
             self._loss = 0.8 * self._loss + 0.2 * (lost / judged)
+        if self.batch:
+            # Batched (SPEC 8.8): one STATUS per window lossless; as loss rises,
+            # down to one per half window, so a lost poll strands fewer frames.
+            self._poll_every = max(1, round(self.window * (1 - min(0.5, 2 * self._loss))))
+            return
         half = max(1, (self.window + 1) // 2)
         self._poll_every = max(1, round(half * (1 - min(0.75, 3 * self._loss))))
 
@@ -947,7 +1008,7 @@ class Sender:
         if self._checkin_deadline is None:
             self._checkin_deadline = now + self._checkin_timeout
             self._events.append(Rebooting(self._checkin_timeout, **self._ids()))
-        self._rto = max(self._rto, self._min_rto)
+        self._rto = max(self._rto, self._min_rto, self._reboot_wait or 0.0)
         self._deadline = now + self._rto
 
     def _reboot_timer(self, now: float) -> None:
@@ -960,7 +1021,7 @@ class Sender:
                 "(the device rolls back when its own deadline passes)",
             )
             return
-        self._rto = min(self._rto * 2, self._max_rto, 8.0)
+        self._rto = min(self._rto * 2, self._max_rto, max(self._query_interval, self._min_rto))
         self._deadline = min(now + self._rto, self._checkin_deadline)
         self._control = Query(self.session_id).encode()
 
@@ -1127,7 +1188,7 @@ class Sender:
         limit = self._ahead_limit()
         if self._lost:
             unit = min(self._lost)
-            if unit[0] > self._next and ahead >= limit:
+            if (unit[0] > self._next and ahead >= limit) or not self._span_ok(unit):
                 return None
             self._lost.discard(unit)
             return unit
@@ -1135,6 +1196,8 @@ class Sender:
             unit = self._cursor
             group, index = unit
             if group > self._next and ahead >= limit:
+                return None
+            if not self._is_held(unit) and not self._span_ok(unit):
                 return None
             if index + 1 < self._chunks(group):
                 self._cursor = (group, index + 1)
@@ -1147,7 +1210,34 @@ class Sender:
         return None
 
     def _ahead_limit(self) -> int:
+        if self.compact and self.phase is Phase.DATA:
+            return 0  # a later segment's chunk could not be told from this one's
         return (self.window + 1) // 2 if self._lookahead is None else self._lookahead
+
+    def _span_ok(self, unit: Unit) -> bool:
+        """Compact DATA: the chunk is within 63 of the lowest the device may miss."""
+        if not self.compact or self.phase is not Phase.DATA:
+            return True
+        low = 0
+        while low in self._held:
+            low += 1
+        return unit[0] == self._next and unit[1] - low <= COMPACT_SPAN
+
+    def _poll_frame(self) -> bytes:
+        """Compact sessions probe with POLL, naming the newest unit in flight (the
+        STATUS then judges everything sent before it); the unit's own round-trip
+        sample is void (Karn), as for a resend."""
+        if self._inflight:
+            unit = max(self._inflight, key=lambda u: self._inflight[u].order)
+            self._inflight[unit].count += 1
+        elif self._lost:
+            unit = min(self._lost)
+        else:
+            unit = next(
+                ((self._next, c) for c in range(self._chunks(self._next)) if c not in self._held),
+                (self._next, 0),
+            )
+        return Poll(*unit).encode()
 
     def _probe_unit(self) -> Unit | None:
         """What to send, polled, when the timer fires: the lowest unit not known
@@ -1194,6 +1284,8 @@ class Sender:
         payload = self._payload(unit)
         if unit[0] == OFFER_SEGMENT:
             return Offer(unit[1], len(self._parts), payload, poll).encode()
+        if self.compact:
+            return CompactData(unit[1] & 0x3F, payload, poll).encode()
         return Data(unit[0], unit[1], payload, poll).encode()
 
     def _wait_base(self, now: float) -> float:

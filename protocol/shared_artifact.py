@@ -48,7 +48,7 @@ class Artifact:
     update_id: bytes
     prefix: tuple[int, ...]  # prefix[i]: payload bytes before segment i
     size: int  # bytes of the .ota file (0 when built from parts)
-    _offers: dict[int, bytes] = field(default_factory=dict, repr=False)
+    _offers: dict[tuple[int, int], bytes] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_parts(
@@ -116,13 +116,13 @@ class Artifact:
     def is_delta(self) -> bool:
         return self.manifest.payload_kind == PAYLOAD_DELTA
 
-    def offer_blob(self, chunk_size: int) -> bytes:
-        """The OFFER blob for sessions with this chunk size (built once per size)."""
-        blob = self._offers.get(chunk_size)
+    def offer_blob(self, chunk_size: int, flags: int = 0) -> bytes:
+        """The OFFER blob for sessions with this chunk size and flags (built once each)."""
+        blob = self._offers.get((chunk_size, flags))
         if blob is None:
-            blob = OfferBlob(chunk_size, self.manifest_bytes, self.signature).encode()
+            blob = OfferBlob(chunk_size, self.manifest_bytes, self.signature, flags).encode()
             if len(self._offers) < 16:  # a handful of sizes per medium; never unbounded
-                self._offers[chunk_size] = blob
+                self._offers[(chunk_size, flags)] = blob
         return blob
 
     def __repr__(self) -> str:

@@ -19,6 +19,7 @@ from otaferry.protocol.frames import (
     Abort,
     Accept,
     Commit,
+    CompactData,
     Confirm,
     Confirmed,
     Data,
@@ -28,6 +29,7 @@ from otaferry.protocol.frames import (
     HelloInfo,
     Offer,
     OfferBlob,
+    Poll,
     Query,
     Reject,
     Status,
@@ -65,6 +67,12 @@ VECTORS: list[tuple[str, Frame, tuple[int, bool, list[Any]]]] = [
     ("confirm", Confirm(bytes(range(16)), bytes(range(8))),
      (11, False, [bytes(range(16)), bytes(range(8))])),
     ("confirmed", Confirmed(bytes(range(16))), (12, False, [bytes(range(16))])),
+    # SPEC 8.8: compact DATA (chunk 70 = 64 + 6, bytes 00..27) and POLL
+    ("compact_data", CompactData(70 & 0x3F, bytes(range(40))),
+     (D.COMPACT, False, [6, bytes(range(40))])),
+    ("compact_data_poll", CompactData(63, b"\xaa" * 3, poll=True),
+     (D.COMPACT, True, [63, b"\xaa" * 3])),
+    ("poll", Poll(3, 300), (13, False, [3, 300])),
 ]
 
 HELLO_INFO = HelloInfo(
@@ -89,7 +97,7 @@ HELLO_DEVICE = {
     "slot_size": 0x100000, "max_frame": 1024, "codecs": ["zstd", "lzrc"], "max_window_log": 13,
     "max_segment_payload": 8256, "max_offer": 16384, "resume_uid": bytes(range(16, 32)),
     "resume_next": 7, "pending_uid": None, "pending_sha256": None, "pending_nonce": None,
-    "failed_uid": None, "failed_reason": None,
+    "failed_uid": None, "failed_reason": None, "features": 0,
 }
 # A pending image awaiting its check-in, on a device whose previous update rolled back.
 CHECKIN_INFO = dataclasses.replace(
@@ -103,6 +111,11 @@ CHECKIN_DEVICE = dict(
     failed_reason=31,
 )  # fmt: skip
 OFFER_BLOB = OfferBlob(1017, b"\x8f\x01\x01", SIG)
+# SPEC 8.8: a device that announces batched acks and compact DATA (field 17, nil for 15-16),
+# and an offer that uses both (field 4).
+FEATURES_INFO = dataclasses.replace(HELLO_INFO, features=3)
+FEATURES_DEVICE = dict(HELLO_DEVICE, features=3)
+OFFER_BLOB_FLAGS = OfferBlob(40, b"\x8f\x01\x01", SIG, flags=3)
 
 # name, host value, device encoder, device decoder (result compared with `expected`)
 BLOB_VECTORS: list[tuple[str, HelloInfo | OfferBlob, Any, Any]] = [
@@ -111,7 +124,12 @@ BLOB_VECTORS: list[tuple[str, HelloInfo | OfferBlob, Any, Any]] = [
     ("hello_info_checkin", CHECKIN_INFO, lambda: D.encode_hello_info(CHECKIN_DEVICE),
      lambda b: D.decode_hello_info(b) == CHECKIN_DEVICE),
     ("offer_blob", OFFER_BLOB, lambda: D.encode_offer_blob(1017, b"\x8f\x01\x01", SIG),
-     lambda b: D.decode_offer_blob(b) == (1017, b"\x8f\x01\x01", SIG)),
+     lambda b: D.decode_offer_blob(b) == (1017, b"\x8f\x01\x01", SIG, 0)),
+    ("hello_info_features", FEATURES_INFO, lambda: D.encode_hello_info(FEATURES_DEVICE),
+     lambda b: D.decode_hello_info(b) == FEATURES_DEVICE),
+    ("offer_blob_flags", OFFER_BLOB_FLAGS,
+     lambda: D.encode_offer_blob(40, b"\x8f\x01\x01", SIG, 3),
+     lambda b: D.decode_offer_blob(b) == (40, b"\x8f\x01\x01", SIG, 3)),
 ]
 
 
@@ -143,6 +161,10 @@ def device_encode(frame: Frame) -> bytes:
         return D.confirm(frame.update_id, frame.nonce)
     if isinstance(frame, Confirmed):
         return D.confirmed(frame.update_id)
+    if isinstance(frame, CompactData):
+        return D.compact_data(frame.low, frame.payload, frame.poll)
+    if isinstance(frame, Poll):
+        return D.poll_frame(frame.segment, frame.chunk)
     return D.abort(frame.reason, frame.message)
 
 
@@ -170,6 +192,10 @@ def device_view(frame: Frame) -> tuple[int, bool, list[Any]]:
         return 11, False, [frame.update_id, frame.nonce]
     if isinstance(frame, Confirmed):
         return 12, False, [frame.update_id]
+    if isinstance(frame, CompactData):
+        return D.COMPACT, frame.poll, [frame.low, frame.payload]
+    if isinstance(frame, Poll):
+        return 13, False, [frame.segment, frame.chunk]
     return 10, False, [frame.reason, frame.message]
 
 
@@ -177,7 +203,7 @@ def device_view(frame: Frame) -> tuple[int, bool, list[Any]]:
 
 
 def test_every_frame_type_has_a_vector() -> None:
-    assert {v[2][0] for v in VECTORS} == set(range(1, 13))
+    assert {v[2][0] for v in VECTORS} == set(range(1, 14)) | {D.COMPACT}
     files = {p.stem for p in VECTOR_DIR.glob("*.hex")}
     assert files == {v[0] for v in VECTORS} | {v[0] for v in BLOB_VECTORS}
 
@@ -289,8 +315,9 @@ def test_hello_info_round_trip(info: HelloInfo) -> None:
 
 def test_hello_info_ignores_appended_fields() -> None:
     items = msgpack.unpackb(HELLO_INFO.encode())
-    # fields 15-16 (check-in) absent as nil, then one a later version may add
-    longer = msgpack.packb([*items, None, None, "a field from a later version"], use_bin_type=True)
+    # fields 15-16 (check-in) absent as nil, 17 (features, SPEC 8.8) 0, then one a later
+    # version may add
+    longer = msgpack.packb([*items, None, None, 0, "a later field"], use_bin_type=True)
     assert HelloInfo.decode(longer) == HELLO_INFO
     assert D.decode_hello_info(longer)["resume_next"] == 7
 

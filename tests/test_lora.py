@@ -131,7 +131,8 @@ def test_reyax_codec_commands_and_events() -> None:
     line = b"+RCV=7,%d,%s,-52,9\r\n" % (len(data), data)
     stream = b"+READY\r\n+OK\r\n+ERR=17\r\n" + line + b"+RCV=7,99,short,-1,2\r\n"
     events = [e for i in range(len(stream)) for e in codec.feed(stream[i : i + 1])]
-    assert events == [Ok(), Failed("17"), Received(7, body, -52, 9)]
+    busy = Failed("+ERR=17 (the last TX was not completed)")
+    assert events == [Ok(), busy, Received(7, body, -52, 9)]
     device = dev.ReyaxModem()
     assert device.encode(5, body) == cmd
     assert device.feed(line) == [("rx", 7, body)]
@@ -140,8 +141,8 @@ def test_reyax_codec_commands_and_events() -> None:
 def test_rak_codec_commands_and_events() -> None:
     codec = RAKCodec()
     setup = codec.setup(LoRaParams(sf=7, bw=125_000, cr=5), 868_000_000, 0)
-    assert setup == [b"AT+NWM=0\r\n", b"AT+P2P=868000000:7:125:0:8:14\r\n", b"AT+PRECV=65534\r\n"]
-    assert codec.after_send() == [b"AT+PRECV=65534\r\n"]
+    assert setup == [b"AT+NWM=0\r\n", b"AT+P2P=868000000:7:125:0:8:14\r\n", b"AT+PRECV=65533\r\n"]
+    assert codec.after_send() == [b"AT+PRECV=65533\r\n"]
     assert codec.encode_send(3, b"\x01\xab") == b"AT+PSEND=030001AB\r\n"
     stream = (
         b"OK\r\n+EVT:TXP2P DONE\r\nAT_BUSY_ERROR\r\n"

@@ -622,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --gateway: the broker (default: 127.0.0.1:1883 if it answers, else a "
         "mosquitto started here if installed, else the embedded one)",
     )
+    s.add_argument(
+        "--lora",
+        action="store_true",
+        help="over emulated LoRa modems (lora-sim on ptys, EU868 10 %% sub-band, SF7)",
+    )
     s.set_defaults(func=_lazy("demo", "run"))
 
     return p
@@ -638,6 +643,7 @@ BENCHES = {
     "memory": "memory",
     "gateway": "gateway",
     "crypto": "crypto",
+    "lora": "lora",
 }
 
 

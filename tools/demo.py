@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         return run_gateway(args.workdir, args.broker or "auto")
     if args.broker:
         raise UsageError("--broker goes with --gateway")
+    if getattr(args, "lora", False):
+        from .demo_lora import run as run_lora
+
+        return run_lora(args.workdir)
     # Read the given image before anything is made, so a wrong path fails first.
     image = read_file(args.image) if args.image else None
     if args.workdir:

@@ -55,7 +55,15 @@ async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
             pacing = link.pacing
             assert isinstance(pacing, RegionPacing)
             options = PushOptions(
-                window=args.window,
+                # Batched acknowledgements (SPEC 8.8): a window of frames, then one
+                # STATUS; the window sized so STATUS air stays ~1.5 % of the data's.
+                window=args.window or pacing.ack_batch(link.mtu),
+                compact=True,
+                batch=True,
+                # the device may owe a full frame's off time before it can answer
+                query_interval=pacing.first_rto(link.mtu, answer=link.mtu),
+                reboot_wait=pacing.first_rto(link.mtu, answer=link.mtu) / 2,
+                max_rto=max(60.0, pacing.first_rto(link.mtu, answer=link.mtu)),
                 rto=max(args.rto, pacing.first_rto(link.mtu)),
                 max_retries=args.retries,
                 await_checkin=not args.no_await_checkin,

@@ -1,12 +1,23 @@
 """``otaferry plan UPDATE.ota --link lora ...``: what an update costs on the air.
 
-From the artifact's own segment table, the medium's MTU and the region's rules:
-frames (DATA sized as the Sender sizes them, inside the secure channel's 10
-bytes, plus the offer, the handshake and one STATUS per half window), payload
-per packet, time on air, the wall time the duty cycle forces (the gateway's
-transmitter is the bottleneck: its off time dominates) and an ETA with loss
-(every lost frame is sent again). ``--devices N``: N devices after one another
-on one channel.
+The model of the exchange ``push --lora-modem`` runs with a device that takes
+compact DATA and batched acknowledgements (SPEC 8.8), frame by frame, from the
+artifact's own segment table, the medium's MTU and the region's rules:
+
+- gateway: the handshake (MSG1) and QUERY, the OFFER parts, one DATA frame per
+  chunk (chunk = MTU - 10: the short sealed record), COMMIT; after the reboot a
+  second handshake, QUERY and CONFIRM;
+- device: MSG2, its HELLO parts, ACCEPT, one STATUS per window of DATA frames
+  (the window that ``RegionPacing.ack_batch`` gives) and at every segment's
+  end, DONE; after the reboot MSG2, HELLO (pending) and CONFIRMED;
+- loss ``p``: every frame goes 1 / (1 - p) times, and each segment's holes
+  cost about one more STATUS round per ``p`` of its windows.
+
+``air_time_s`` is both sides' time on air, ``wall_time_s`` the duty-cycle-bound
+time (the gateway's off time; the device's answers fit in it). ``otaferry bench
+lora`` runs the same update in the emulator and reports how far apart they are
+(within 5 % lossless, ``tests/test_lora.py`` checks a small case).
+``--devices N``: N devices after one another on one channel.
 """
 
 from __future__ import annotations
@@ -17,15 +28,34 @@ import math
 from typing import Any
 
 from ..protocol.artifact import ArtifactReader
-from ..protocol.frames import max_chunk_size
+from ..protocol.frames import (
+    OFFER_BATCH,
+    OFFER_COMPACT,
+    OfferBlob,
+    bin_header_size,
+    int_size,
+    max_part_size,
+)
 from ..protocol.lora import LoRaParams, RegionPacing, region
 from ..protocol.modems import codec_for
 from ..protocol.secure import MSG1_SIZE, MSG2_SIZE, OVERHEAD
-from ..protocol.session import window_for
 from .files import read_file
 
-STATUS_SIZE = 24  # a STATUS with a short bitmap, sealed
-OFFER_EXTRA = 16  # per OFFER frame: its header
+HELLO_INFO = 150  # bytes of a device's HelloInfo (id, hw, chip, version, hash, limits)
+PENDING = 60  # ... and of its check-in field (update id, image hash, nonce)
+STATUS_SIZE = 10 + OVERHEAD  # a STATUS with its echo and a short bitmap, sealed
+QUERY_SIZE = 8 + OVERHEAD
+ACCEPT_SIZE = 6 + OVERHEAD
+SHORT = 2 + OVERHEAD  # COMMIT, DONE
+CONFIRM_SIZE = 30 + OVERHEAD
+CONFIRMED_SIZE = 20 + OVERHEAD
+
+
+def _hello_frames(size: int, mtu: int) -> list[int]:
+    """Frame sizes of a HELLO of ``size`` bytes (a 32-bit session id, sealed)."""
+    part = mtu - OVERHEAD - (2 + 5 + 1 + 1 + 2)
+    count = math.ceil(size / part)
+    return [min(part, size - i * part) + mtu - part for i in range(count)]
 
 
 def plan(ota: bytes, args: argparse.Namespace) -> dict[str, Any]:
@@ -40,18 +70,37 @@ def plan(ota: bytes, args: argparse.Namespace) -> dict[str, Any]:
     pacing = RegionPacing(params, plan_region, args.freq, wire_size=wire, mtu=args.mtu)
     mtu = min(args.mtu, pacing.max_mtu(args.mtu))
     frame_mtu = mtu - OVERHEAD
-    chunk = max_chunk_size(frame_mtu, len(seg_lengths), max(seg_lengths))
-    data = sum(math.ceil(n / chunk) for n in seg_lengths)
-    head = len(reader.manifest_bytes) + 64
-    offer = math.ceil(head / (frame_mtu - OFFER_EXTRA))
-    window = window_for(pacing.line_rate or 1.0, pacing.rtt_floor, mtu)
-    polls = math.ceil(data / max(1, window // 2)) + offer + 2
+    chunk = min(frame_mtu, max(seg_lengths))  # compact DATA: the whole frame is payload
+    window = pacing.ack_batch(mtu)
+    blob = OfferBlob(chunk, reader.manifest_bytes, reader.signature,
+                     OFFER_BATCH | OFFER_COMPACT).encode()  # fmt: skip
+    part = max_part_size(frame_mtu, len(blob))
+    offer = [OVERHEAD + 1 + 1 + int_size(i) + int_size(math.ceil(len(blob) / part))
+             + bin_header_size(part) + min(part, len(blob) - i * part)
+             for i in range(math.ceil(len(blob) / part))]  # fmt: skip
+    data: list[int] = []
+    statuses = 0
     loss = args.loss
-    sent = (data + offer) / (1 - loss) if loss < 1 else math.inf
-    gw_air = pacing.airtime(MSG1_SIZE) + sent * pacing.airtime(mtu) + 2 * pacing.airtime(32)
-    dev_air = pacing.airtime(MSG2_SIZE) + polls / (1 - loss) * pacing.airtime(STATUS_SIZE)
+    for length in seg_lengths:
+        n = math.ceil(length / chunk)
+        data += [mtu] * (n - 1) + [length - (n - 1) * chunk + OVERHEAD]
+        rounds = math.ceil(n / window)
+        statuses += rounds + (math.ceil(rounds * loss / (1 - loss)) if loss else 0)
+    air = pacing.airtime
+    resend = 1 / (1 - loss) if loss < 1 else math.inf
+    gw_air = resend * (
+        2 * air(MSG1_SIZE) + 2 * air(QUERY_SIZE) + sum(map(air, offer)) + sum(map(air, data))
+        + air(SHORT) + air(CONFIRM_SIZE)
+    )  # fmt: skip
+    hellos = _hello_frames(HELLO_INFO, mtu) + _hello_frames(HELLO_INFO + PENDING, mtu)
+    dev_air = resend * (
+        2 * air(MSG2_SIZE) + sum(map(air, hellos)) + air(ACCEPT_SIZE)
+        + statuses * air(STATUS_SIZE) + air(SHORT) + air(CONFIRMED_SIZE)
+    )  # fmt: skip
     dc = pacing.duty_cycle
     wall = gw_air / dc + dev_air  # the gateway's off time covers the device's answers
+    sent = len(data) + len(offer) + 5
+    packets = math.ceil(resend * (sent + len(hellos) + statuses + 6))
     n = args.devices
     return {
         "region": plan_region.name,
@@ -60,9 +109,10 @@ def plan(ota: bytes, args: argparse.Namespace) -> dict[str, Any]:
         "mtu": mtu,
         "duty_cycle": dc,
         "artifact_bytes": len(ota),
-        "packets": math.ceil(sent + polls / (1 - loss) + 2) * n,
-        "data_packets": data,
+        "packets": packets * n,
+        "data_packets": len(data),
         "payload_per_packet": chunk,
+        "window": window,
         "air_time_s": round((gw_air + dev_air) * n, 3),
         "floor_air_time_s": round(math.ceil(len(ota) / mtu) * pacing.airtime(mtu) * n, 3),
         "wall_time_s": round(wall * n, 1),

@@ -136,19 +136,33 @@ class ModemHub(Hub):
             ser = await loop.run_in_executor(
                 None, functools.partial(serial.serial_for_url, url, baudrate=baudrate)
             )
-            hub._transport, protocol = await serial_asyncio.connection_for_serial(
-                loop, lambda: _ModemProtocol(hub), ser
+            transport, _ = await serial_asyncio.connection_for_serial(
+                loop, hub.protocol_factory, ser
             )
         except (serial.SerialException, OSError, ValueError) as exc:
             raise TransportError(f"{url}: cannot open: {exc}", Reason.IO_ERROR, port=url) from exc
-        hub._protocol = protocol
-        try:
-            for command in codec.setup(params, freq, address):
-                await hub._command(command)
-        except BaseException:
-            await hub.aclose()
-            raise
+        await hub.attach(transport, params, freq)
         return hub
+
+    def protocol_factory(self) -> asyncio.Protocol:
+        """The asyncio protocol that feeds this hub the modem's bytes (made once)."""
+        self._protocol = _ModemProtocol(self)
+        return self._protocol
+
+    async def attach(self, transport: Any, params: LoRaParams, freq_hz: int) -> None:
+        """Use ``transport`` (``write(bytes)``, ``close()``; the bytes the modem says go
+        to :meth:`protocol_factory`'s protocol) and configure the modem. ``open``
+        does this for a serial port; ``otaferry bench lora`` for the emulator's
+        in-process UARTs."""
+        if self._protocol is None:
+            self.protocol_factory()
+        self._transport = transport
+        try:
+            for command in self.codec.setup(params, freq_hz, self.address):
+                await self._command(command)
+        except BaseException:
+            await self.aclose()
+            raise
 
     def __repr__(self) -> str:
         return f"ModemHub({self.codec.name} on {self.port!r}, address {self.address})"

@@ -188,8 +188,12 @@ class _Modem:
         self.buf = bytearray()
         self.busy = False  # a packet of ours is on (or waiting for) the air
         self.out = bytearray()
+        self.sink: Any = None  # in-process UART (bench lora): called with the modem's bytes
 
     def write(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sim.loop.call_soon(self.sink, bytes(data))
+            return
         self.out += data
         self._flush()
 
@@ -271,8 +275,10 @@ class _Reyax(_Modem):
             dest, n = int(addr), int(length)
         except ValueError:
             return self.write(b"+ERR=4\r\n")
-        if n != len(data) or not 1 <= n <= 240 or not data.isascii():
-            return self.write(b"+ERR=5\r\n")
+        if n > 240:
+            return self.write(b"+ERR=13\r\n")  # the guide: TX data exceeds 240 bytes
+        if n != len(data) or n < 1 or not data.isascii():
+            return self.write(b"+ERR=5\r\n")  # the data does not match the length
         if self.busy:
             return self.write(b"+ERR=17\r\n")  # the last TX has not finished
         self.transmit(
@@ -298,6 +304,7 @@ class _RAK(_Modem):
     def __init__(self, sim: LoRaSim, station: Station, fd: int) -> None:
         super().__init__(sim, station, fd)
         self.p2p = False
+        self.rx_only = False
         station.listening = False  # until AT+PRECV
 
     def command(self, line: bytes) -> None:
@@ -317,6 +324,9 @@ class _RAK(_Modem):
                 if self.busy:
                     return self.write(b"AT_BUSY_ERROR\r\n")
                 st.listening = mode != 0
+                # RUI3 >= 3.4.0: 65534 listens "until AT+PRECV=0" and takes no TX;
+                # 65533 listens and still sends (then listens again once re-armed).
+                self.rx_only = mode == 65534
             elif name == b"AT+PSEND":
                 return self._send(arg)
             else:
@@ -334,7 +344,7 @@ class _RAK(_Modem):
             return self.write(b"AT_PARAM_ERROR\r\n")
         if not 1 <= len(packet) <= 250:
             return self.write(b"AT_PARAM_ERROR\r\n")
-        if self.busy:
+        if self.busy or self.rx_only:
             return self.write(b"AT_BUSY_ERROR\r\n")
         self.write(b"OK\r\n")
         self.station.listening = False  # the radio leaves RX to send
@@ -442,7 +452,10 @@ class LoRaSim:
         self.modems: list[_Modem] = []
         self._fds: list[int] = []
         self._links: list[Path] = []
-        self.loop = asyncio.get_event_loop_policy().get_event_loop()
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:  # made outside a loop: start() takes the running one
+            self.loop = asyncio.get_event_loop_policy().get_event_loop()
 
     async def __aenter__(self) -> LoRaSim:
         await self.start()
@@ -483,6 +496,23 @@ class LoRaSim:
             raise TransportError(
                 f"lora-sim: cannot create the ptys: {exc}", Reason.IO_ERROR
             ) from exc
+
+    def start_in_process(self, loop: asyncio.AbstractEventLoop) -> list[Any]:
+        """The same modems with in-process UARTs instead of ptys (``otaferry bench
+        lora``, on a virtual clock): returns one ``feed(bytes)`` per modem, in
+        address order; set each modem's ``sink`` to receive what it says."""
+        self.loop = loop
+        for address in range(len(self.paths)):
+            station = self.channel.add(address, self.params, self.freq_hz)
+            modem: _Modem
+            if self.kind in ("rylr998", "rylr896"):
+                modem = _Reyax(self, station, -1)
+            elif self.kind == "rak3172":
+                modem = _RAK(self, station, -1)
+            else:
+                modem = _Ebyte(self, station, -1, 58 if self.kind == "e32" else 240)
+            self.modems.append(modem)
+        return [m.feed for m in self.modems]
 
     def _readable(self, modem: _Modem) -> None:
         try:

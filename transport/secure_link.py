@@ -130,8 +130,14 @@ class SecureLink(Link):
         if self.channel is None:
             raise ClosedError("secure link is not established")
 
+    @property
+    def compact_mtu(self) -> int:
+        """The largest compact DATA body (SPEC 8.8) this link carries: one more than
+        ``mtu``, as the short sealed record folds its first byte into the header."""
+        return self.mtu + 1
+
     async def send(self, frame: bytes) -> None:
-        check_frame(frame, self.mtu)
+        check_frame(frame, self.compact_mtu if frame[:1] and frame[0] < 0x80 else self.mtu)
         await self._settle()
         assert self.channel is not None
         await self.inner.send(self.channel.seal(frame))

@@ -74,6 +74,18 @@ class PushOptions:
     await_checkin: bool = True
     """End only when the new image has booted, checked in and confirmed (SPEC
     8.7); False: end at DONE (written, verified, set to boot), as before."""
+    compact: bool = False
+    """Compact DATA frames (SPEC 8.8) when the device takes them and the link is
+    sealed (a link with ``compact_mtu``); for links that keep order (LoRa)."""
+    batch: bool = False
+    """Batched acknowledgements (SPEC 8.8) when the device offers them."""
+    query_interval: float = 8.0
+    """The longest wait between QUERYs while the new image reboots."""
+    reboot_wait: float | None = None
+    """The first of those waits (None: the retransmit timeout)."""
+    max_rto: float = 60.0
+    """The longest retransmit timeout (a duty-cycled radio whose device may owe a
+    minute of off time before it can answer needs more)."""
     checkin_timeout: float = 180.0
     """Seconds from DONE for the device to reset, boot the new image and check
     in; more than the device's own deadline (120 s by default), so a device
@@ -162,13 +174,18 @@ class Updater:
             mtu=self.link.mtu,
             window=self.window(),
             session_id=secrets.randbits(32) or 1,
-            rto=o.rto,
+            rto=min(o.rto, o.max_rto),
+            max_rto=o.max_rto,
             max_retries=o.max_retries,
             max_restarts=o.max_restarts,
             job_id=job_id,
             paced=True,
             await_checkin=o.await_checkin,
             checkin_timeout=o.checkin_timeout,
+            compact_mtu=getattr(self.link, "compact_mtu", None) if o.compact else None,
+            batch=o.batch,
+            query_interval=o.query_interval,
+            reboot_wait=o.reboot_wait,
         )
 
     async def events(
