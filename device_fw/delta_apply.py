@@ -12,6 +12,7 @@ Written in the subset of Python that MicroPython runs: no dataclasses, no
 typing, no f-strings; only ``array`` from the standard library.
 """
 
+import sys
 from array import array
 
 from .reasons import DECODE_ERROR, DeviceError
@@ -49,6 +50,61 @@ BR_LEN = (0, 3, 4, 4)  # none, Xtensa, Thumb-2, AArch64
 # Adaptation shift by count: the first updates move fast, then 1/16.
 RATE = b"\x01\x02\x03\x03\x04"
 RMAX = len(RATE) - 1
+
+
+_MPY = sys.implementation.name == "micropython"
+
+
+def _fill(a, value):
+    """Set every item of array / bytearray ``a`` to ``value`` in place.
+
+    MicroPython: doubling copies through a memoryview (a memmove, no
+    temporary, a few dozen steps instead of ~10,000 bytecode loops). CPython
+    copies such a self-overlapping slice through a temporary as large as the
+    slice, so there a plain loop it is."""
+    n = len(a)
+    if not _MPY:
+        for i in range(n):
+            a[i] = value
+        return
+    a[0] = value
+    m = memoryview(a)
+    k = 1
+    while k < n:
+        t = k if k < n - k else n - k
+        m[k : k + t] = m[0:t]
+        k += t
+
+
+# The model tables, allocated once (at the first segment) and reset for each:
+# a fresh set per segment fragments a small heap (MicroPython's needed ~110 KB
+# for a 64 KB budget that way).
+_TABLES = {}
+
+
+def _zeros(tc, n):
+    try:
+        return array(tc, [0]) * n  # CPython: no temporary
+    except TypeError:  # MicroPython has no array * int; the bytes go at once
+        return array(tc, bytes(n * (2 if tc == "H" else 4)))
+
+
+def _tables(v2):
+    t = _TABLES.get(v2)
+    if t is None:
+        n = N_PROBS2 if v2 else N_PROBS
+        _TABLES.clear()
+        t = [_zeros("H", n), bytearray(n),
+             _zeros("I", 1 << WBITS), bytearray(1 << WBITS), bytearray(CHUNK)]  # fmt: skip
+        if v2:
+            t += [_zeros("i", 1 << EBITS), bytearray(1 << EBITS), bytearray(1 << EBITS),
+                  _zeros("i", 1 << PBITS), bytearray(1 << PBITS)]  # fmt: skip
+        _TABLES[v2] = t  # one codec's tables at a time
+    _fill(t[0], 32768)
+    for a in t[1:]:
+        if a is not t[4]:
+            _fill(a, 0)
+    return t
 
 
 def _err(msg, **fields):
@@ -183,10 +239,8 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
         raise _err("empty segment payload")
 
     v2 = codec == CODEC2
-    P = array("H", [32768]) * (N_PROBS2 if v2 else N_PROBS)
-    C = bytearray(N_PROBS2 if v2 else N_PROBS)
-    wt = array("I", [0]) * (1 << WBITS)
-    ws = bytearray(1 << WBITS)
+    tables = _tables(v2)
+    P, C, wt, ws, obuf = tables[:5]
 
     # Range decoder. The stream is the LZMA range coder's output without its
     # constant leading zero byte; reads past the end yield zeros (at most 4).
@@ -262,7 +316,6 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
             v = (v << (k - mb)) | direct(k - mb)
         return v
 
-    obuf = bytearray(CHUNK)
     # write() gets a view of obuf itself, not a copy: it must take the bytes
     # before it returns (the installer programs them at once), and a 4 KiB
     # copy per chunk is not in the RAM budget.
@@ -275,11 +328,8 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
     arch = direct(2) if v2 else 0
     bl = BR_LEN[arch]
     if arch:
-        et = array("i", [0]) * (1 << EBITS)  # exact target: its last move
-        etag = bytearray(1 << EBITS)
-        es = bytearray(1 << EBITS)
-        pt = array("i", [0]) * (1 << PBITS)  # target page: its last move
-        ps = bytearray(1 << PBITS)
+        # et: exact target's last move (tag etag, state es); pt: target page's
+        et, etag, es, pt, ps = tables[5:]
     oh = 0  # the add run's last 4 old bytes, newest in the top byte
     nh = 0  # and new bytes
     ra = 0  # bytes of the current add run so far

@@ -300,7 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
         "check (SPEC 7.6) passes, or the build is refused (default 65536)",
     )
     s.add_argument(
-        "--level", type=A.int_range(1, 22), default=19, help="zstd level 1..22 (default 19)"
+        "--codec",
+        choices=("zstd", "deflate"),
+        default="zstd",
+        help="full image only: zstd (default), or raw deflate for a device without zstd "
+        "(MicroPython: deflate.DeflateIO; SPEC 4.1)",
+    )
+    s.add_argument(
+        "--level",
+        type=A.int_range(1, 22),
+        default=None,
+        help="compression level: zstd 1..22 (default 19), deflate 1..9 (default 9)",
     )
     s.add_argument(
         "--force", action="store_true", help="build even if --chip contradicts the image header"
