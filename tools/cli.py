@@ -591,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "bench",
         help="benchmarks: 'bench delta [--pairs F]', 'bench artifact DIR', 'bench link [IMAGE]', "
-        "'bench campaign', 'bench fleet [--sessions N]', 'bench gateway [--memory N] [--ptys M]'",
+        "'bench campaign', 'bench fleet [--sessions N]', 'bench gateway [--memory N] [--ptys M]', "
+        "'bench crypto [--runtime cpython|micropython]'",
         add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark and its arguments")
@@ -633,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import artifact, campaign, delta, fleet, link
+    from .bench import artifact, campaign, crypto, delta, fleet, link
 
     def gateway(rest: list[str]) -> int:
         from .bench import gateway as bench_gateway
@@ -647,6 +648,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "campaign": campaign.main,
         "fleet": fleet.main,
         "gateway": gateway,
+        "crypto": crypto.main,
     }
     if not args.rest or args.rest[0] not in benches:
         print(f"usage: otaferry bench {{{','.join(benches)}}} [ARGS] [options]  (-h for each)")
