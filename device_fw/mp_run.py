@@ -226,9 +226,28 @@ class TtyPort:
 def cmd_serve(flash_path, port_path, mtu=1024, lifecycle=True, checkin_timeout=120.0):
     from .serve import serve
 
+    said = []
+
+    def say(line):
+        sys.stderr.write("device: %s\n" % line)
+
     def on_event(kind, detail):
-        if kind in ("ready", "reset", "port", "done", "rejected"):
-            print(json.dumps({"event": kind, "heap": gc.mem_alloc()}))
+        # the lines `otaferry device run` prints on CPython
+        if kind == "ready":
+            if not said:
+                said.append(True)
+                say("serving %s on %s (micropython)" % (flash_path, port_path))
+        elif kind == "boot":
+            for line in detail["log"]:
+                say("boot: %s" % line)
+        elif kind == "reset":
+            say("reset (%s)" % detail["why"])
+        elif kind == "port":
+            say("port %s failed (%s)" % (port_path, detail["error"]))
+        else:
+            say("%s (frames %d, bad %d, segments %d, heap %d)" % (
+                kind, detail["frames"], detail["bad_frames"], detail["segments"],
+                gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0))  # fmt: skip
 
     port_obj = TtyPort(port_path)
     serve(flash_path, port_obj, mtu=mtu, on_event=on_event, lifecycle=lifecycle,

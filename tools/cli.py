@@ -435,6 +435,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve only: no bootloader at start, no reset after an install (boot it with "
         "'device boot')",
     )
+    d.add_argument(
+        "--runtime",
+        choices=("cpython", "micropython"),
+        default="cpython",
+        help="run the device main loop in this interpreter, or under the MicroPython unix "
+        "port (the 'micropython' command; --port must then be a tty path)",
+    )
+    d.add_argument(
+        "--heap",
+        type=A.int_range(16384, 1 << 30),
+        metavar="BYTES",
+        help="--runtime micropython: its heap (-X heapsize; default 1 MiB)",
+    )
     d.set_defaults(func=_lazy("linkcli", "device_run"))
     d = dsub.add_parser(
         "provision", help="the device's link identity: X25519 key, accepted gateways, policy"
