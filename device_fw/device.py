@@ -102,6 +102,38 @@ def _check_state(s, labels):
     return isinstance(s.get("require_secure", True), bool)
 
 
+def initial_state(hw, chip, trusted_keys, label, sha256, size, version, security_counter=0,
+                  running=0, device_id=None, limits=None, gateways=None):
+    """The store's first record: the factory image ``label`` (``sha256``, ``size``)
+    runs in slot ``running``; a fresh device id and link key unless given."""
+    for key in trusted_keys:
+        if len(key) != 32:
+            raise DeviceError(R.BAD_KEY, "trusted keys must be raw 32-byte Ed25519 keys")
+    return {
+        "v": STATE_VERSION,
+        "device_id": device_id or port.random_bytes(8),
+        "hw": hw,
+        "chip": chip,
+        "trusted": [bytes(k) for k in trusted_keys],
+        "revoked": [],
+        "counter": security_counter,
+        "slots": {
+            label: {
+                "sha256": bytes(sha256),
+                "size": size,
+                "version": version,
+                "security_counter": security_counter,
+            }
+        },
+        "running": running,
+        "progress": None,
+        "limits": dict(limits or DEFAULT_LIMITS),
+        "link_key": port.random_bytes(32),
+        "gateways": [bytes(k) for k in gateways or ()],
+        "require_secure": True,
+    }
+
+
 class Device:
     def __init__(self, path=None, cut_at=None, read_only=False, flash=None, platform=None):
         """Open the device in flash file ``path``; it holds the file's lock until
@@ -130,6 +162,11 @@ class Device:
         except BaseException:
             platform.close()
             raise
+        booted = getattr(platform, "running", None)
+        if booted is not None and booted != self.state["running"]:
+            # A real bootloader has chosen already (ports/esp32): that slot is
+            # the active one from the first instant (power_on records it).
+            self.state = dict(self.state, running=booted)
         self._protect_active()
 
     def _valid_state(self, s):
@@ -178,29 +215,9 @@ class Device:
                 flash.write(slots[0].offset + pos, image[pos : pos + HASH_CHUNK])
             otadata_part, _ = P.ota_layout(parts)
             OD.OtaData(flash, otadata_part, len(slots)).select(0, OD.VALID)
-            state = {
-                "v": STATE_VERSION,
-                "device_id": device_id or port.random_bytes(8),
-                "hw": hw,
-                "chip": chip,
-                "trusted": [bytes(k) for k in trusted_keys],
-                "revoked": [],
-                "counter": security_counter,
-                "slots": {
-                    slots[0].label: {
-                        "sha256": port.sha256(image).digest(),
-                        "size": len(image),
-                        "version": version,
-                        "security_counter": security_counter,
-                    }
-                },
-                "running": 0,
-                "progress": None,
-                "limits": dict(limits or DEFAULT_LIMITS),
-                "link_key": port.random_bytes(32),
-                "gateways": [bytes(k) for k in gateways or ()],
-                "require_secure": True,
-            }
+            state = initial_state(hw, chip, trusted_keys, slots[0].label, port.sha256(image).digest(),
+                                  len(image), version, security_counter, 0, device_id, limits,
+                                  gateways)  # fmt: skip
             nvs = [p for p in parts if p.type == P.TYPE_DATA and p.subtype == P.DATA_NVS]
             if not nvs:
                 raise DeviceError(R.PARTITION_TABLE, "no nvs partition for the device state")
