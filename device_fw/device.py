@@ -215,8 +215,9 @@ class Device:
                 flash.write(slots[0].offset + pos, image[pos : pos + HASH_CHUNK])
             otadata_part, _ = P.ota_layout(parts)
             OD.OtaData(flash, otadata_part, len(slots)).select(0, OD.VALID)
-            state = initial_state(hw, chip, trusted_keys, slots[0].label, port.sha256(image).digest(),
-                                  len(image), version, security_counter, 0, device_id, limits,
+            digest = port.sha256(image).digest()
+            state = initial_state(hw, chip, trusted_keys, slots[0].label, digest, len(image),
+                                  version, security_counter, 0, device_id, limits,
                                   gateways)  # fmt: skip
             nvs = [p for p in parts if p.type == P.TYPE_DATA and p.subtype == P.DATA_NVS]
             if not nvs:

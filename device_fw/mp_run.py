@@ -131,13 +131,12 @@ def cmd_install(flash_path, ota_path):
 
 def _records(path):
     """Length-prefixed records (u32 LE length, bytes) of a file."""
-    with open(path, "rb") as f:
-        data = f.read()
-    pos = 0
-    while pos + 4 <= len(data):
-        n = int.from_bytes(data[pos : pos + 4], "little")
-        yield data[pos + 4 : pos + 4 + n]
-        pos += 4 + n
+    with open(path, "rb") as f:  # one record at a time: the heap is the device's
+        while True:
+            head = f.read(4)
+            if len(head) < 4:
+                return
+            yield f.read(int.from_bytes(head, "little"))
 
 
 def cmd_replay(flash_path, in_path, out_path, mtu=1024):

@@ -72,7 +72,7 @@ class Partition:
         else:
             self.p = P.find(board.parts, id_or_part)
             if self.p is None:
-                raise ValueError("no partition %r" % (id_or_part,))
+                raise ValueError(f"no partition {id_or_part!r}")
 
     @classmethod
     def find(cls, type=TYPE_APP, subtype=0xFF, label=None):
@@ -87,7 +87,7 @@ class Partition:
     def _span(self, block: int, n: int, offset: int) -> int:
         addr = block * BLOCK + offset
         if addr < 0 or addr + n > self.p.size:
-            raise OSError(22, "outside partition %s" % self.p.label)
+            raise OSError(22, f"outside partition {self.p.label}")
         return self.p.offset + addr
 
     def readblocks(self, block: int, buf: bytearray, offset: int = 0) -> None:
@@ -122,7 +122,7 @@ class Partition:
     @classmethod
     def mark_app_valid_cancel_rollback(cls) -> None:
         board = cls.board
-        otadata, slots = P.ota_layout(board.parts)
+        _, slots = P.ota_layout(board.parts)
         B.confirm(board, board.parts, slots.index(board.running))
 
 
