@@ -345,6 +345,21 @@ def _hex(b):
     return "".join("%02x" % x for x in bytes(b))
 
 
+def _read_into(stream, view, what):
+    got = 0
+    n = len(view)
+    while got < n:
+        if hasattr(stream, "readinto"):
+            k = stream.readinto(view[got:])
+        else:  # a stream with read() only
+            data = stream.read(n - got)
+            k = len(data) if data else 0
+            view[got : got + k] = data or b""
+        if not k:
+            raise DeviceError(R.TRUNCATED, "artifact ends inside the %s" % what)
+        got += k
+
+
 def install_stream(device, stream, decode_hook=None):
     """Install an .ota artifact read sequentially from ``stream`` (offline install).
 
@@ -355,11 +370,15 @@ def install_stream(device, stream, decode_hook=None):
     inst = Installer(device, decode_hook)
     start = inst.begin(manifest_bytes, signature)
     decoded = 0
+    # One payload buffer for the whole install, filled with readinto: a fresh
+    # bytes object per segment fragments a small heap (MicroPython).
+    buf = bytearray(inst.manifest["segments"].largest())
+    view = memoryview(buf)
     for index, (length, _check) in enumerate(inst.manifest["segments"]):
-        payload = M.read_exact(stream, length, "payload (segment %d)" % index)
+        _read_into(stream, view[:length], "payload (segment %d)" % index)
         if index < start:
             continue
-        inst.segment(index, payload)
+        inst.segment(index, view[:length])
         decoded += 1
     if stream.read(1):
         raise DeviceError(R.MALFORMED, "artifact has bytes after its last segment")

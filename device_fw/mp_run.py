@@ -2,7 +2,7 @@
 
     micropython -m device_fw.mp_run serve FLASH PORT [MTU]      the device main loop on a tty
     micropython -m device_fw.mp_run replay FLASH IN OUT [SEED]  a recorded session fed in
-    micropython -m device_fw.mp_run install FLASH OTA           an offline install
+    micropython -m device_fw.mp_run install FLASH OTA [--hwm]   an offline install
     micropython -m device_fw.mp_run deflate VECTORS.json        the deflate golden vectors
 
 (with ``MICROPYPATH`` naming the folder that holds ``device_fw``; ``otaferry
@@ -10,7 +10,10 @@ device run --runtime micropython`` and the tests set it). Every command ends
 with one line of JSON on stdout: what happened, the device's own reason code
 on an error, and the heap figures: ``gc.mem_alloc()`` sampled at every flash
 operation (``heap_peak``; the high-water mark a device sees when it writes,
-which is when the applier's state is live) and the heap size.
+which is when the applier's state is live; with ``--hwm`` after a collection at
+every write and erase, so it counts live bytes only), ``heap_code`` (the heap
+the imported modules take before the device opens: bytecode compiled from
+source, which a board keeps in flash when device_fw is frozen) and the heap size.
 
 ``serve`` speaks over a tty (a pty on the bench, a USB-serial adapter) opened
 with ``termios`` raw, VMIN = VTIME = 0 and ``select.poll`` for the 50 ms read
@@ -33,10 +36,18 @@ except ImportError:  # pragma: no cover
     json = None
 
 _PEAK = [0]
+_COLLECT = [False]  # --hwm: collect before each sample (live bytes, not garbage)
+_BASE = [0]  # live heap once the modules are imported, before the device opens
 
 
-def _sample():
-    used = gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0
+def _sample(write=True):
+    if not hasattr(gc, "mem_alloc"):
+        return
+    if _COLLECT[0]:
+        if not write:
+            return
+        gc.collect()
+    used = gc.mem_alloc()
     if used > _PEAK[0]:
         _PEAK[0] = used
 
@@ -49,7 +60,7 @@ class Sampled:
         self.region = region
 
     def read(self, addr, n):
-        _sample()
+        _sample(False)
         return self.region.read(addr, n)
 
     def write(self, addr, data):
@@ -61,7 +72,7 @@ class Sampled:
         return self.region.erase_sector(addr)
 
     def is_erased(self, addr, n):
-        _sample()
+        _sample(False)
         return self.region.is_erased(addr, n)
 
     def __getattr__(self, attr):
@@ -88,8 +99,13 @@ def seed_random(seed_hex):
 
 
 def open_device(flash_path, sampled=True):
+    from . import delta_apply, installer, loop  # noqa: F401 - imported before the baseline
     from .device import Device
     from .ports.sim import SimPlatform
+
+    gc.collect()
+    if hasattr(gc, "mem_alloc"):
+        _BASE[0] = gc.mem_alloc()
 
     platform = SimPlatform(flash_path)
     if sampled:
@@ -104,6 +120,7 @@ def _report(result):
     gc.collect()
     _sample()
     result["heap_peak"] = _PEAK[0]
+    result["heap_code"] = _BASE[0]  # imported modules (compiled from source here)
     if hasattr(gc, "mem_free"):
         result["heap_size"] = gc.mem_alloc() + gc.mem_free()
     result["runtime"] = sys.implementation.name
@@ -116,13 +133,18 @@ def _error(exc):
 
 
 def cmd_install(flash_path, ota_path):
+    import time
+
     from .installer import install_stream
 
     dev = open_device(flash_path)
+    t0 = time.ticks_ms() if hasattr(time, "ticks_ms") else 0
     try:
         with open(ota_path, "rb") as f:
             r = install_stream(dev, f)
-        return {"ok": True, "decoded": r["decoded"], "skipped": r["skipped"], "slot": r["slot"]}
+        ms = time.ticks_diff(time.ticks_ms(), t0) if hasattr(time, "ticks_ms") else 0
+        return {"ok": True, "decoded": r["decoded"], "skipped": r["skipped"], "slot": r["slot"],
+                "ms": ms}  # fmt: skip
     except DeviceError as exc:
         return _error(exc)
     finally:
@@ -261,6 +283,7 @@ def main(argv):
     cmd = argv[0]
     flags = [a for a in argv[1:] if a.startswith("--")]
     args = [a for a in argv[1:] if not a.startswith("--")]
+    _COLLECT[0] = "--hwm" in flags
     if cmd == "install":
         result = cmd_install(args[0], args[1])
     elif cmd == "replay":

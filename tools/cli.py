@@ -605,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmarks: 'bench delta [--pairs F]', 'bench artifact DIR', 'bench link [IMAGE]', "
         "'bench campaign', 'bench fleet [--sessions N]', 'bench gateway [--memory N] [--ptys M]', "
-        "'bench crypto [--runtime cpython|micropython]'",
+        "'bench crypto [--runtime cpython|micropython]', 'bench micropython [--pairs F]'",
         add_help=False,
     )
     s.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark and its arguments")
@@ -647,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import artifact, campaign, crypto, delta, fleet, link
+    from .bench import artifact, campaign, crypto, delta, fleet, link, micropython
 
     def gateway(rest: list[str]) -> int:
         from .bench import gateway as bench_gateway
@@ -662,6 +662,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "fleet": fleet.main,
         "gateway": gateway,
         "crypto": crypto.main,
+        "micropython": micropython.main,
     }
     if not args.rest or args.rest[0] not in benches:
         print(f"usage: otaferry bench {{{','.join(benches)}}} [ARGS] [options]  (-h for each)")
