@@ -292,7 +292,11 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
 
     v2 = codec == CODEC2
     tables = _tables(v2)
-    P, C, wt, ws, obuf = tables[:5]
+    P = tables[0]
+    C = tables[1]
+    wt = tables[2]
+    ws = tables[3]
+    obuf = tables[4]
 
     # Range decoder. The stream is the LZMA range coder's output without its
     # constant leading zero byte; reads past the end yield zeros (at most 4).
@@ -371,9 +375,6 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
                     ip += 1
             st[0], st[1], st[2] = code, rng, ip
             return v
-
-    def consumed():
-        return ip if st is None else st[2]
 
     def number(slot):
         base = O_NUM + slot * N_NUM
@@ -605,9 +606,9 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
         neg = bit(O_SIGN)
         v = number(SLOT_SEEK)
         opos += -v if neg else v
-        if consumed() > n_in + 4:
-            raise _err("segment payload exhausted", consumed=consumed())
-    if consumed() > n_in + 4:
-        raise _err("segment payload exhausted", consumed=consumed())
+        if (ip if st is None else st[2]) > n_in + 4:
+            raise _err("segment payload exhausted", consumed=ip if st is None else st[2])
+    if (ip if st is None else st[2]) > n_in + 4:
+        raise _err("segment payload exhausted", consumed=ip if st is None else st[2])
     if on:
         write(view[:on])
