@@ -2,9 +2,10 @@
 real ``micropython`` command (the unix port).
 
     otaferry bench micropython [--pairs PAIRS.txt] [--only N] [--json OUT.json] [--step BYTES]
+                               [--device-ram BYTES]
 
-Per pair: the delta artifact as ``otaferry build --base`` makes it (65,536-byte
-device budget), a simulated flash holding the old image, then ``device_fw.mp_run
+Per pair: the delta artifact as ``otaferry build --base`` makes it (``--device-ram``,
+default 65,536: the device budget its segments are sized for), a simulated flash holding the old image, then ``device_fw.mp_run
 install`` (real Ed25519 verify from device_fw/mpcrypto, the fdelta applier):
 
 - ``min_heap``: the smallest ``-X heapsize`` (to ``--step``, default 16 KiB) in which
@@ -49,7 +50,8 @@ def _install(flash: Path, ota: Path, work: Path, heap: int, hwm: bool = False) -
     return dict(json.loads(lines[-1]))
 
 
-def measure(old: bytes, new: bytes, work: Path, step: int) -> dict[str, Any]:
+def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 65536
+            ) -> dict[str, Any]:  # fmt: skip
     flash = work / "flash.bin"
     size = max(4 << 20, 1 << (2 * len(old) + 0x20000).bit_length())
     csv = ("nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000, 0x2000,\n"
@@ -58,7 +60,8 @@ def measure(old: bytes, new: bytes, work: Path, step: int) -> dict[str, Any]:
     Device.create(str(flash), hw="hw", chip="chip", trusted_keys=[KEY.public.raw], image=old,
                   version="old", partitions_csv=csv, size=size).close()  # fmt: skip
     ota = work / "delta.ota"
-    ota.write_bytes(build_delta(old, new, KEY, hw=["hw"], chip="chip", version="new"))
+    ota.write_bytes(build_delta(old, new, KEY, hw=["hw"], chip="chip", version="new",
+                                device_ram=device_ram))  # fmt: skip
     full = _install(flash, ota, work, 1 << 20, hwm=True)
     timed = _install(flash, ota, work, 1 << 20)
     if not (full.get("ok") and timed.get("ok")):
@@ -94,6 +97,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--only", type=int, help="the first N pairs only")
     ap.add_argument("--step", type=int, default=16384, help="heap bisection step (16 KiB)")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--device-ram", type=int, default=65536, help="build --device-ram (65536)")
     args = ap.parse_args(argv)
     pairs = read_pairs(args.pairs)[: args.only]
     rows = []
@@ -101,7 +105,7 @@ def main(argv: list[str]) -> int:
         for old_name, new_name in pairs:
             old = (args.pairs.parent / old_name).read_bytes()
             new = (args.pairs.parent / new_name).read_bytes()
-            r = measure(old, new, Path(tmp), args.step)
+            r = measure(old, new, Path(tmp), args.step, args.device_ram)
             r["pair"] = f"{old_name} -> {new_name}"
             rows.append(r)
             if r["ok"]:
