@@ -6,7 +6,8 @@ real ``micropython`` command (the unix port).
 
 Per pair: the delta artifact as ``otaferry build --base`` makes it (``--device-ram``,
 default 65,536: the device budget its segments are sized for), a simulated
-flash holding the old image, then ``device_fw.mp_run install`` (real Ed25519 verify from device_fw/mpcrypto, the fdelta applier):
+flash holding the old image, then ``device_fw.mp_run install`` (real Ed25519
+verify from device_fw/mpcrypto, the fdelta applier):
 
 - ``min_heap``: the smallest ``-X heapsize`` (to ``--step``, default 16 KiB) in which
   the whole install completes, by bisection;
