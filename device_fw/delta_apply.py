@@ -12,6 +12,7 @@ Written in the subset of Python that MicroPython runs: no dataclasses, no
 typing, no f-strings; only ``array`` from the standard library.
 """
 
+import sys
 from array import array
 
 from .reasons import DECODE_ERROR, DeviceError
@@ -49,6 +50,113 @@ BR_LEN = (0, 3, 4, 4)  # none, Xtensa, Thumb-2, AArch64
 # Adaptation shift by count: the first updates move fast, then 1/16.
 RATE = b"\x01\x02\x03\x03\x04"
 RMAX = len(RATE) - 1
+
+
+_MPY = sys.implementation.name == "micropython"
+
+
+def _fill(a, value):
+    """Set every item of array / bytearray ``a`` to ``value`` in place.
+
+    MicroPython: doubling copies through a memoryview (a memmove, no
+    temporary, a few dozen steps instead of ~10,000 bytecode loops). CPython
+    copies such a self-overlapping slice through a temporary as large as the
+    slice, so there a plain loop it is."""
+    n = len(a)
+    if not _MPY:
+        for i in range(n):
+            a[i] = value
+        return
+    a[0] = value
+    m = memoryview(a)
+    k = 1
+    while k < n:
+        t = k if k < n - k else n - k
+        m[k : k + t] = m[0:t]
+        k += t
+
+
+# The model tables, allocated once (at the first segment) and reset for each:
+# a fresh set per segment fragments a small heap (MicroPython's needed ~110 KB
+# for a 64 KB budget that way).
+_TABLES = {}
+
+
+def _zeros(tc, n):
+    try:
+        return array(tc, [0]) * n  # CPython: no temporary
+    except TypeError:  # MicroPython has no array * int; the bytes go at once
+        return array(tc, bytes(n * (2 if tc == "H" else 4)))
+
+
+def _tables(v2):
+    t = _TABLES.get(v2)
+    if t is None:
+        n = N_PROBS2 if v2 else N_PROBS
+        _TABLES.clear()
+        t = [_zeros("H", n), bytearray(n),
+             _zeros("I", 1 << WBITS), bytearray(1 << WBITS), bytearray(CHUNK)]  # fmt: skip
+        if v2:
+            t += [_zeros("i", 1 << EBITS), bytearray(1 << EBITS), bytearray(1 << EBITS),
+                  _zeros("i", 1 << PBITS), bytearray(1 << PBITS)]  # fmt: skip
+        _TABLES[v2] = t  # one codec's tables at a time
+    _fill(t[0], 32768)
+    for a in t[1:]:
+        if a is not t[4]:
+            _fill(a, 0)
+    return t
+
+
+_vbit = None
+if _MPY:
+    # The range decoder's bit, native: on 32-bit ports ``rng`` and ``code``
+    # (up to 2**32) are not small ints, so the Python version allocates a long
+    # int at almost every step (4.9 MB per 100k steps, the issue measured);
+    # viper computes in machine words and allocates nothing. Same arithmetic
+    # as ``bit`` below, state in st = array("I", [code, rng, ip]).
+    try:
+        import micropython
+
+        @micropython.viper
+        def _vbit(st, P, C, R, pl, n_in: int, i: int) -> int:
+            s = ptr32(st)  # noqa: F821
+            p16 = ptr16(P)  # noqa: F821
+            c8 = ptr8(C)  # noqa: F821
+            r8 = ptr8(R)  # noqa: F821
+            b8 = ptr8(pl)  # noqa: F821
+            mask = (uint(0xFFFF) << 16) | uint(0xFFFF)  # noqa: F821 - 2**32-1, also on 64-bit
+            code = uint(s[0])  # noqa: F821
+            rng = uint(s[1])  # noqa: F821
+            ip = int(s[2])
+            p = uint(p16[i])  # noqa: F821
+            c = int(c8[i])
+            sh = int(r8[c])
+            if c < 4:
+                c8[i] = c + 1
+            bound = (rng >> 16) * p
+            b = 0
+            if code < bound:
+                rng = bound
+                p16[i] = p + ((uint(65536) - p) >> sh)  # noqa: F821
+            else:
+                code = code - bound
+                rng = rng - bound
+                p = p - (p >> sh)
+                p16[i] = p if p > uint(31) else uint(32)  # noqa: F821
+                b = 1
+            while rng < uint(0x1000000):  # noqa: F821
+                rng = (rng << 8) & mask
+                nxt = uint(0)  # noqa: F821
+                if ip < n_in:
+                    nxt = uint(b8[ip])  # noqa: F821
+                code = ((code << 8) | nxt) & mask
+                ip += 1
+            s[0] = code
+            s[1] = rng
+            s[2] = ip
+            return b
+    except (ImportError, AttributeError, SyntaxError):  # a port without viper
+        _vbit = None
 
 
 def _err(msg, **fields):
@@ -183,10 +291,12 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
         raise _err("empty segment payload")
 
     v2 = codec == CODEC2
-    P = array("H", [32768]) * (N_PROBS2 if v2 else N_PROBS)
-    C = bytearray(N_PROBS2 if v2 else N_PROBS)
-    wt = array("I", [0]) * (1 << WBITS)
-    ws = bytearray(1 << WBITS)
+    tables = _tables(v2)
+    P = tables[0]
+    C = tables[1]
+    wt = tables[2]
+    ws = tables[3]
+    obuf = tables[4]
 
     # Range decoder. The stream is the LZMA range coder's output without its
     # constant leading zero byte; reads past the end yield zeros (at most 4).
@@ -242,6 +352,30 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
                 ip += 1
         return v
 
+    st = None
+    if _vbit is not None:
+        st = array("I", [code, rng, ip])
+
+        def bit(i):
+            return _vbit(st, P, C, RATE, payload, n_in, i)
+
+        def direct(nbits):
+            code, rng, ip = st[0], st[1], st[2]
+            v = 0
+            for _ in range(nbits):
+                rng >>= 1
+                if code >= rng:
+                    code -= rng
+                    v = (v << 1) | 1
+                else:
+                    v <<= 1
+                if rng < 0x1000000:
+                    rng = (rng << 8) & 0xFFFFFFFF
+                    code = ((code << 8) | (payload[ip] if ip < n_in else 0)) & 0xFFFFFFFF
+                    ip += 1
+            st[0], st[1], st[2] = code, rng, ip
+            return v
+
     def number(slot):
         base = O_NUM + slot * N_NUM
         m = 1
@@ -262,7 +396,6 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
             v = (v << (k - mb)) | direct(k - mb)
         return v
 
-    obuf = bytearray(CHUNK)
     # write() gets a view of obuf itself, not a copy: it must take the bytes
     # before it returns (the installer programs them at once), and a 4 KiB
     # copy per chunk is not in the RAM budget.
@@ -275,11 +408,8 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
     arch = direct(2) if v2 else 0
     bl = BR_LEN[arch]
     if arch:
-        et = array("i", [0]) * (1 << EBITS)  # exact target: its last move
-        etag = bytearray(1 << EBITS)
-        es = bytearray(1 << EBITS)
-        pt = array("i", [0]) * (1 << PBITS)  # target page: its last move
-        ps = bytearray(1 << PBITS)
+        # et: exact target's last move (tag etag, state es); pt: target page's
+        et, etag, es, pt, ps = tables[5:]
     oh = 0  # the add run's last 4 old bytes, newest in the top byte
     nh = 0  # and new bytes
     ra = 0  # bytes of the current add run so far
@@ -476,9 +606,9 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
         neg = bit(O_SIGN)
         v = number(SLOT_SEEK)
         opos += -v if neg else v
-        if ip > n_in + 4:
-            raise _err("segment payload exhausted", consumed=ip)
-    if ip > n_in + 4:
-        raise _err("segment payload exhausted", consumed=ip)
+        if (ip if st is None else st[2]) > n_in + 4:
+            raise _err("segment payload exhausted", consumed=ip if st is None else st[2])
+    if (ip if st is None else st[2]) > n_in + 4:
+        raise _err("segment payload exhausted", consumed=ip if st is None else st[2])
     if on:
         write(view[:on])

@@ -21,7 +21,6 @@ State kept in the store (one msgpack map, rewritten whole on each change)::
     require_secure  refuse plaintext link frames (default True)
 """
 
-from . import boot as B
 from . import otadata as OD
 from . import partitions as P
 from . import port
@@ -103,32 +102,71 @@ def _check_state(s, labels):
     return isinstance(s.get("require_secure", True), bool)
 
 
+def initial_state(hw, chip, trusted_keys, label, sha256, size, version, security_counter=0,
+                  running=0, device_id=None, limits=None, gateways=None):
+    """The store's first record: the factory image ``label`` (``sha256``, ``size``)
+    runs in slot ``running``; a fresh device id and link key unless given."""
+    for key in trusted_keys:
+        if len(key) != 32:
+            raise DeviceError(R.BAD_KEY, "trusted keys must be raw 32-byte Ed25519 keys")
+    return {
+        "v": STATE_VERSION,
+        "device_id": device_id or port.random_bytes(8),
+        "hw": hw,
+        "chip": chip,
+        "trusted": [bytes(k) for k in trusted_keys],
+        "revoked": [],
+        "counter": security_counter,
+        "slots": {
+            label: {
+                "sha256": bytes(sha256),
+                "size": size,
+                "version": version,
+                "security_counter": security_counter,
+            }
+        },
+        "running": running,
+        "progress": None,
+        "limits": dict(limits or DEFAULT_LIMITS),
+        "link_key": port.random_bytes(32),
+        "gateways": [bytes(k) for k in gateways or ()],
+        "require_secure": True,
+    }
+
+
 class Device:
-    def __init__(self, path, cut_at=None, read_only=False, flash=None):
+    def __init__(self, path=None, cut_at=None, read_only=False, flash=None, platform=None):
         """Open the device in flash file ``path``; it holds the file's lock until
         closed (``flash.FlashBusy`` if another process holds it). ``read_only``:
         look without the lock (``info``); nothing may be written. ``flash``: an
-        open Flash to take over (``create`` passes its own, never unlocked)."""
-        self.flash = flash if flash is not None else Flash(path, cut_at=cut_at, read_only=read_only)
+        open Flash to take over (``create`` passes its own, never unlocked).
+        ``platform``: another platform than the simulator's (``ports/esp32``);
+        ``path`` is then unused."""
+        if platform is None:
+            from .ports.sim import SimPlatform
+
+            platform = SimPlatform(path, cut_at, read_only, flash)
+        self.platform = platform
+        # The simulator's own parts, for its tools and tests (None elsewhere).
+        self.flash = getattr(platform, "flash", None)
+        self.parts = getattr(platform, "parts", None)
+        self.otadata = getattr(platform, "otadata", None)
+        self.slots = platform.slots
+        self.store = platform.store
+        self.store.valid = self._valid_state
         self.checkin_nonce = None  # this boot's, while the running image awaits its check-in
         try:
-            self.parts = P.read_table(self.flash)
-            self.otadata_part, self.slots = P.ota_layout(self.parts)
-            nvs = None
-            for p in self.parts:
-                if p.type == P.TYPE_DATA and p.subtype == P.DATA_NVS:
-                    nvs = p
-                    break
-            if nvs is None:
-                raise DeviceError(R.PARTITION_TABLE, "no nvs partition for the device state")
-            self.store = Store.on_partition(self.flash, nvs, valid=self._valid_state)
-            self.otadata = OD.OtaData(self.flash, self.otadata_part, len(self.slots))
             self.state = self.store.load()
             if self.state is None or self.state.get("v") != STATE_VERSION:
                 raise DeviceError(R.BAD_STATE, "flash holds no device state (run 'flash init')")
         except BaseException:
-            self.flash.close()
+            platform.close()
             raise
+        booted = getattr(platform, "running", None)
+        if booted is not None and booted != self.state["running"]:
+            # A real bootloader has chosen already (ports/esp32): that slot is
+            # the active one from the first instant (power_on records it).
+            self.state = dict(self.state, running=booted)
         self._protect_active()
 
     def _valid_state(self, s):
@@ -177,29 +215,10 @@ class Device:
                 flash.write(slots[0].offset + pos, image[pos : pos + HASH_CHUNK])
             otadata_part, _ = P.ota_layout(parts)
             OD.OtaData(flash, otadata_part, len(slots)).select(0, OD.VALID)
-            state = {
-                "v": STATE_VERSION,
-                "device_id": device_id or port.random_bytes(8),
-                "hw": hw,
-                "chip": chip,
-                "trusted": [bytes(k) for k in trusted_keys],
-                "revoked": [],
-                "counter": security_counter,
-                "slots": {
-                    slots[0].label: {
-                        "sha256": port.sha256(image).digest(),
-                        "size": len(image),
-                        "version": version,
-                        "security_counter": security_counter,
-                    }
-                },
-                "running": 0,
-                "progress": None,
-                "limits": dict(limits or DEFAULT_LIMITS),
-                "link_key": port.random_bytes(32),
-                "gateways": [bytes(k) for k in gateways or ()],
-                "require_secure": True,
-            }
+            digest = port.sha256(image).digest()
+            state = initial_state(hw, chip, trusted_keys, slots[0].label, digest, len(image),
+                                  version, security_counter, 0, device_id, limits,
+                                  gateways)  # fmt: skip
             nvs = [p for p in parts if p.type == P.TYPE_DATA and p.subtype == P.DATA_NVS]
             if not nvs:
                 raise DeviceError(R.PARTITION_TABLE, "no nvs partition for the device state")
@@ -212,7 +231,7 @@ class Device:
         return cls(path, flash=flash)
 
     def close(self):
-        self.flash.close()
+        self.platform.close()
 
     def __enter__(self):
         return self
@@ -229,9 +248,7 @@ class Device:
         self.state = state
 
     def _protect_active(self):
-        self.flash.unprotect("active slot")
-        active = self.active_slot()
-        self.flash.protect(active.offset, active.size, "active slot")
+        self.platform.lock_active(self.state["running"])
 
     def identity(self):
         s = self.state
@@ -307,7 +324,7 @@ class Device:
 
     def running_pending(self):
         """True while the running image is PENDING_VERIFY (booted, not confirmed)."""
-        return self.otadata.state_of(self.state["running"]) == OD.PENDING_VERIFY
+        return self.platform.state_of(self.state["running"]) == OD.PENDING_VERIFY
 
     def running_image(self):
         return self.state["slots"].get(self.active_slot().label)
@@ -335,7 +352,7 @@ class Device:
         uid = record.get("uid")
         failures = [f for f in self.failures() if uid is None or bytes(f["uid"]) != bytes(uid)]
         self._save(slots=slots, progress=progress, failures=failures)
-        B.set_boot(self.flash, self.parts, self.slots.index(slot))
+        self.platform.set_boot(slot.index)
 
     # ------------------------------------------------------------ boot
 
@@ -355,7 +372,7 @@ class Device:
             return False
         try:
             for pos in range(0, size, HASH_CHUNK):
-                h.update(self.flash.read(slot.offset + pos, min(HASH_CHUNK, size - pos)))
+                h.update(slot.read(pos, min(HASH_CHUNK, size - pos)))
         except DeviceError:
             return False
         return h.digest() == bytes(rec["sha256"])
@@ -389,7 +406,7 @@ class Device:
         security counter to its own (esp_ota_mark_app_valid_cancel_rollback)."""
         running = self.state["running"]
         rec = self.running_image() or {}
-        B.confirm(self.flash, self.parts, running)
+        self.platform.mark_valid(running)
         counter = max(self.state["counter"], rec.get("security_counter", 0))
         self._save(counter=counter, progress=None)
         self.checkin_nonce = None
@@ -400,7 +417,7 @@ class Device:
         time): record why, mark it INVALID; the caller resets next."""
         rec = self.running_image() or {}
         self.record_failure(rec.get("uid"), reason)
-        B.mark_invalid(self.flash, self.parts, self.state["running"], verify=self.slot_image_ok)
+        self.platform.mark_invalid(self.state["running"], self.slot_image_ok)
         self.checkin_nonce = None
 
     # ------------------------------------------------------------ boot
@@ -420,7 +437,7 @@ class Device:
         """
         log = []
         self.checkin_nonce = None
-        result = B.boot(self.flash, self.parts, verify=self.slot_image_ok)
+        result = self.platform.boot(self.slot_image_ok)
         log.extend(result.log)
         rolled_back = result.fallback or any("ABORTED" in line for line in result.log)
         self._note_rollback(result.slot)
@@ -435,7 +452,7 @@ class Device:
                     "(PENDING_VERIFY)" % version
                 )
             elif self_test is True:
-                B.confirm(self.flash, self.parts, result.slot)
+                self.platform.mark_valid(result.slot)
                 counter = max(self.state["counter"], rec.get("security_counter", 0))
                 self._save(running=result.slot, counter=counter, progress=None)
                 log.append(
@@ -444,9 +461,9 @@ class Device:
                 )
             elif self_test is False:
                 self.record_failure(rec.get("uid"), R.SELF_TEST_FAILED)
-                B.mark_invalid(self.flash, self.parts, result.slot, verify=self.slot_image_ok)
+                self.platform.mark_invalid(result.slot, self.slot_image_ok)
                 log.append("app %s: self-test FAILED, marked INVALID, resetting" % version)
-                result = B.boot(self.flash, self.parts, verify=self.slot_image_ok)
+                result = self.platform.boot(self.slot_image_ok)
                 log.extend(result.log)
                 rolled_back = True
                 self._save(running=result.slot)
@@ -471,7 +488,7 @@ class Device:
         return {
             "slot": result.slot,
             "label": slot.label,
-            "state": OD.state_name(self.otadata.state_of(result.slot)),
+            "state": OD.state_name(self.platform.state_of(result.slot)),
             "version": rec.get("version"),
             "rolled_back": rolled_back,
             "log": log,
@@ -501,7 +518,7 @@ class Device:
         slots = []
         for i, p in enumerate(self.slots):
             rec = s["slots"].get(p.label)
-            state = self.otadata.state_of(i)
+            state = self.platform.state_of(i)
             slots.append(
                 {
                     "label": p.label,
@@ -522,9 +539,9 @@ class Device:
             "device_id": _hex(s["device_id"]),
             "hw": s["hw"],
             "chip": s["chip"],
-            "flash_size": self.flash.size,
+            "flash_size": self.platform.flash_size,
             "running_slot": s["running"],
-            "next_boot_slot": B.next_boot(self.flash, self.parts, verify=self.slot_image_ok),
+            "next_boot_slot": self.platform.next_boot(self.slot_image_ok),
             "security_counter": s["counter"],
             "trusted_key_ids": [_hex(port.sha256(k).digest()[:8]) for k in s["trusted"]],
             "revoked_key_ids": [_hex(k) for k in s.get("revoked", [])],

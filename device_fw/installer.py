@@ -7,16 +7,24 @@ payload segment at a time, ``finish`` verifies the whole image and arms boot.
 Order of effects for segment i (power may fail at any write):
 
 1. check the segment's hash against the signed manifest (nothing written yet);
-2. decode it (zstd, or a delta against the active slot, read-only);
-3. erase the sectors of the passive slot it covers and program the bytes;
+2. erase the passive slot's erase units it covers;
+3. decode it (a full-image codec of ``codecs``, or a delta against the active
+   slot, read-only), programming the bytes as they come;
 4. persist progress ``next = i + 1`` in the store.
 
 A cut before 4 redoes segment i on the next run (its sectors are erased again
-first); a cut after 4 never decodes it again. ``finish`` reads the passive
+first); a cut after 4 never decodes it again. Whether this port decodes the
+codec at all is settled in ``check``, before anything is erased.
+
+Flash is reached only through the platform's slots (``platform.Slot``):
+slot-relative offsets, the slot's own erase unit, the running slot locked.
+
+``finish`` reads the passive
 slot back and compares the SHA-256 with the manifest before otadata is touched,
 so an image that does not match is never selected for boot.
 """
 
+from . import codecs as C
 from . import manifest as M
 from . import port
 from . import reasons as R
@@ -83,6 +91,8 @@ class Installer:
             raise DeviceError(
                 R.UNKNOWN_KEY, "signing key %s is not trusted by this device" % _hex(key_id)
             )
+        if not port.HAVE_ED25519:
+            raise DeviceError(R.BAD_SIGNATURE, "this port has no Ed25519 verifier")
         if not port.ed25519_verify(key, signature, M.signing_message(manifest_bytes)):
             raise DeviceError(R.BAD_SIGNATURE, "manifest signature does not verify")
         m = M.parse_manifest(manifest_bytes)
@@ -164,9 +174,13 @@ class Installer:
 
     def _check_codec(self, m):
         limits = self.device.limits()
-        if m["payload_kind"] == M.PAYLOAD_FULL and m["codec"] != "zstd":
-            raise DeviceError(R.UNSUPPORTED_CODEC, "codec %s not supported" % m["codec"])
-        if m["payload_kind"] == M.PAYLOAD_DELTA and m["codec"] not in _delta_codecs():
+        if m["payload_kind"] == M.PAYLOAD_FULL and C.full_decoder(m["codec"]) is None:
+            raise DeviceError(
+                R.UNSUPPORTED_CODEC,
+                "codec %s not supported (this port decodes %s)"
+                % (m["codec"], ", ".join(C.names())),
+            )
+        if m["payload_kind"] == M.PAYLOAD_DELTA and m["codec"] not in C.delta_codecs():
             raise DeviceError(R.UNSUPPORTED_CODEC, "delta codec %s not supported" % m["codec"])
         if m["window_log"] > limits["max_window_log"]:
             raise DeviceError(
@@ -221,29 +235,38 @@ class Installer:
         out_size = min(seg, m["target_size"] - offset)
         if self.decode_hook is not None:
             self.decode_hook(index)
-        flash = self.device.flash
-        base = self.slot.offset + offset
-        erase_len = (out_size + 4095) // 4096 * 4096
-        flash.erase_range(base, erase_len)
+        self.slot.erase_for(offset, out_size)
         if m["payload_kind"] == M.PAYLOAD_FULL:
-            try:
-                data = port.zstd_decompress(payload, out_size, m["window_log"])
-            except ValueError as exc:
-                raise DeviceError(R.DECODE_ERROR, "segment %d: %s" % (index, exc))
-            view = memoryview(data)
-            for pos in range(0, out_size, WRITE_CHUNK):
-                flash.write(base + pos, view[pos : pos + WRITE_CHUNK])
-            del view, data  # freed before the progress write: RAM is counted
+            self._decode_full(index, payload, offset, out_size)
         else:
-            self._apply_delta(index, payload, base, out_size)
+            self._apply_delta(index, payload, offset, out_size)
         self.next_segment = index + 1
         self.device.save_progress({"uid": self.uid, "slot": self.slot.label, "next": index + 1})
+
+    def _decode_full(self, index, payload, base, out_size):
+        slot = self.slot
+        pos = [base]
+
+        def write(data):
+            if pos[0] + len(data) > base + out_size:
+                raise DeviceError(R.DECODE_ERROR, "segment %d decodes past its end" % index)
+            slot.write(pos[0], data)
+            pos[0] += len(data)
+
+        try:
+            C.full_decoder(self.manifest["codec"])(
+                payload, out_size, self.manifest["window_log"], write, _chunk()
+            )
+        except ValueError as exc:
+            raise DeviceError(R.DECODE_ERROR, "segment %d: %s" % (index, exc))
+        if pos[0] != base + out_size:
+            raise DeviceError(R.DECODE_ERROR, "segment %d produced too few bytes" % index)
 
     def _apply_delta(self, index, payload, base, out_size):
         from .delta_apply import apply_segment
 
         running = self.device.active_slot()
-        flash = self.device.flash
+        slot = self.slot
         # Reads of the old image are confined to the running image's own extent
         # (its recorded size, within its slot), whatever the manifest claims:
         # past it lie the passive slot and other partitions (nvs: link keys).
@@ -254,12 +277,12 @@ class Installer:
         def read_old(offset, length):
             if offset < 0 or length < 0 or offset + length > old_size:
                 raise DeviceError(R.DECODE_ERROR, "delta reads outside the running image")
-            return flash.read(running.offset + offset, length)
+            return running.read(offset, length)
 
         def write(data):
             if pos[0] + len(data) > base + out_size:
                 raise DeviceError(R.DECODE_ERROR, "delta writes past its segment")
-            flash.write(pos[0], data)
+            slot.write(pos[0], data)
             pos[0] += len(data)
 
         apply_segment(
@@ -280,11 +303,10 @@ class Installer:
         m = self.manifest
         if m is None or self.next_segment != self.segment_count:
             raise DeviceError(R.BAD_STATE, "not all segments are written")
-        flash = self.device.flash
         h = port.sha256()
         size = m["target_size"]
         for pos in range(0, size, WRITE_CHUNK):
-            h.update(flash.read(self.slot.offset + pos, min(WRITE_CHUNK, size - pos)))
+            h.update(self.slot.read(pos, min(WRITE_CHUNK, size - pos)))
         digest = h.digest()
         if digest != bytes(m["target_sha256"]):
             # Start over next time: the bytes in the slot are not the signed image.
@@ -308,16 +330,34 @@ class Installer:
 BLOCKING_FAILURES = (R.SELF_TEST_FAILED, R.CHECKIN_TIMEOUT)
 
 
-def _delta_codecs():
-    try:
-        from .delta_apply import CODECS
-    except ImportError:  # a port without the delta applier
-        return ()
-    return CODECS
+_CHUNK = []
+
+
+def _chunk():
+    """The one output buffer of full-image decoding, allocated at first use
+    and kept: a per-segment buffer fragments a small heap."""
+    if not _CHUNK:
+        _CHUNK.append(bytearray(WRITE_CHUNK))
+    return _CHUNK[0]
 
 
 def _hex(b):
     return "".join("%02x" % x for x in bytes(b))
+
+
+def _read_into(stream, view, what):
+    got = 0
+    n = len(view)
+    while got < n:
+        if hasattr(stream, "readinto"):
+            k = stream.readinto(view[got:])
+        else:  # a stream with read() only
+            data = stream.read(n - got)
+            k = len(data) if data else 0
+            view[got : got + k] = data or b""
+        if not k:
+            raise DeviceError(R.TRUNCATED, "artifact ends inside the %s" % what)
+        got += k
 
 
 def install_stream(device, stream, decode_hook=None):
@@ -330,11 +370,15 @@ def install_stream(device, stream, decode_hook=None):
     inst = Installer(device, decode_hook)
     start = inst.begin(manifest_bytes, signature)
     decoded = 0
+    # One payload buffer for the whole install, filled with readinto: a fresh
+    # bytes object per segment fragments a small heap (MicroPython).
+    buf = bytearray(inst.manifest["segments"].largest())
+    view = memoryview(buf)
     for index, (length, _check) in enumerate(inst.manifest["segments"]):
-        payload = M.read_exact(stream, length, "payload (segment %d)" % index)
+        _read_into(stream, view[:length], "payload (segment %d)" % index)
         if index < start:
             continue
-        inst.segment(index, payload)
+        inst.segment(index, view[:length])
         decoded += 1
     if stream.read(1):
         raise DeviceError(R.MALFORMED, "artifact has bytes after its last segment")

@@ -25,19 +25,19 @@ def _bad(message, pos):
 
 def _int(v, out):
     if 0 <= v < 0x80 or -32 <= v < 0:
-        out.append(struct.pack("b", v) if v < 0 else bytes((v,)))
+        out.extend(struct.pack("b", v) if v < 0 else bytes((v,)))
     elif v >= 0:
         for limit, code, fmt in ((0xFF, 0xCC, ">B"), (0xFFFF, 0xCD, ">H"),
                                  (0xFFFFFFFF, 0xCE, ">I"), (0xFFFFFFFFFFFFFFFF, 0xCF, ">Q")):
             if v <= limit:
-                out.append(bytes((code,)) + struct.pack(fmt, v))
+                out.extend(bytes((code,)) + struct.pack(fmt, v))
                 return
         raise _bad("integer %d too large for msgpack" % v, 0)
     else:
         for bits, code, fmt in ((8, 0xD0, ">b"), (16, 0xD1, ">h"),
                                 (32, 0xD2, ">i"), (64, 0xD3, ">q")):
             if v >= -(1 << (bits - 1)):
-                out.append(bytes((code,)) + struct.pack(fmt, v))
+                out.extend(bytes((code,)) + struct.pack(fmt, v))
                 return
         raise _bad("integer %d too small for msgpack" % v, 0)
 
@@ -45,33 +45,32 @@ def _int(v, out):
 def _head(n, fix_base, fix_max, codes, out):
     """Length header: a fix form when n <= fix_max, else 8/16/32-bit forms."""
     if n <= fix_max:
-        out.append(bytes((fix_base | n,)))
+        out.extend(bytes((fix_base | n,)))
         return
     for i, limit in enumerate((0xFF, 0xFFFF, 0xFFFFFFFF)):
         code = codes[i]
         if code is not None and n <= limit:
-            out.append(bytes((code,)) + struct.pack((">B", ">H", ">I")[i], n))
+            out.extend(bytes((code,)) + struct.pack((">B", ">H", ">I")[i], n))
             return
     raise _bad("length %d too large for msgpack" % n, 0)
 
 
 def _enc(v, out, depth):
     if v is None:
-        out.append(b"\xc0")
+        out.extend(b"\xc0")
     elif v is True:
-        out.append(b"\xc3")
+        out.extend(b"\xc3")
     elif v is False:
-        out.append(b"\xc2")
+        out.extend(b"\xc2")
     elif isinstance(v, int):
         _int(v, out)
     elif isinstance(v, str):
         b = v.encode()
         _head(len(b), 0xA0, 31, (0xD9, 0xDA, 0xDB), out)
-        out.append(b)
+        out.extend(b)
     elif isinstance(v, (bytes, bytearray, memoryview)):
-        b = bytes(v)
-        _head(len(b), 0xC4, -1, (0xC4, 0xC5, 0xC6), out)
-        out.append(b)
+        _head(len(v), 0xC4, -1, (0xC4, 0xC5, 0xC6), out)
+        out.extend(v)
     elif isinstance(v, (list, tuple, dict)):
         if depth >= MAX_DEPTH:
             raise _bad("nesting deeper than %d" % MAX_DEPTH, 0)
@@ -89,9 +88,12 @@ def _enc(v, out, depth):
 
 
 def encode(value):
-    out = []
+    # One growing bytearray, not a list of small bytes joined at the end: the
+    # store encodes the whole device state while the delta applier's tables
+    # are held, and a list of ~150 pieces cost 11 KB there.
+    out = bytearray()
     _enc(value, out, 0)
-    return b"".join(out)
+    return bytes(out)
 
 
 # -- decoding ----------------------------------------------------------------

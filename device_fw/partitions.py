@@ -76,6 +76,58 @@ ota_1,    app,  ota_1,   0x110000, 1M,
 """
 
 
+_MD5_K = (
+    0xD76AA478, 0xE8C7B756, 0x242070DB, 0xC1BDCEEE, 0xF57C0FAF, 0x4787C62A,
+    0xA8304613, 0xFD469501, 0x698098D8, 0x8B44F7AF, 0xFFFF5BB1, 0x895CD7BE,
+    0x6B901122, 0xFD987193, 0xA679438E, 0x49B40821, 0xF61E2562, 0xC040B340,
+    0x265E5A51, 0xE9B6C7AA, 0xD62F105D, 0x02441453, 0xD8A1E681, 0xE7D3FBC8,
+    0x21E1CDE6, 0xC33707D6, 0xF4D50D87, 0x455A14ED, 0xA9E3E905, 0xFCEFA3F8,
+    0x676F02D9, 0x8D2A4C8A, 0xFFFA3942, 0x8771F681, 0x6D9D6122, 0xFDE5380C,
+    0xA4BEEA44, 0x4BDECFA9, 0xF6BB4B60, 0xBEBFBC70, 0x289B7EC6, 0xEAA127FA,
+    0xD4EF3085, 0x04881D05, 0xD9D4D039, 0xE6DB99E5, 0x1FA27CF8, 0xC4AC5665,
+    0xF4292244, 0x432AFF97, 0xAB9423A7, 0xFC93A039, 0x655B59C3, 0x8F0CCC92,
+    0xFFEFF47D, 0x85845DD1, 0x6FA87E4F, 0xFE2CE6E0, 0xA3014314, 0x4E0811A1,
+    0xF7537E82, 0xBD3AF235, 0x2AD7D2BB, 0xEB86D391,
+)  # RFC 1321: floor(abs(sin(i + 1)) * 2**32)
+
+
+def _md5_pure(data):
+    """MD5 (RFC 1321), for MicroPython builds whose hashlib has no md5 (those
+    built without an SSL library): the table's checksum row is MD5."""
+    s = (7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21)
+    k = _MD5_K
+    a0, b0, c0, d0 = 0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476
+    n = len(data)
+    msg = bytes(data) + b"\x80" + bytes((55 - n) % 64) + struct.pack("<Q", (n * 8) & (2**64 - 1))
+    for pos in range(0, len(msg), 64):
+        m = struct.unpack("<16I", msg[pos : pos + 64])
+        a, b, c, d = a0, b0, c0, d0
+        for i in range(64):
+            r = i >> 4
+            if r == 0:
+                f, g = (b & c) | (~b & d), i
+            elif r == 1:
+                f, g = (d & b) | (~d & c), (5 * i + 1) & 15
+            elif r == 2:
+                f, g = b ^ c ^ d, (3 * i + 5) & 15
+            else:
+                f, g = c ^ (b | (~d & 0xFFFFFFFF)), (7 * i) & 15
+            f = (f + a + k[i] + m[g]) & 0xFFFFFFFF
+            sh = s[(r << 2) | (i & 3)]
+            a, d, c = d, c, b
+            b = (b + ((f << sh) | (f >> (32 - sh)))) & 0xFFFFFFFF
+        a0, b0 = (a0 + a) & 0xFFFFFFFF, (b0 + b) & 0xFFFFFFFF
+        c0, d0 = (c0 + c) & 0xFFFFFFFF, (d0 + d) & 0xFFFFFFFF
+    return struct.pack("<4I", a0, b0, c0, d0)
+
+
+def md5(data):
+    """The MD5 digest of ``data``: hashlib's where it has one, else ours."""
+    if hasattr(hashlib, "md5"):
+        return hashlib.md5(data).digest()
+    return _md5_pure(data)
+
+
 class Partition:
     def __init__(self, label, type, subtype, offset, size, flags=0):
         self.label = label
@@ -244,7 +296,7 @@ def to_binary(parts):
                     p.flags)
         for p in parts
     )
-    out += MD5_MAGIC + hashlib.md5(out).digest()
+    out += MD5_MAGIC + md5(out)
     if len(out) >= TABLE_MAX_LEN:
         raise _err("%d partitions do not fit the 0xC00-byte table" % len(parts))
     return out + b"\xff" * (TABLE_MAX_LEN - len(out))
@@ -257,7 +309,7 @@ def from_binary(data, table_offset=TABLE_OFFSET):
     for pos in range(0, len(data) - ENTRY_SIZE + 1, ENTRY_SIZE):
         row = data[pos : pos + ENTRY_SIZE]
         if row[:2] == MD5_MAGIC[:2]:
-            if row[:16] != MD5_MAGIC or row[16:] != hashlib.md5(data[:pos]).digest():
+            if row[:16] != MD5_MAGIC or row[16:] != md5(data[:pos]):
                 raise _err("partition table MD5 does not match (row at 0x%x)" % pos, offset=pos)
             end = data[pos + ENTRY_SIZE : pos + 2 * ENTRY_SIZE]
             if end and end != b"\xff" * len(end):

@@ -57,7 +57,9 @@ class DeviceError(Exception):
     """An error on the device side; always carries a reason code."""
 
     def __init__(self, reason, message, **fields):
-        Exception.__init__(self, message)
+        # super().__init__, not Exception.__init__(self, ...): MicroPython has
+        # no unbound Exception.__init__, and every error path went through it.
+        super().__init__(message)
         self.reason = reason
         self.message = message
         self.fields = fields
@@ -68,4 +70,4 @@ class DeviceError(Exception):
 
 class FlashError(DeviceError):
     def __init__(self, message, **fields):
-        DeviceError.__init__(self, FLASH_ERROR, message, **fields)
+        super().__init__(FLASH_ERROR, message, **fields)

@@ -51,6 +51,7 @@ chunk size (the buffer is tagged with update id, chunk size and segment), and
 ACCEPT reports it, so a reconnect does not resend chunks the device holds.
 """
 
+from . import codecs as C
 from . import frames as F
 from . import reasons as R
 from .installer import Installer
@@ -109,17 +110,6 @@ class _Bits:
         while last >= first and b[last] == 0:
             last -= 1
         return first * 8, bytes(b[first : min(last + 1, first + max(limit, 0))])
-
-
-def _codecs():
-    out = ["zstd"]
-    try:
-        from .delta_apply import CODECS
-    except ImportError:
-        return out
-    for c in CODECS:
-        out.append(c)
-    return out
 
 
 class Receiver:
@@ -282,7 +272,7 @@ class Receiver:
             "security_counter": ident["security_counter"],
             "slot_size": dev.passive_slot().size,
             "max_frame": self.mtu,
-            "codecs": _codecs(),
+            "codecs": C.names(),  # what this port really decodes
             "max_window_log": limits["max_window_log"],
             "max_segment_payload": limits["max_segment_payload"],
             "max_offer": self.max_offer,

@@ -29,8 +29,24 @@ line; 120 s covers that and a few LoRa round trips."""
 __all__ = ["DEFAULT_CHECKIN_TIMEOUT", "LINK_PROLOGUE", "READ_SIZE", "serve"]
 
 
+def monotonic_clock():
+    """Seconds from a monotonic clock: ``time.monotonic`` on CPython, the
+    millisecond ticks on MicroPython (which has no ``time.monotonic``)."""
+    import time
+
+    if hasattr(time, "monotonic"):
+        return time.monotonic
+    start = time.ticks_ms()
+
+    def clock():
+        return time.ticks_diff(time.ticks_ms(), start) / 1000.0
+
+    return clock
+
+
 def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None, lifecycle=False,
-          self_test=True, checkin=True, checkin_timeout=DEFAULT_CHECKIN_TIMEOUT, reopen=None):
+          self_test=True, checkin=True, checkin_timeout=DEFAULT_CHECKIN_TIMEOUT, reopen=None,
+          open_device=None):
     """Serve one device until ``stop()`` returns True (forever by default).
 
     ``on_event(kind, detail)`` is told "ready" once the device is open, its
@@ -42,15 +58,15 @@ def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None, life
     server, and rolls back when ``checkin_timeout`` passes. ``reopen()``: when
     the port fails (a USB adapter pulled, the other end gone), called for a new
     port (None: stop); the device keeps running meanwhile, as a board would.
-    Without it a port error ends ``serve``.
+    Without it a port error ends ``serve``. ``open_device()``: the Device at
+    every power-on, for a platform other than the simulator's flash file
+    (``flash_path`` is then unused).
     """
     if clock is None:
-        import time
-
-        clock = time.monotonic
+        clock = monotonic_clock()
     receiver = None
     while stop is None or not stop():
-        device = Device(flash_path)
+        device = Device(flash_path) if open_device is None else open_device()
         try:
             silent = power_up(device, lifecycle, self_test, checkin, on_event)
             loop = StreamLoop(device, mtu, on_event, checkin_timeout if lifecycle else None)

@@ -30,11 +30,14 @@ from .manifest import (
     signing_message,
 )
 from .payload import (
+    CODEC_DEFLATE,
     CODEC_ZSTD,
     DEFAULT_LEVEL,
     DEFAULT_SEGMENT_SIZE,
     compress_segments,
+    compress_segments_deflate,
     decoder_ram_bytes,
+    deflate_window_log_for,
     window_log_for,
 )
 
@@ -152,16 +155,28 @@ def build_full(
     security_counter: int = 0,
     project: str | None = None,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
-    level: int = DEFAULT_LEVEL,
+    level: int | None = None,
+    codec: str = CODEC_ZSTD,
 ) -> bytes:
-    """Build a full-image (``zstd``) ``.ota`` file for *image*."""
+    """Build a full-image ``.ota`` file for *image*: ``codec`` ``zstd`` (SPEC 4,
+    ``level`` 1..22, default 19) or ``deflate`` (SPEC 4.1, a device without zstd,
+    such as MicroPython; ``level`` 1..9, default 9)."""
     image = bytes(image)
     if not image:
         raise DecodeError("cannot build an artifact for an empty image")
-    segments = compress_segments(image, segment_size, level)
+    if codec == CODEC_DEFLATE:
+        segments = compress_segments_deflate(image, segment_size, 9 if level is None else level)
+        window_log = deflate_window_log_for(segment_size)
+    elif codec == CODEC_ZSTD:
+        segments = compress_segments(image, segment_size, DEFAULT_LEVEL if level is None else level)
+        window_log = window_log_for(segment_size)
+    else:
+        raise OtaferryError(
+            f"no full-image codec {codec!r} (zstd, deflate)", Reason.UNSUPPORTED_CODEC
+        )
     manifest = _manifest(
         image, key, hw, chip, version, security_counter, project,
-        payload_kind=PAYLOAD_FULL, codec=CODEC_ZSTD, window_log=window_log_for(segment_size),
+        payload_kind=PAYLOAD_FULL, codec=codec, window_log=window_log,
         segment_size=segment_size, segments=segments,
     )  # fmt: skip
     return assemble(manifest, segments, key)
@@ -412,7 +427,7 @@ def device_ram_bytes(manifest: Manifest) -> int:
         from .delta import ram_budget
 
         return ram_budget(max((s.length for s in manifest.segments), default=0), manifest.codec)
-    return decoder_ram_bytes(manifest.segment_size, manifest.window_log)
+    return decoder_ram_bytes(manifest.segment_size, manifest.window_log, manifest.codec)
 
 
 def inspect_artifact(

@@ -17,7 +17,7 @@ from ..protocol.errors import OtaferryError, Reason
 from ..protocol.espimage import EspImageInfo, parse_esp_image
 from ..protocol.keys import SigningKey, load_signing_key
 from ..protocol.payload import DEFAULT_SEGMENT_SIZE
-from .args import warn
+from .args import UsageError, warn
 from .files import read_file, write_file
 
 
@@ -91,7 +91,7 @@ def image_facts(
 
 
 def _compare_with_full(
-    delta: bytes, image: bytes, key: SigningKey, level: int, common: dict[str, Any]
+    delta: bytes, image: bytes, key: SigningKey, level: int | None, common: dict[str, Any]
 ) -> None:
     """Warn when the delta is not smaller than the full image, compressed and
     signed the default way: sending the full artifact is then cheaper (a
@@ -138,6 +138,12 @@ def build_from_args(args: argparse.Namespace) -> str:
         security_counter=facts.security_counter,
         project=facts.project,
     )
+    codec = getattr(args, "codec", "zstd")
+    level = getattr(args, "level", None)
+    if codec == "deflate" and level is not None and level > 9:
+        raise UsageError(f"--level {level}: deflate levels are 1..9")
+    if args.base and codec != "zstd":
+        raise UsageError("--codec names a full-image codec; a delta (--base) has its own")
     if args.base:
         base = read_file(args.base)
         data = build_delta(
@@ -149,11 +155,13 @@ def build_from_args(args: argparse.Namespace) -> str:
             **common,
         )
         kind = f"delta against {args.base} (sha256 {hashlib.sha256(base).hexdigest()[:16]}…)"
-        _compare_with_full(data, image, key, args.level, common)
+        _compare_with_full(data, image, key, level, common)
     else:
         segment_size = args.segment_size or DEFAULT_SEGMENT_SIZE
-        data = build_full(image, key, segment_size=segment_size, level=args.level, **common)
-        kind = "full image"
+        data = build_full(
+            image, key, segment_size=segment_size, level=level, codec=codec, **common
+        )
+        kind = "full image" if codec == "zstd" else f"full image ({codec})"
     write_file(args.output, data)
     return (
         f"wrote {args.output}: {len(data)} bytes, {kind}, {len(image)}-byte image "

@@ -300,7 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
         "check (SPEC 7.6) passes, or the build is refused (default 65536)",
     )
     s.add_argument(
-        "--level", type=A.int_range(1, 22), default=19, help="zstd level 1..22 (default 19)"
+        "--codec",
+        choices=("zstd", "deflate"),
+        default="zstd",
+        help="full image only: zstd (default), or raw deflate for a device without zstd "
+        "(MicroPython: deflate.DeflateIO; SPEC 4.1)",
+    )
+    s.add_argument(
+        "--level",
+        type=A.int_range(1, 22),
+        default=None,
+        help="compression level: zstd 1..22 (default 19), deflate 1..9 (default 9)",
     )
     s.add_argument(
         "--force", action="store_true", help="build even if --chip contradicts the image header"
@@ -424,6 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve only: no bootloader at start, no reset after an install (boot it with "
         "'device boot')",
+    )
+    d.add_argument(
+        "--runtime",
+        choices=("cpython", "micropython"),
+        default="cpython",
+        help="run the device main loop in this interpreter, or under the MicroPython unix "
+        "port (the 'micropython' command; --port must then be a tty path)",
+    )
+    d.add_argument(
+        "--heap",
+        type=A.int_range(16384, 1 << 30),
+        metavar="BYTES",
+        help="--runtime micropython: its heap (-X heapsize; default 1 MiB)",
     )
     d.set_defaults(func=_lazy("linkcli", "device_run"))
     d = dsub.add_parser(
@@ -644,6 +667,7 @@ BENCHES = {
     "gateway": "gateway",
     "crypto": "crypto",
     "lora": "lora",
+    "micropython": "micropython",
 }
 
 

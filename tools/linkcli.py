@@ -238,6 +238,8 @@ def device_run(args: argparse.Namespace) -> int:
     from .devicecli import require_flash_file
 
     require_flash_file(args.flash)  # before the port is opened and "serving" is said
+    if getattr(args, "runtime", "cpython") == "micropython":
+        return _device_run_micropython(args)
     lora = None
     if args.lora_modem:
         params, plan, freq = radio(args)
@@ -323,6 +325,41 @@ def device_run(args: argparse.Namespace) -> int:
     finally:
         port.close()
     return 0
+
+
+def _device_run_micropython(args: argparse.Namespace) -> int:
+    """``device run --runtime micropython``: device_fw's main loop (``mp_run
+    serve``) in the ``micropython`` command on the tty at ``--port``, until
+    SIGINT / SIGTERM (passed on) or SIGKILL (a power cut, as on CPython)."""
+    import os
+    import subprocess
+
+    from .args import UsageError
+    from .mpy import DEFAULT_HEAP, mp_argv, mp_env
+
+    if args.lora_modem or args.fail_self_test or args.no_checkin:
+        raise UsageError("--runtime micropython serves a UART: no --lora-modem, "
+                         "--fail-self-test or --no-checkin")  # fmt: skip
+    deadline = time.monotonic() + PORT_APPEAR_S
+    while not os.path.exists(args.port):
+        if time.monotonic() > deadline:
+            raise OtaferryError(f"no port {args.port}", Reason.IO_ERROR)
+        time.sleep(0.1)
+    flags = [f"--checkin-timeout={args.checkin_timeout}"]
+    if args.no_reboot:
+        flags.append("--no-reboot")
+    argv = mp_argv(["serve", args.flash, args.port, str(args.mtu or 1024), *flags],
+                   args.heap or DEFAULT_HEAP)  # fmt: skip
+    out = subprocess.DEVNULL if args.quiet else sys.stderr
+    child = subprocess.Popen(argv, env=mp_env(), stdout=out, stderr=out)
+
+    def _pass_on(signum: int, _frame: object) -> None:
+        child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, _pass_on)
+    signal.signal(signal.SIGINT, _pass_on)
+    code = child.wait()
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else 1
 
 
 PORT_APPEAR_S = 10.0  # a path that is not there yet (a line simulator starting): wait this long

@@ -101,11 +101,14 @@ def choose_artifact(
     base, the full image can be, and on a slow link bytes are time. On a tie
     the delta goes.
 
+    Full images count only in a codec the device's hello announces.
     Raises RemoteError(WRONG_BASE) when no delta fits and full images are not
-    allowed (metered links), or when there is nothing for this device at all.
+    allowed (metered links), UNSUPPORTED_CODEC when the only full images are in
+    codecs it does not decode, WRONG_HW when there is nothing for it at all.
     """
     deltas: list[tuple[int, bytes | Artifact]] = []
     fulls: list[tuple[int, bytes | Artifact]] = []
+    undecodable: list[str] = []  # codecs of full images the device does not decode
     for ota in candidates:
         # size: what crosses the link, manifest + signature + payload, either way
         if isinstance(ota, Artifact):
@@ -118,8 +121,10 @@ def choose_artifact(
         if m.payload_kind == PAYLOAD_DELTA:
             if m.base_sha256 == info.running_sha256 and m.codec in info.codecs:
                 deltas.append((size, ota))
-        else:
+        elif m.codec in info.codecs:  # a full image only in a codec the device decodes
             fulls.append((size, ota))
+        else:
+            undecodable.append(m.codec)
     if deltas or (fulls and allow_full):
         pool = deltas + (fulls if allow_full else [])
         return min(pool, key=lambda t: t[0])[1]  # min keeps the first: deltas win ties
@@ -128,6 +133,13 @@ def choose_artifact(
             "no delta matches the device's running image and full images are not allowed "
             "(--no-full-fallback)",
             Reason.WRONG_BASE,
+        )
+    if undecodable and allow_full:
+        raise RemoteError(
+            f"the device decodes {', '.join(info.codecs)}, not "
+            f"{', '.join(sorted(set(undecodable)))} "
+            "(build the full image with --codec deflate for a device without zstd)",
+            Reason.UNSUPPORTED_CODEC,
         )
     raise RemoteError(f"no artifact is for hw {info.hw} / chip {info.chip}", Reason.WRONG_HW)
 

@@ -40,7 +40,7 @@ import msgpack
 from ...device_fw import frames as DF
 from ...device_fw import manifest as DM
 from ...device_fw import receiver as RX
-from ...device_fw.delta_apply import ram_budget
+from ...device_fw.delta_apply import _TABLES, ram_budget
 from ...device_fw.device import Device
 from ...device_fw.installer import Installer, install_stream
 from ...device_fw.manifest import read_header
@@ -272,6 +272,9 @@ def applier_peak(
             length = table[i][0]
             payload = bytearray(art[pos : pos + length])  # the receiver's segment buffer
             pos += length
+            # The applier keeps its tables from the first segment on: measured
+            # from before they exist, every segment's peak counts them (held).
+            _TABLES.clear()
             tracemalloc.start()
             try:
                 base = tracemalloc.get_traced_memory()[0]

@@ -1,0 +1,311 @@
+"""device_fw's entry points under the MicroPython unix port (and CPython):
+
+    micropython -m device_fw.mp_run serve FLASH PORT [MTU]      the device main loop on a tty
+    micropython -m device_fw.mp_run replay FLASH IN OUT [SEED]  a recorded session fed in
+    micropython -m device_fw.mp_run install FLASH OTA [--hwm]   an offline install
+    micropython -m device_fw.mp_run deflate VECTORS.json        the deflate golden vectors
+
+(with ``MICROPYPATH`` naming the folder that holds ``device_fw``; ``otaferry
+device run --runtime micropython`` and the tests set it). Every command ends
+with one line of JSON on stdout: what happened, the device's own reason code
+on an error, and the heap figures: ``gc.mem_alloc()`` sampled at every flash
+operation (``heap_peak``; the high-water mark a device sees when it writes,
+which is when the applier's state is live; with ``--hwm`` after a collection at
+every write and erase, so it counts live bytes only), ``heap_code`` (the heap
+the imported modules take before the device opens: bytecode compiled from
+source, which a board keeps in flash when device_fw is frozen) and the heap size.
+
+``serve`` speaks over a tty (a pty on the bench, a USB-serial adapter) opened
+with ``termios`` raw, VMIN = VTIME = 0 and ``select.poll`` for the 50 ms read
+timeout ``serve.serve`` expects of a port.
+
+``SEED`` makes the device's randomness (``port.random_bytes``: ephemeral link
+keys, check-in nonces) a deterministic stream, so that a session recorded
+against the CPython device replays byte for byte into this one.
+"""
+
+import gc
+import sys
+
+from . import port
+from .reasons import DeviceError, name
+
+try:
+    import json
+except ImportError:  # pragma: no cover
+    json = None
+
+_PEAK = [0]
+_COLLECT = [False]  # --hwm: collect before each sample (live bytes, not garbage)
+_BASE = [0]  # live heap once the modules are imported, before the device opens
+
+
+def _sample(write=True):
+    if not hasattr(gc, "mem_alloc"):
+        return
+    if _COLLECT[0]:
+        if not write:
+            return
+        gc.collect()
+    used = gc.mem_alloc()
+    if used > _PEAK[0]:
+        _PEAK[0] = used
+
+
+class Sampled:
+    """A flash region (read / write / erase_sector / is_erased) that samples
+    the heap at every operation."""
+
+    def __init__(self, region):
+        self.region = region
+
+    def read(self, addr, n):
+        _sample(False)
+        return self.region.read(addr, n)
+
+    def write(self, addr, data):
+        _sample()
+        return self.region.write(addr, data)
+
+    def erase_sector(self, addr):
+        _sample()
+        return self.region.erase_sector(addr)
+
+    def is_erased(self, addr, n):
+        _sample(False)
+        return self.region.is_erased(addr, n)
+
+    def __getattr__(self, attr):
+        return getattr(self.region, attr)
+
+
+def drbg(seed):
+    """``random_bytes(n)`` from SHA-256(seed || counter): a test's randomness."""
+    state = [0, b""]
+
+    def random_bytes(n):
+        while len(state[1]) < n:
+            block = port.sha256(bytes(seed) + state[0].to_bytes(4, "little")).digest()
+            state[0] += 1
+            state[1] += block
+        out, state[1] = state[1][:n], state[1][n:]
+        return out
+
+    return random_bytes
+
+
+def seed_random(seed_hex):
+    port.random_bytes = drbg(bytes.fromhex(seed_hex))
+
+
+def open_device(flash_path, sampled=True):
+    from . import delta_apply, installer, loop  # noqa: F401 - imported before the baseline
+    from .device import Device
+    from .ports.sim import SimPlatform
+
+    gc.collect()
+    if hasattr(gc, "mem_alloc"):
+        _BASE[0] = gc.mem_alloc()
+
+    platform = SimPlatform(flash_path)
+    if sampled:
+        region = Sampled(platform.flash)
+        for slot in platform.slots:
+            slot.region = region
+        platform.store.flash = region
+    return Device(platform=platform)
+
+
+def _report(result):
+    gc.collect()
+    _sample()
+    result["heap_peak"] = _PEAK[0]
+    result["heap_code"] = _BASE[0]  # imported modules (compiled from source here)
+    if hasattr(gc, "mem_free"):
+        result["heap_size"] = gc.mem_alloc() + gc.mem_free()
+    result["runtime"] = sys.implementation.name
+    print(json.dumps(result))
+
+
+def _error(exc):
+    return {"ok": False, "reason": exc.reason, "reason_name": name(exc.reason),
+            "message": exc.message}  # fmt: skip
+
+
+def cmd_install(flash_path, ota_path):
+    import time
+
+    from .installer import install_stream
+
+    dev = open_device(flash_path)
+    t0 = time.ticks_ms() if hasattr(time, "ticks_ms") else 0
+    try:
+        with open(ota_path, "rb") as f:
+            r = install_stream(dev, f)
+        ms = time.ticks_diff(time.ticks_ms(), t0) if hasattr(time, "ticks_ms") else 0
+        return {"ok": True, "decoded": r["decoded"], "skipped": r["skipped"], "slot": r["slot"],
+                "ms": ms}  # fmt: skip
+    except DeviceError as exc:
+        return _error(exc)
+    finally:
+        dev.close()
+
+
+def _records(path):
+    """Length-prefixed records (u32 LE length, bytes) of a file."""
+    with open(path, "rb") as f:  # one record at a time: the heap is the device's
+        while True:
+            head = f.read(4)
+            if len(head) < 4:
+                return
+            yield f.read(int.from_bytes(head, "little"))
+
+
+def cmd_replay(flash_path, in_path, out_path, mtu=1024):
+    """Feed each recorded chunk to the device's StreamLoop (the time of the
+    k-th feed is k, as the recording's clock); write every reply (one record
+    per feed, the first for power-on) to ``out_path``."""
+    from .loop import StreamLoop
+
+    dev = open_device(flash_path)
+    feeds = 0
+    try:
+        loop = StreamLoop(dev, mtu)
+        with open(out_path, "wb") as out:
+            hello = loop.start(0.0)
+            out.write(len(hello).to_bytes(4, "little") + hello)
+            for chunk in _records(in_path):
+                feeds += 1
+                reply = loop.feed(chunk, float(feeds))
+                out.write(len(reply).to_bytes(4, "little") + reply)
+        info = loop.receiver.stats
+        return {"ok": True, "feeds": feeds, "phase": loop.receiver.phase,
+                "segments": info["segments"], "bad_frames": info["bad_frames"]}  # fmt: skip
+    except DeviceError as exc:
+        return _error(exc)
+    finally:
+        dev.close()
+
+
+def cmd_deflate(vectors_path):
+    """Decode the deflate golden vectors with this port's decoder: for each,
+    the SHA-256 of what it wrote, or the error."""
+    from . import codecs
+
+    with open(vectors_path) as f:
+        v = json.load(f)
+    dec = codecs.full_decoder(codecs.DEFLATE)
+    buf = bytearray(4096)
+    out = []
+
+    def run(seg_hex, size, wlog):
+        h = port.sha256()
+        try:
+            dec(bytes.fromhex(seg_hex), size, wlog, h.update, buf)
+        except ValueError as exc:
+            return "error: %s" % (exc,)
+        return "".join("%02x" % b for b in h.digest())
+
+    img = bytes.fromhex(v["image_hex"])
+    seg, wlog = v["segment_size"], v["window_log"]
+    for i, s in enumerate(v["good"]):
+        out.append(run(s, min(seg, len(img) - i * seg), wlog))
+    st = v["stored_block"]
+    out.append(run(st["segment_hex"], len(st["out_hex"]) // 2, wlog))
+    for b in v["bad"]:
+        out.append(run(b["segment_hex"], b["out_size"], wlog))
+    return {"ok": True, "codecs": codecs.names(), "results": out}
+
+
+class TtyPort:
+    """A tty as the device's UART: raw, non-blocking reads after a poll."""
+
+    def __init__(self, path, timeout_ms=50):
+        import select
+        import termios
+
+        self.f = open(path, "r+b")  # noqa: SIM115 - the port lives as long as serve
+        fd = self.f.fileno()
+        termios.setraw(fd)
+        attrs = termios.tcgetattr(fd)
+        attrs[6][5] = 0  # VTIME
+        attrs[6][6] = 0  # VMIN: a read returns what is there
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        self.poll = select.poll()
+        self.poll.register(self.f, select.POLLIN)
+        self.timeout_ms = timeout_ms
+
+    def read(self, n):
+        if not self.poll.poll(self.timeout_ms):
+            return b""
+        return self.f.read(n) or b""
+
+    def write(self, data):
+        self.f.write(data)
+
+
+def cmd_serve(flash_path, port_path, mtu=1024, lifecycle=True, checkin_timeout=120.0):
+    from .serve import serve
+
+    said = []
+
+    def say(line):
+        sys.stderr.write("device: %s\n" % line)
+
+    def on_event(kind, detail):
+        # the lines `otaferry device run` prints on CPython
+        if kind == "ready":
+            if not said:
+                said.append(True)
+                say("serving %s on %s (micropython)" % (flash_path, port_path))
+        elif kind == "boot":
+            for line in detail["log"]:
+                say("boot: %s" % line)
+        elif kind == "reset":
+            say("reset (%s)" % detail["why"])
+        elif kind == "port":
+            say("port %s failed (%s)" % (port_path, detail["error"]))
+        else:
+            say("%s (frames %d, bad %d, segments %d, heap %d)" % (
+                kind, detail["frames"], detail["bad_frames"], detail["segments"],
+                gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0))  # fmt: skip
+
+    port_obj = TtyPort(port_path)
+    serve(flash_path, port_obj, mtu=mtu, on_event=on_event, lifecycle=lifecycle,
+          checkin_timeout=checkin_timeout, open_device=lambda: open_device(flash_path))  # fmt: skip
+    return {"ok": True}
+
+
+def main(argv):
+    if not argv:
+        print(__doc__)
+        return 2
+    cmd = argv[0]
+    flags = [a for a in argv[1:] if a.startswith("--")]
+    args = [a for a in argv[1:] if not a.startswith("--")]
+    _COLLECT[0] = "--hwm" in flags
+    if cmd == "install":
+        result = cmd_install(args[0], args[1])
+    elif cmd == "replay":
+        if len(args) > 3:
+            seed_random(args[3])
+        result = cmd_replay(args[0], args[1], args[2])
+    elif cmd == "deflate":
+        result = cmd_deflate(args[0])
+    elif cmd == "serve":
+        mtu = int(args[2]) if len(args) > 2 else 1024
+        lifecycle = "--no-reboot" not in flags
+        timeout = 120.0
+        for a in flags:
+            if a.startswith("--checkin-timeout="):
+                timeout = float(a.split("=", 1)[1])
+        result = cmd_serve(args[0], args[1], mtu, lifecycle, timeout)
+    else:
+        print("unknown command %s" % cmd)
+        return 2
+    _report(result)
+    return 0 if result.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

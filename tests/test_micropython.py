@@ -1,0 +1,156 @@
+"""device_fw under the real ``micropython`` command (the MicroPython unix port
+from the dev extra): recorded sessions replayed into it (plaintext and secure,
+full and delta) must get the very replies the CPython device gave and leave
+the same flash, byte for byte; a refused update is refused with the device's
+own reason; the deflate golden vectors decode alike; and a push from the
+CPython host to ``otaferry device run --runtime micropython`` over a real pty
+completes a full and then a delta update."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from link_harness import GATEWAY, KEY, image, make_flash
+from mpy_harness import SEED, parse_records, record
+from otaferry.device_fw.device import Device
+from otaferry.protocol.artifact import build_delta, build_full
+from otaferry.protocol.errors import OtaferryError, Reason
+from otaferry.protocol.keys import SigningKey
+from otaferry.tools.mpy import run_mp
+
+VECTORS = Path(__file__).parent / "vectors" / "deflate" / "segments.json"
+OLD = image(32)
+NEW = image(32, b"new")[:12000] + OLD[12000:]
+HEAP = 512 * 1024  # the modules compiled from source take ~165 KB of it (frozen on a board)
+
+
+def mp(*args: str, heap: int = HEAP) -> dict:
+    done = run_mp(list(args), heap=heap, timeout=120)
+    assert done.stdout.strip(), done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def artifact(kind: str, key: SigningKey = KEY) -> bytes:
+    common = dict(hw=["hw"], chip="chip", version="new", security_counter=1)
+    if kind == "delta":
+        return build_delta(OLD, NEW, key, **common)
+    return build_full(NEW, key, codec="deflate", **common)
+
+
+def flash(tmp_path: Path, secure: bool) -> str:
+    path = make_flash(str(tmp_path / "f.bin"), OLD)
+    if not secure:
+        with Device(path) as d:
+            d.provision(require_secure=False)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "secure"), [("deflate", False), ("delta", True)])
+def test_recorded_session_replays_byte_for_byte(tmp_path, kind, secure):
+    path = flash(tmp_path, secure)
+    rec = asyncio.run(record(path, artifact(kind), secure, tmp_path))
+    out = tmp_path / "out.bin"
+    result = mp("replay", rec["before"], rec["fed"], str(out), SEED)
+    assert result["ok"] and result["phase"] == "done", result
+    assert parse_records(out.read_bytes()) == rec["replies"]  # every reply, in order
+    same_flash(rec["before"], path)
+    with Device(rec["before"], read_only=True) as d:
+        slot = d.passive_slot()
+        assert bytes(d.flash.read(slot.offset, len(NEW))) == NEW
+
+
+def same_flash(mpy: str, cpy: str) -> None:
+    """Byte for byte outside the store; the same state in it (MicroPython's dicts
+    iterate in another order, so the store's msgpack maps differ in key order)."""
+    a, b = Path(mpy).read_bytes(), Path(cpy).read_bytes()
+    with Device(mpy, read_only=True) as d, Device(cpy, read_only=True) as e:
+        nvs = next(p for p in d.parts if p.label == "nvs")
+        assert d.state == e.state
+    assert a[: nvs.offset] == b[: nvs.offset] and a[nvs.end :] == b[nvs.end :]
+
+
+def test_refusal_is_the_devices_own_reason(tmp_path):
+    """Signed by a key the device does not trust: the host sends it (a gateway
+    need not hold keys), the device refuses it with UNKNOWN_KEY — under
+    MicroPython with the same REJECT bytes as on CPython."""
+    path = flash(tmp_path, secure=True)
+    stranger = SigningKey.from_seed(bytes(32))
+    rec = asyncio.run(record(path, artifact("delta", stranger), True, tmp_path))
+    assert isinstance(rec["error"], OtaferryError)
+    assert rec["error"].reason == Reason.UNKNOWN_KEY
+    out = tmp_path / "out.bin"
+    result = mp("replay", rec["before"], rec["fed"], str(out), SEED)
+    assert result["ok"] and result["phase"] == "rejected", result
+    assert parse_records(out.read_bytes()) == rec["replies"]  # the same sealed REJECT
+
+
+def test_deflate_vectors_decode_alike_under_both_interpreters():
+    v = json.loads(VECTORS.read_text())
+    under_mpy = mp("deflate", str(VECTORS))
+    assert "zstd" not in under_mpy["codecs"] and "deflate" in under_mpy["codecs"]
+    here = subprocess.run([sys.executable, "-m", "otaferry.device_fw.mp_run", "deflate",
+                           str(VECTORS)], capture_output=True, text=True, check=True)  # fmt: skip
+    under_cpy = json.loads(here.stdout.strip().splitlines()[-1])
+    import hashlib
+
+    img = bytes.fromhex(v["image_hex"])
+    seg = v["segment_size"]
+    want = [hashlib.sha256(img[i * seg : (i + 1) * seg]).hexdigest() for i in range(len(v["good"]))]
+    want.append(hashlib.sha256(bytes.fromhex(v["stored_block"]["out_hex"])).hexdigest())
+    for results in (under_mpy["results"], under_cpy["results"]):
+        assert results[: len(want)] == want
+        bad = results[len(want) :]
+        assert len(bad) == len(v["bad"]) and all(r.startswith("error") for r in bad)
+
+
+def _otaferry(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "otaferry", *args], **kw)
+
+
+def test_push_to_device_run_under_micropython_over_a_pty(tmp_path):
+    """Full (deflate) then delta, each to check-in, over a real pty pair (the
+    line simulator joins two ptys like a UART)."""
+    from otaferry.protocol.x25519keys import LinkPublicKey
+
+    path = flash(tmp_path, secure=True)
+    (tmp_path / "gw.key").write_bytes(GATEWAY.to_pem())
+    with Device(path, read_only=True) as d:
+        (tmp_path / "dev.pub").write_bytes(LinkPublicKey.from_raw(d.link_public()).to_pem())
+    newer = NEW[:20000] + image(32, b"newer")[20000:24000] + NEW[24000:]
+    (tmp_path / "full.ota").write_bytes(artifact("deflate"))
+    (tmp_path / "delta.ota").write_bytes(
+        build_delta(NEW, newer, KEY, hw=["hw"], chip="chip", version="newer", security_counter=2)
+    )
+    host_name, dev_name = str(tmp_path / "gw"), str(tmp_path / "dev")
+    line = _otaferry("linesim", "--baud", "921600", host_name, dev_name,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    device = _otaferry("device", "run", "--runtime", "micropython", "--port", dev_name,
+                       "--flash", path, "--heap", str(HEAP), "--checkin-timeout", "60",
+                       stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        for ota in ("full.ota", "delta.ota"):
+            push = subprocess.run(
+                [sys.executable, "-m", "otaferry", "push", "--port", host_name, "--link-key",
+                 str(tmp_path / "gw.key"), "--device-pub", str(tmp_path / "dev.pub"),
+                 "--timeout", "120", str(tmp_path / ota)],
+                capture_output=True, text=True, timeout=180,
+            )  # fmt: skip
+            assert push.returncode == 0, push.stdout + push.stderr
+            assert "is valid on the device" in push.stdout + push.stderr
+    finally:
+        device.terminate()
+        log = device.communicate(timeout=20)[1]
+        line.terminate()
+        line.wait(10)
+    assert "(micropython)" in log
+    with Device(path, read_only=True) as d:
+        info = d.info()
+        running = info["slots"][info["running_slot"]]
+        assert running["version"] == "newer" and running["state"] == "VALID"
+        slot = d.active_slot()
+        assert bytes(d.flash.read(slot.offset, len(newer))) == newer

@@ -1,0 +1,123 @@
+"""``otaferry bench micropython``: the delta install of each shared pair under the
+real ``micropython`` command (the unix port).
+
+    otaferry bench micropython [--pairs PAIRS.txt] [--only N] [--json OUT.json] [--step BYTES]
+                               [--device-ram BYTES]
+
+Per pair: the delta artifact as ``otaferry build --base`` makes it (``--device-ram``,
+default 65,536: the device budget its segments are sized for), a simulated
+flash holding the old image, then ``device_fw.mp_run install`` (real Ed25519
+verify from device_fw/mpcrypto, the fdelta applier):
+
+- ``min_heap``: the smallest ``-X heapsize`` (to ``--step``, default 16 KiB) in which
+  the whole install completes, by bisection;
+- ``live_peak``: ``gc.mem_alloc()`` after a collection at every flash write and
+  erase, in a 1 MiB heap: the live high-water mark, and ``code`` the part of it
+  the imported modules take (bytecode compiled from source: on a board with
+  device_fw frozen into the firmware that stays in flash); ``install_peak`` =
+  live_peak - code is what the install itself holds;
+- ``seconds``: the install's time in the 1 MiB heap (64-bit unix port);
+
+and once, the deflate full-image codec's bytes against zstd -19 over the
+firmware images under tests/firmware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ...device_fw.device import Device
+from ...protocol.artifact import build_delta
+from ...protocol.keys import SigningKey
+from ..mpy import run_mp
+from .delta import DEFAULT_PAIRS, read_pairs
+
+KEY = SigningKey.from_seed(bytes(range(32)))
+
+
+def _install(flash: Path, ota: Path, work: Path, heap: int, hwm: bool = False) -> dict[str, Any]:
+    trial = work / "trial.bin"
+    shutil.copy(flash, trial)
+    args = ["install", str(trial), str(ota)] + (["--hwm"] if hwm else [])
+    done = run_mp(args, heap=heap, timeout=900)
+    lines = done.stdout.strip().splitlines()
+    if not lines:
+        return {"ok": False, "error": done.stderr.strip().splitlines()[-1:]}
+    return dict(json.loads(lines[-1]))
+
+
+def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 65536
+            ) -> dict[str, Any]:  # fmt: skip
+    flash = work / "flash.bin"
+    size = max(4 << 20, 1 << (2 * len(old) + 0x20000).bit_length())
+    csv = ("nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000, 0x2000,\n"
+           f"ota_0, app, ota_0, 0x10000, {size // 2 - 0x10000:#x},\n"
+           f"ota_1, app, ota_1, {size // 2:#x}, {size // 2 - 0x10000:#x},\n")  # fmt: skip
+    Device.create(str(flash), hw="hw", chip="chip", trusted_keys=[KEY.public.raw], image=old,
+                  version="old", partitions_csv=csv, size=size).close()  # fmt: skip
+    ota = work / "delta.ota"
+    ota.write_bytes(build_delta(old, new, KEY, hw=["hw"], chip="chip", version="new",
+                                device_ram=device_ram))  # fmt: skip
+    full = _install(flash, ota, work, 1 << 20, hwm=True)
+    timed = _install(flash, ota, work, 1 << 20)
+    if not (full.get("ok") and timed.get("ok")):
+        return {"ok": False, "error": full.get("error") or full.get("message")}
+    lo, hi = 64 * 1024, 1 << 20  # lo fails (below the modules), hi works
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        if _install(flash, ota, work, mid).get("ok"):
+            hi = mid
+        else:
+            lo = mid
+    return {"ok": True, "artifact": ota.stat().st_size, "min_heap": hi,
+            "live_peak": full["heap_peak"], "code": full["heap_code"],
+            "install_peak": full["heap_peak"] - full["heap_code"],
+            "seconds": timed["ms"] / 1000}  # fmt: skip
+
+
+def deflate_vs_zstd(root: Path) -> dict[str, Any]:
+    from ...protocol.payload import compress_segments, compress_segments_deflate
+
+    z = d = n = 0
+    for path in sorted(root.rglob("*.bin")):
+        img = path.read_bytes()
+        z += sum(map(len, compress_segments(img)))
+        d += sum(map(len, compress_segments_deflate(img)))
+        n += 1
+    return {"images": n, "zstd19": z, "deflate9": d, "deflate_over_zstd_pct": 100 * (d - z) / z}
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="otaferry bench micropython")
+    ap.add_argument("--pairs", type=Path, default=DEFAULT_PAIRS)
+    ap.add_argument("--only", type=int, help="the first N pairs only")
+    ap.add_argument("--step", type=int, default=16384, help="heap bisection step (16 KiB)")
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--device-ram", type=int, default=65536, help="build --device-ram (65536)")
+    args = ap.parse_args(argv)
+    pairs = read_pairs(args.pairs)[: args.only]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for old_name, new_name in pairs:
+            old = (args.pairs.parent / old_name).read_bytes()
+            new = (args.pairs.parent / new_name).read_bytes()
+            r = measure(old, new, Path(tmp), args.step, args.device_ram)
+            r["pair"] = f"{old_name} -> {new_name}"
+            rows.append(r)
+            if r["ok"]:
+                print(f"{r['pair']}: min heap {r['min_heap'] // 1024} KiB, live peak "
+                      f"{r['live_peak']} B (modules {r['code']} B, install {r['install_peak']} B), "
+                      f"{r['seconds']:.1f} s", flush=True)  # fmt: skip
+            else:
+                print(f"{r['pair']}: FAILED {r.get('error')}", flush=True)
+    ratio = deflate_vs_zstd(args.pairs.parent)
+    print(f"deflate vs zstd -19 over {ratio['images']} images at 8 KiB segments: "
+          f"{ratio['deflate9']} B vs {ratio['zstd19']} B ({ratio['deflate_over_zstd_pct']:+.2f} %)")
+    if args.json:
+        args.json.write_text(json.dumps({"pairs": rows, "deflate": ratio}, indent=2))
+    return 0 if all(r["ok"] for r in rows) else 1
