@@ -81,6 +81,20 @@ def time_on_air(n, sf, bw, cr, preamble=8):
     return (preamble + 4.25) * ts + (8 + blocks * cr) * ts
 
 
+CHECKIN_PACKETS = 12  # as protocol/lora.py: full frames of a check-in besides the HELLO
+
+
+def checkin_timeout_for(radio, mtu, air_bytes, duty_cycle, time_scale=1.0, floor=120.0):
+    """The check-in deadline a new image gets behind a modem (SPEC 8.7): the
+    UART's ``floor`` plus the duty-cycle cycles of twice CHECKIN_PACKETS +
+    ceil(1024 / mtu) full frames (``air_bytes`` on the air each). A fixed 120 s
+    rolled back every update at SF9 and 1 %: the HELLO's parts alone wait
+    minutes of off time."""
+    sf, bw, cr, preamble = radio
+    air = time_on_air(air_bytes, sf, bw, cr, preamble) * time_scale
+    return floor + 2 * (CHECKIN_PACKETS + -(-1024 // mtu)) * air / duty_cycle
+
+
 def duty_cycle_for(region, freq):
     if region == "US915":
         return 1.0
@@ -289,6 +303,11 @@ class ModemLoop:
             ):
                 size -= 1
         self.mtu = size
+        if checkin_timeout == "air":  # derived from this air (the default of serve_modem)
+            checkin_timeout = checkin_timeout_for(
+                self.radio, size, self.modem.air_size(size), self.duty_cycle, time_scale
+            )
+        self.checkin_timeout = checkin_timeout
         self.loop = DeviceLoop(device, size, on_event, checkin_timeout)
         self.commands = self.modem.setup(address, freq, sf, bw, cr, preamble)
         self.outbox = []  # packets for the gateway, in order
@@ -422,14 +441,16 @@ def serve_modem(
     lifecycle=False,
     self_test=True,
     checkin=True,
-    checkin_timeout=120.0,
+    checkin_timeout="air",
 ):
     """Serve one device behind its modem until ``stop()`` returns True.
 
     ``port``: ``read(n)`` (b"" after a short timeout) and ``write(data)``.
     ``lifecycle``, ``self_test``, ``checkin``, ``checkin_timeout``: as for
     ``serve.serve`` (the device resets into an installed update, and a new
-    image that sees no check-in answer in time rolls back).
+    image that sees no check-in answer in time rolls back); ``"air"`` (the
+    default) derives the deadline from the radio settings and the duty cycle
+    (``checkin_timeout_for``).
     """
     from .device import Device
     from .loop import power_up

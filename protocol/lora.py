@@ -176,6 +176,11 @@ def region(name: str) -> Region:
         raise ValueError(f"unknown region {name!r} (known: {', '.join(REGIONS)})") from None
 
 
+# Full frames a check-in takes besides the HELLO's parts (handshake both ways, the
+# QUERY, CONFIRM and CONFIRMED, a retry): the unit of RegionPacing.checkin_timeout.
+CHECKIN_PACKETS = 12
+
+
 class RegionPacing:
     """The pacing budget (``protocol/pacing.Pacing``) of one LoRa transmitter.
 
@@ -238,6 +243,18 @@ class RegionPacing:
         46; at 222 bytes 0.2: 14."""
         ratio = self.airtime(status) / self.airtime(mtu)
         return max(4, min(64, math.ceil(ratio / share)))
+
+    def checkin_timeout(self, mtu: int, floor: float = 120.0) -> float:
+        """The seconds a new image needs to check in over this air (SPEC 8.7): the
+        ``floor`` a UART gets, plus the duty-cycle cycles of twice
+        ``CHECKIN_PACKETS + ceil(1024 / mtu)`` full frames (the handshake, the HELLO
+        in parts, the check-in exchange, both sides taking turns). With a RAK3172 at
+        EU868 1 %: 38 minutes at SF9 / 51 bytes, 65 at SF9 / 222 (a full frame is
+        1.1 s on the air, 110 s of off time); 4 minutes at SF7 / 222 bytes / 10 %.
+        The device's own deadline (``device_fw/lora.py``) uses the same rule."""
+        air = self.airtime(mtu)
+        cycle = air + self.off_time(air)
+        return floor + 2 * (CHECKIN_PACKETS + -(-1024 // mtu)) * cycle
 
     def max_mtu(self, limit: int) -> int:
         """The largest body <= ``limit`` whose frame fits the dwell limit."""

@@ -163,3 +163,33 @@ def test_emulated_rak3172_takes_no_send_in_rx_only_mode_and_reyax_says_13() -> N
     said = b"".join(asyncio.run(main())).split(b"\r\n")
     assert said[:5] == [b"OK", b"OK", b"AT_BUSY_ERROR", b"OK", b"OK"]
     assert b"+ERR=13" in said and b"+EVT:TXP2P DONE" in said
+
+
+@pytest.mark.parametrize(
+    ("modem", "sf", "mtu", "freq", "at_least_s"),
+    [("rak3172", 9, 51, 868_100_000, 900.0), ("rylr998", 7, 150, 869_525_000, 130.0)],
+)
+def test_the_checkin_deadline_is_sized_to_the_air_alike_on_both_sides(
+    modem: str, sf: int, mtu: int, freq: int, at_least_s: float
+) -> None:
+    """A fixed 120 s check-in deadline rolled back every update at SF9 and 1 %: the
+    HELLO's parts alone wait minutes of off time. The device (device_fw/lora.py)
+    and the host (RegionPacing) derive it by one rule, and the host waits longer."""
+    from otaferry.device_fw import lora as dlora
+    from otaferry.protocol.lora import LoRaParams, RegionPacing, region
+    from otaferry.protocol.modems import codec_for
+
+    plan = region("EU868")
+    pacing = RegionPacing(LoRaParams(sf, 125_000, 5, 8), plan, freq,
+                          wire_size=codec_for(modem).wire_size, mtu=mtu)  # fmt: skip
+    host = pacing.checkin_timeout(mtu)
+    device_modem = dlora.modem_for(modem)
+    device = dlora.checkin_timeout_for(
+        (sf, 125_000, 5, 8), mtu, device_modem.air_size(mtu), plan.duty_cycle(freq)
+    )
+    assert host == pytest.approx(device, rel=1e-9)
+    assert device > at_least_s
+    # the emulator's time scale shrinks both alike
+    scaled = RegionPacing(LoRaParams(sf, 125_000, 5, 8), plan, freq, mtu=mtu,
+                          wire_size=codec_for(modem).wire_size, time_scale=0.01)  # fmt: skip
+    assert scaled.checkin_timeout(mtu, floor=0) == pytest.approx((host - 120) * 0.01)

@@ -425,9 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--checkin-timeout",
         type=A.positive_float,
-        default=120.0,
         help="seconds a new image waits for its server's check-in answer before it rolls "
-        "back (default 120)",
+        "back (default 120 on a UART; behind a LoRa modem derived from the air: SF, "
+        "bandwidth, frame size and duty cycle, e.g. 38 min at SF9, 51 B, 1 %%)",
     )
     d.add_argument(
         "--no-reboot",
@@ -561,8 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--checkin-timeout",
         type=A.positive_float,
-        default=180.0,
-        help="seconds after DONE for the new image to check in (default 180)",
+        help="seconds after DONE for the new image to check in (default 180; over LoRa "
+        "derived from the air, a minute longer than the device's own deadline)",
     )
     s.add_argument("--link-key", help="this gateway's X25519 link key (otaferry keygen --link)")
     s.add_argument("--device-pub", help="the device's link public key (device provision --out)")

@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from ..protocol.errors import OtaferryError, Reason, TimeoutError_
@@ -25,7 +26,7 @@ from ..transport.link import Link
 from ..transport.lora_hub import ModemHub
 from ..transport.secure_link import SecureLink
 from ..transport.serial_link import SerialLink
-from ..transport.updater import PushOptions, Updater, choose_artifact
+from ..transport.updater import PushOptions, Updater, choose_artifact, over_the_air
 from .args import UsageError
 from .files import read_file
 from .progress import ProgressView
@@ -39,7 +40,7 @@ async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
         rto=args.rto,
         max_retries=args.retries,
         await_checkin=not args.no_await_checkin,
-        checkin_timeout=args.checkin_timeout,
+        checkin_timeout=args.checkin_timeout or 180.0,
     )
     printer = args._view
     if not args.insecure_plaintext and not (args.link_key and args.device_pub):
@@ -54,21 +55,10 @@ async def push_async(args: argparse.Namespace) -> Completed | Confirmed:
             link = await stack.enter_async_context(await _open_lora(args))
             pacing = link.pacing
             assert isinstance(pacing, RegionPacing)
-            options = PushOptions(
-                # Batched acknowledgements (SPEC 8.8): a window of frames, then one
-                # STATUS; the window sized so STATUS air stays ~1.5 % of the data's.
-                window=args.window or pacing.ack_batch(link.mtu),
-                compact=True,
-                batch=True,
-                # the device may owe a full frame's off time before it can answer
-                query_interval=pacing.first_rto(link.mtu, answer=link.mtu),
-                reboot_wait=pacing.first_rto(link.mtu, answer=link.mtu) / 2,
-                max_rto=max(60.0, pacing.first_rto(link.mtu, answer=link.mtu)),
-                rto=max(args.rto, pacing.first_rto(link.mtu)),
-                max_retries=args.retries,
-                await_checkin=not args.no_await_checkin,
+            options = over_the_air(
+                replace(options, window=args.window), pacing, link.mtu,
                 checkin_timeout=args.checkin_timeout,
-            )
+            )  # fmt: skip
         else:
             link = await stack.enter_async_context(
                 await SerialLink.open(
@@ -285,7 +275,8 @@ def device_run(args: argparse.Namespace) -> int:
             "lifecycle": not args.no_reboot,
             "self_test": not args.fail_self_test,
             "checkin": not args.no_checkin,
-            "checkin_timeout": args.checkin_timeout,
+            # None: 120 s on a UART, derived from the air behind a modem (SPEC 8.7)
+            "checkin_timeout": args.checkin_timeout or ("air" if lora else 120.0),
         }
         if lora is not None:
             from ..device_fw.lora import serve_modem
@@ -345,7 +336,7 @@ def _device_run_micropython(args: argparse.Namespace) -> int:
         if time.monotonic() > deadline:
             raise OtaferryError(f"no port {args.port}", Reason.IO_ERROR)
         time.sleep(0.1)
-    flags = [f"--checkin-timeout={args.checkin_timeout}"]
+    flags = [f"--checkin-timeout={args.checkin_timeout or 120.0}"]
     if args.no_reboot:
         flags.append("--no-reboot")
     argv = mp_argv(["serve", args.flash, args.port, str(args.mtu or 1024), *flags],

@@ -25,7 +25,7 @@ import io
 import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -39,6 +39,7 @@ from ..protocol.errors import (
     TransportError,
 )
 from ..protocol.frames import Abort, Hello, HelloInfo, Query, decode_frame
+from ..protocol.lora import RegionPacing
 from ..protocol.manifest import PAYLOAD_DELTA
 from ..protocol.secure import decode_identity, encode_identify
 from ..protocol.session import (
@@ -56,7 +57,14 @@ from .link import Link
 
 _T = TypeVar("_T")
 
-__all__ = ["PushOptions", "Updater", "choose_artifact", "fetch_device_key", "query_device"]
+__all__ = [
+    "PushOptions",
+    "Updater",
+    "choose_artifact",
+    "fetch_device_key",
+    "over_the_air",
+    "query_device",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,31 @@ class PushOptions:
     """Seconds from DONE for the device to reset, boot the new image and check
     in; more than the device's own deadline (120 s by default), so a device
     that gives up is heard reporting its rollback."""
+
+
+def over_the_air(
+    options: PushOptions, pacing: RegionPacing, mtu: int, *, checkin_timeout: float | None = None
+) -> PushOptions:
+    """``options`` for a push over a duty-cycled radio (``push --lora-modem`` and the
+    gateway's LoRa links alike): compact DATA and batched acknowledgements (SPEC
+    8.8) with a window sized so STATUS air stays ~1.5 % of the data's (unless
+    ``options`` names one), retransmit and reboot waits sized for a device that may
+    owe a full frame's off time, and a check-in wait a minute past the device's own
+    deadline over this air (SPEC 8.7) unless ``checkin_timeout`` is given."""
+    first = pacing.first_rto(mtu, answer=mtu)
+    return replace(
+        options,
+        window=options.window or pacing.ack_batch(mtu),
+        compact=True,
+        batch=True,
+        query_interval=first,
+        reboot_wait=first / 2,
+        max_rto=max(60.0, first),
+        # the first answers (MSG2 then the HELLO) are up to a full frame, after
+        # the device's own off time: a STATUS-sized guess retransmitted the QUERY
+        rto=max(options.rto, first),
+        checkin_timeout=checkin_timeout or 60.0 + pacing.checkin_timeout(mtu),
+    )
 
 
 def choose_artifact(

@@ -54,7 +54,7 @@ from ...protocol.x25519keys import LinkPrivateKey, LinkPublicKey
 from ...transport.lora_hub import ModemHub
 from ...transport.lorasim import LoRaSim
 from ...transport.secure_link import SecureLink
-from ...transport.updater import PushOptions, Updater
+from ...transport.updater import PushOptions, Updater, over_the_air
 from ...transport.vclock import run_virtual
 from ..args import Parser
 
@@ -175,18 +175,8 @@ async def emulate(
     try:
         await hub.attach(_UART(feeds[0], hub), params, freq)
         link = await SecureLink.connect(hub.link(1), GATEWAY, device_pub, retries=8)
-        options = PushOptions(
-            window=pacing.ack_batch(link.inner.mtu),
-            compact=True,
-            batch=True,
-            rto=pacing.first_rto(mtu),
-            # the device may owe a full frame's off time before it can answer
-                query_interval=pacing.first_rto(mtu, answer=mtu),
-                reboot_wait=pacing.first_rto(mtu, answer=mtu) / 2,
-                max_rto=max(60.0, pacing.first_rto(mtu, answer=mtu)),
-            max_retries=12,
-            checkin_timeout=CHECKIN_TIMEOUT + 600,
-        )
+        options = over_the_air(PushOptions(max_retries=12), pacing, link.inner.mtu,
+                               checkin_timeout=CHECKIN_TIMEOUT + 600)  # fmt: skip
         updater = Updater(link, options, clock=loop.time)
         outcome = await updater.push(ota)
         sender = updater.last_sender

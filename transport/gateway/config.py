@@ -138,7 +138,7 @@ class GatewayConfig:
     log: str = "text"
     progress_interval: float = 1.0
     rto: float = 1.0
-    checkin_timeout: float = 180.0
+    checkin_timeout: float | None = None  # None: 180 s on a UART, derived over LoRa
     retries: int = 12  # retransmissions of a frame or handshake message before TIMEOUT
     retry: RetryPolicy = RetryPolicy()
 
@@ -393,7 +393,7 @@ def config_from_dict(data: dict[str, Any], base: Path) -> GatewayConfig:
         log=log,
         progress_interval=top.number("progress_interval", 0.05, 3600, 1.0, integer=False),
         rto=top.number("rto", 0.05, 60, 1.0, integer=False),
-        checkin_timeout=top.number("checkin_timeout", 1, 86_400, 180.0, integer=False),
+        checkin_timeout=top.number("checkin_timeout", 1, 86_400, None, integer=False),
         retries=top.number("retries", 0, 100, 12),
         retry=_retry_policy(top.table("retry", {})),
     )

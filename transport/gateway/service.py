@@ -58,7 +58,7 @@ from ...protocol.x25519keys import (
 )
 from ..hub import Hub, LinkHub
 from ..secure_link import SecureLink
-from ..updater import PushOptions, Updater
+from ..updater import PushOptions, Updater, over_the_air
 from .artifacts import ArtifactCache
 from .config import DeviceConfig, GatewayConfig, LinkConfig
 from .mqtt import Message, MqttSettings, Northbound
@@ -439,19 +439,21 @@ class Gateway:
     def _push_options(self, link: LinkConfig, hub: Hub) -> PushOptions:
         if link.name in self._options:
             return self._options[link.name]
-        rto = self.config.rto
+        options = PushOptions(
+            line_rate=link.baud / 10 if link.kind == "serial" else None,
+            rto=self.config.rto,
+            max_retries=self.config.retries,
+            max_restarts=20,
+            checkin_timeout=self.config.checkin_timeout or 180.0,
+        )
         pacing = hub.pacing
         if isinstance(pacing, RegionPacing):
             # a LoRa round trip is air time both ways plus the duty-cycle wait: the
-            # configured rto (sized for a UART) would retransmit every frame
-            rto = max(rto, pacing.first_rto(hub.broadcast_mtu))
-        return PushOptions(
-            line_rate=link.baud / 10 if link.kind == "serial" else None,
-            rto=rto,
-            max_retries=self.config.retries,
-            max_restarts=20,
-            checkin_timeout=self.config.checkin_timeout,
-        )
+            # configured rto (sized for a UART) would retransmit every frame; and the
+            # frames, acknowledgements and check-in wait are those of push --lora-modem
+            options = over_the_air(options, pacing, hub.broadcast_mtu,
+                                   checkin_timeout=self.config.checkin_timeout)  # fmt: skip
+        return options
 
     async def _session(
         self, ex: Execution, link_cfg: LinkConfig, dev: DeviceConfig, artifacts: list[Artifact]
