@@ -574,6 +574,13 @@ def _encode_segment(
     codec: str = DELTA_CODEC,
     arch: int = ARCH_NONE,
 ) -> bytes:
+    return _code_ops(old, new, start, pieces, _SegmentCoder(codec, arch))
+
+
+def _code_ops(
+    old: bytes, new: bytes, start: int, pieces: list[_Piece], sc: _SegmentCoder
+) -> bytes:
+    """The stream of SPEC 7.3 for one segment's pieces, coded by ``sc``."""
     # Group into ops: (add_old_start, add_len, extra_len).
     ops: list[list[int]] = []
     for _npos, n, opos in pieces:
@@ -586,7 +593,6 @@ def _encode_segment(
             if not ops:
                 ops.append([0, 0, 0])
             ops[-1][2] += n
-    sc = _SegmentCoder(codec, arch)
     sc.number(SLOT_START, ops[0][0])
     npos = start
     for i, (opos, a, e) in enumerate(ops):
