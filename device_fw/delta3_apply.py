@@ -50,10 +50,12 @@ from .reasons import DeviceError
 CODEC3 = "fdelta3"
 # fdelta2's table, then two number slots (match distance, match length) and
 # the match flags. Keep equal to protocol/delta3.py.
-O_NUM3 = N_PROBS2
-O_MFLAG = O_NUM3 + 2 * N_NUM
-O_REP = O_MFLAG + 4
-N_PROBS3 = O_REP + 4
+O_NUM3 = N_PROBS2  # number slots 4 (distance), 5 (match length), 6 (old delta)
+O_MFLAG = O_NUM3 + 3 * N_NUM
+O_MSRC = O_MFLAG + 4
+O_REP = O_MSRC + 4
+O_OSIGN = O_REP + 8
+N_PROBS3 = O_OSIGN + 1
 NEW_CHUNK = 256  # bytes read back per read_new() call
 # The interpreter's share (closures and cells on top of fdelta2's): measured
 # with tracemalloc (tests/test_delta_install.py), rounded up.
@@ -229,8 +231,9 @@ def apply_segment3(payload, read_old, old_size, out_size, write, read_new):
     p1 = 0  # diff byte before it
     wlast = 0  # last word prediction hit
     prev = 0  # last output byte
-    rep = 0  # distance of the last match
-    last = 0  # last literal-run token: 0 literal, 1 match, 2 match at the last distance
+    rep = 0  # distance of the last match in this segment
+    orep = 0  # old delta of the last match in the old image
+    last = 0  # last literal-run token: 0 literal, 1 match in this segment, 2 in the old image
     while True:
         # ---- add: new = old + diff ----
         n = n_add = number(SLOT_ADD)
@@ -364,14 +367,51 @@ def apply_segment3(payload, read_old, old_size, out_size, write, read_new):
             raise _err("extra run past segment end", length=n)
         while n:
             if lz and bit(O_MFLAG + last):
-                # a match: copy bytes this segment has already produced
+                if bit(O_MSRC + last):
+                    # a match in the old image, at old pointer + run offset + delta
+                    if bit(O_REP + 4 + last):
+                        neg = bit(O_OSIGN)
+                        orep = number(6)
+                        if neg:
+                            orep = -orep
+                    last = 2
+                    m = number(5) + 1
+                    if m > n:
+                        raise _err("match past the literal run", length=m)
+                    src = opos + (n_extra - n) + orep
+                    if src < 0 or src + m > old_size:
+                        raise _err("match reads outside old image", offset=src, length=m)
+                    n -= m
+                    ob = b""  # one old-image buffer at a time (the add re-reads)
+                    ostart = 0
+                    while m:
+                        k = m if m < OLD_CHUNK else OLD_CHUNK
+                        try:
+                            nb = read_old(src, k)
+                        except DeviceError:
+                            raise
+                        except Exception as e:
+                            raise _err("old image read failed: %r" % (e,), offset=src) from e
+                        if len(nb) != k:
+                            raise _err("old image short read", offset=src, length=k)
+                        for j in range(k):
+                            prev = nb[j]
+                            obuf[on] = prev
+                            on += 1
+                            if on == CHUNK:
+                                write(view)
+                                done += CHUNK
+                                on = 0
+                        nb = b""
+                        src += k
+                        m -= k
+                    continue
+                # a match in this segment: copy bytes it has already produced
                 if bit(O_REP + last):
                     rep = number(4) + 1
-                    last = 1
-                elif rep:
-                    last = 2
-                else:
+                elif not rep:
                     raise _err("match at the last distance before any match")
+                last = 1
                 m = number(5) + 1
                 if m > n:
                     raise _err("match past the literal run", length=m)

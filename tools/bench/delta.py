@@ -65,7 +65,8 @@ BASELINES = [
 CONFIGS: dict[str, dict[str, Any]] = {
     "auto": {},
     "fixed-32k": {"segment_size": 32768},
-    "fdelta1-only": {"archs": ()},
+    "fdelta1-only": {"archs": (), "lz": False},
+    "no-matches": {"lz": False},
 }
 
 
