@@ -14,7 +14,7 @@ models identical (tests/test_delta.py checks every shared firmware pair).
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import bsdiff4.core
 
@@ -627,6 +627,7 @@ class _Matches:
     pieces: list[_Piece]  # fdelta1 / fdelta2: literal runs cut at old matches
     pieces3: list[_Piece]  # fdelta3: cut at long old matches only (its runs match themselves)
     sa: list[int] | None  # the old image's suffix array
+    old_matches: dict[int, tuple[int, int]] = field(default_factory=dict)  # fdelta3's, cached
 
 
 def _match_all(old: bytes, new: bytes) -> _Matches:
@@ -714,7 +715,7 @@ def _encode_variants(
             limit2 = -1
         best2[i] = choice
         if limit3 >= 0:
-            c3 = encode_segment3(old, new, start, end, cuts3[i], carch, 1, m.sa)
+            c3 = encode_segment3(old, new, start, end, cuts3[i], carch, 1, m.sa, m.old_matches)
             if len(c3) > len(choice):  # the matches did not pay: fdelta2's coding
                 c3 = encode_segment3(old, new, start, end, cuts[i], carch, 0)
             if len(c3) > limit3:

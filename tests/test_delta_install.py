@@ -295,3 +295,54 @@ def test_ram_check_agrees_with_the_fdelta2_applier(tmp_path: Path) -> None:
     with pytest.raises(DeviceError) as exc:
         install(device(tmp_path, old, name="tight.bin", limits=one_less), art)
     assert exc.value.reason == R.RESOURCE_LIMIT
+
+
+def test_ram_check_agrees_with_the_fdelta3_applier(tmp_path: Path) -> None:
+    """The same measurement for fdelta3 (SPEC 7.8): its matches read back what the
+    segment wrote (through the installer's read_new) and the old image, and the
+    formula stays tight."""
+    import tracemalloc
+
+    from otaferry.device_fw import manifest as DM
+    from otaferry.device_fw.delta_apply import ram_budget
+    from otaferry.device_fw.installer import Installer
+    from otaferry.device_fw.manifest import read_header
+    from otaferry.protocol.delta import ARCH_XTENSA, encode_delta
+    from paths import FIRMWARE
+
+    old = (FIRMWARE / "esp8266-at-nonos/at-v3.0.1.bin").read_bytes()[0x20000:0x30000]
+    new = (FIRMWARE / "esp8266-at-nonos/at-v3.0.2.bin").read_bytes()[0x20000:0x2C000]
+    res = encode_delta(old, new, 16384, (ARCH_XTENSA,), lz=True)
+    assert res.codec == "fdelta3"
+    art = build_delta(
+        old, new, KEY, hw=["hw"], chip="chip", version="new", security_counter=1, encoded=res
+    )
+    manifest_bytes, signature = read_header(io.BytesIO(art))
+    table = DM.parse_manifest(manifest_bytes)["segments"]
+    budget = ram_budget(table.largest(), codec="fdelta3")
+    limits = {"max_window_log": 13, "max_segment_payload": 8256, "ram_budget": budget}
+    flash = device(tmp_path, old, limits=limits)
+    peaks = []
+    with Device(str(flash)) as dev:
+        inst = Installer(dev)
+        inst.begin(manifest_bytes, signature)
+        pos = 10 + len(manifest_bytes) + 64
+        for i in range(len(table)):
+            length = table[i][0]
+            payload = bytearray(art[pos : pos + length])
+            pos += length
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                inst.segment(i, memoryview(payload))
+                peaks.append(tracemalloc.get_traced_memory()[1] - base + length)
+            finally:
+                tracemalloc.stop()
+        inst.finish()
+    assert slot(flash, 1, len(new)) == new
+    assert max(peaks) <= budget, (peaks, budget)
+    assert max(peaks) > budget - 4096, (peaks, budget)
+    one_less = dict(limits, ram_budget=budget - 1)
+    with pytest.raises(DeviceError) as exc:
+        install(device(tmp_path, old, name="tight.bin", limits=one_less), art)
+    assert exc.value.reason == R.RESOURCE_LIMIT
