@@ -582,9 +582,7 @@ def _encode_segment(
     return _code_ops(old, new, start, pieces, _SegmentCoder(codec, arch))
 
 
-def _code_ops(
-    old: bytes, new: bytes, start: int, pieces: list[_Piece], sc: _SegmentCoder
-) -> bytes:
+def _code_ops(old: bytes, new: bytes, start: int, pieces: list[_Piece], sc: _SegmentCoder) -> bytes:
     """The stream of SPEC 7.3 for one segment's pieces, coded by ``sc``."""
     # Group into ops: (add_old_start, add_len, extra_len).
     ops: list[list[int]] = []
@@ -675,13 +673,14 @@ def _encode_variants(
     archs: tuple[int, ...] = (),
     device_ram: int | None = None,
     lz: bool = True,
+    too_big: list[str] | None = None,
 ) -> list[DeltaResult]:
     """The fdelta1 coding and, with ``archs`` or ``lz``, the fdelta2 and fdelta3
     codings: each segment with the branch predictor of every arch in ``archs``
     and without, the smallest kept (fdelta2), then that one with the matches of
     fdelta3 if they code smaller. A variant is left out when it is not smaller
     than fdelta1, or (with ``device_ram``) as soon as one of its segments
-    cannot fit."""
+    cannot fit (its name then goes to ``too_big``)."""
     from .delta3 import DELTA_CODEC3, encode_segment3
 
     cuts = _cut(m.pieces, len(new), segment_size)
@@ -713,6 +712,8 @@ def _encode_variants(
             choice, carch = _encode_segment(old, new, start, cuts[i], DELTA_CODEC2), ARCH_NONE
         if limit2 >= 0 and len(choice) > limit2:
             limit2 = -1
+            if too_big is not None:
+                too_big.append(DELTA_CODEC2)
         best2[i] = choice
         if limit3 >= 0:
             c3 = encode_segment3(old, new, start, end, cuts3[i], carch, 1, m.sa, m.old_matches)
@@ -720,6 +721,8 @@ def _encode_variants(
                 c3 = encode_segment3(old, new, start, end, cuts[i], carch, 0)
             if len(c3) > limit3:
                 limit3 = -1
+                if too_big is not None:
+                    too_big.append(DELTA_CODEC3)
             best3[i] = c3
         if limit2 < 0 and limit3 < 0:
             return out
@@ -837,11 +840,13 @@ def encode_delta_for_device(
     With ``segment_size`` None, each size of :data:`SEGMENT_LADDER` is tried
     (largest first, one match of the images shared by all) and the smallest
     total payload among those that fit is kept; the search stops at the first
-    fitting size whose next smaller one is no better. With a ``segment_size``,
-    only that size is tried. Raises OtaferryError(RESOURCE_LIMIT) when nothing
-    fits, naming the sizes tried. ``archs`` None: the branch predictor is
-    chosen by :func:`pick_arch`; () keeps to fdelta1 (and fdelta3 without
-    a predictor). ``lz`` False: no fdelta3 (matches inside a segment).
+    size that is no better than a larger one while every codec fits it (a
+    codec with a larger fixed RAM share, fdelta3, may fit only smaller ones).
+    With a ``segment_size``, only that size is tried. Raises
+    OtaferryError(RESOURCE_LIMIT) when nothing fits, naming the sizes tried.
+    ``archs`` None: the branch predictor is chosen by :func:`pick_arch`; ()
+    keeps to fdelta1 (and fdelta3 without a predictor). ``lz`` False: no
+    fdelta3 (matches inside a segment).
     """
     sizes = SEGMENT_LADDER if segment_size is None else (segment_size,)
     for s in sizes:
@@ -855,14 +860,17 @@ def encode_delta_for_device(
     for s in sizes:
         if s >= 2 * len(new) and s != sizes[-1] and segment_size is None:
             continue  # one segment already at half this size: identical result
-        variants = _encode_variants(old, new, m, s, archs, device_ram, lz)
+        too_big: list[str] = []
+        variants = _encode_variants(old, new, m, s, archs, device_ram, lz, too_big)
         tried.append(f"{s} B segments need {min(r.device_ram for r in variants)}")
         fitting = [r for r in variants if r.device_ram <= device_ram]
         if not fitting:
             continue
         res = min(fitting, key=_size)
         if best is not None and res.payload_size >= best.payload_size:
-            break
+            if not too_big:
+                break  # every codec fit, and no better: smaller segments only lose
+            continue  # a codec with a larger fixed share may fit smaller segments
         best = res
     if best is None:
         limit = max_payload_for(device_ram)

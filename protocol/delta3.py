@@ -48,9 +48,7 @@ CHAIN = 48  # candidates tried per position, nearest first
 
 def ram_budget3(segment_payload_max: int) -> int:
     """SPEC 7.8: fdelta2's sum + the new probabilities + one read-back chunk."""
-    return (
-        segment_payload_max + MODEL_BYTES3 + D.CHUNK + D.OLD_CHUNK + NEW_CHUNK + INTERPRETER3
-    )
+    return segment_payload_max + MODEL_BYTES3 + D.CHUNK + D.OLD_CHUNK + NEW_CHUNK + INTERPRETER3
 
 
 class _Coder3(D._SegmentCoder):

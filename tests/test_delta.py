@@ -350,7 +350,7 @@ def apply_all_v3(old: bytes, new_size: int, res: DeltaResult, order: list[int]) 
         sink = Sink()
 
         def read_new(o: int, k: int, sink: Sink = sink) -> bytes:
-            assert 0 <= o and o + k <= len(sink.data), (o, k, len(sink.data))
+            assert o >= 0 and o + k <= len(sink.data), (o, k, len(sink.data))
             return bytes(sink.data[o : o + k])
 
         apply_segment(
