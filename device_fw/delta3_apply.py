@@ -62,6 +62,18 @@ NEW_CHUNK = 256  # bytes read back per read_new() call
 INTERPRETER3 = 7680
 
 
+def _table(tc, n, value):
+    """An array of ``n`` items of type ``tc``, each ``value``."""
+    try:
+        return array(tc, [value]) * n  # CPython: no temporary list
+    except TypeError:  # MicroPython has no array * int
+        a = array(tc, bytes(n * (2 if tc == "H" else 4)))
+        if value:
+            for i in range(n):
+                a[i] = value
+        return a
+
+
 def ram_budget3(segment_payload_max, chunk=CHUNK, old_chunk=OLD_CHUNK):
     """Peak device RAM to apply one fdelta3 segment (SPEC 7.8): fdelta2's
     tables with the larger probability table, plus one read-back chunk."""
@@ -85,9 +97,9 @@ def apply_segment3(payload, read_old, old_size, out_size, write, read_new):
     if n_in < 1:
         raise _err("empty segment payload")
 
-    P = array("H", [32768]) * N_PROBS3
+    P = _table("H", N_PROBS3, 32768)
     C = bytearray(N_PROBS3)
-    wt = array("I", [0]) * (1 << WBITS)
+    wt = _table("I", 1 << WBITS, 0)
     ws = bytearray(1 << WBITS)
 
     # Range decoder. The stream is the LZMA range coder's output without its
@@ -178,10 +190,10 @@ def apply_segment3(payload, read_old, old_size, out_size, write, read_new):
     lz = direct(1)  # literal runs may copy from this segment's own output
     bl = BR_LEN[arch]
     if arch:
-        et = array("i", [0]) * (1 << EBITS)  # exact target: its last move
+        et = _table("i", 1 << EBITS, 0)  # exact target: its last move
         etag = bytearray(1 << EBITS)
         es = bytearray(1 << EBITS)
-        pt = array("i", [0]) * (1 << PBITS)  # target page: its last move
+        pt = _table("i", 1 << PBITS, 0)  # target page: its last move
         ps = bytearray(1 << PBITS)
     oh = 0  # the add run's last 4 old bytes, newest in the top byte
     nh = 0  # and new bytes
