@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in _map(_pair_row, jobs, args.jobs):
         rows[f"{row['old']} -> {row['new']}"] = row
         if not quiet:
-            print(f"  done {row['old']} -> {row['new']}", file=sys.stderr)
+            print(f"  done {row['old']} -> {row['new']}", file=sys.stderr, flush=True)
     summary: dict[str, Any] = {
         "pairs_file": str(pairs_file),
         "device_ram": args.device_ram,
@@ -375,18 +375,27 @@ def main(argv: list[str] | None = None) -> int:
         summary["best_peer_bytes"] = sum(r["best_peer_bytes"] for r in rows.values())
         summary["ratio"] = round(summary["payload_bytes"] / summary["best_peer_bytes"], 4)
         summary["worst_pair_vs_best_peer"] = max(r["vs_best_peer"] for r in rows.values())
-        if args.lofo:
-            summary["leave_one_family_out"] = _lofo(
-                pairs, root, args.device_ram, rows, not enc, args.jobs
-            )
     doc = {"pairs": list(rows.values()), "total": summary}
+    lofo = args.lofo and not args.no_baselines
+    if args.json and not quiet:  # the pairs' figures first: the LOFO figure takes a while
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    if lofo:
+        if not quiet:
+            _print_table(rows, summary, True)
+            print("leave-one-family-out: measuring ...", file=sys.stderr, flush=True)
+        summary["leave_one_family_out"] = _lofo(
+            pairs, root, args.device_ram, rows, not enc, args.jobs
+        )
     if args.json:
         text = json.dumps(doc, indent=1)
         if quiet:
             print(text)
             return 0
         Path(args.json).write_text(text + "\n")
-    _print_table(rows, summary, not args.no_baselines)
+    if lofo:
+        _print_lofo(summary["leave_one_family_out"])
+    else:
+        _print_table(rows, summary, not args.no_baselines)
     return 0
 
 
@@ -416,11 +425,15 @@ def _print_table(rows: dict[str, dict[str, Any]], total: dict[str, Any], peers: 
         print(f"worst pair vs its best peer: {total['worst_pair_vs_best_peer']:.3f}")
         lofo = total.get("leave_one_family_out")
         if lofo:
-            print(
-                f"leave-one-family-out: {lofo['payload_bytes']} vs best peers "
-                f"{lofo['best_peer_bytes']} = {lofo['ratio']:.3f} "
-                + ", ".join(f"{f}: {v['config']}" for f, v in lofo["families"].items())
-            )
+            _print_lofo(lofo)
+
+
+def _print_lofo(lofo: dict[str, Any]) -> None:
+    print(
+        f"leave-one-family-out: {lofo['payload_bytes']} vs best peers "
+        f"{lofo['best_peer_bytes']} = {lofo['ratio']:.3f} "
+        + ", ".join(f"{f}: {v['config']}" for f, v in lofo["families"].items())
+    )
 
 
 if __name__ == "__main__":
