@@ -19,7 +19,8 @@ from .reasons import DECODE_ERROR, DeviceError
 
 CODEC = "fdelta1"
 CODEC2 = "fdelta2"  # fdelta1 + a per-segment branch predictor (SPEC 7.7)
-CODECS = (CODEC, CODEC2)  # what this applier decodes (announced in the hello)
+CODEC3 = "fdelta3"  # fdelta2 + matches inside the segment (SPEC 7.8, delta3_apply.py)
+CODECS = (CODEC, CODEC2, CODEC3)  # what this applier decodes (announced in the hello)
 CHUNK = 4096  # largest write() chunk
 OLD_CHUNK = 512  # bytes fetched from the old image per read_old() call
 MAX_OUT = 1 << 30
@@ -181,6 +182,10 @@ def ram_budget(segment_payload_max, chunk=CHUNK, old_chunk=OLD_CHUNK, codec=CODE
     output chunk (handed to write as a view, not copied) + one old-image read
     chunk + the interpreter's own share (INTERPRETER).
     """
+    if codec == CODEC3:
+        from .delta3_apply import ram_budget3
+
+        return ram_budget3(segment_payload_max, chunk, old_chunk)
     if codec == CODEC2:
         models = 3 * N_PROBS2 + 5 * (1 << WBITS) + 6 * (1 << EBITS) + 5 * (1 << PBITS)
         return segment_payload_max + models + chunk + old_chunk + INTERPRETER2
@@ -270,7 +275,7 @@ def wkey(w):
     return ((w >> 12) ^ ((w >> 24) * 0x1D3)) & WMASK
 
 
-def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
+def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC, read_new=None):
     """Rebuild ``out_size`` new-image bytes from one segment ``payload``.
 
     ``codec``: the manifest's, fdelta1 or fdelta2. (fdelta2's branch predictor
@@ -280,6 +285,13 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC):
     never writes more than ``out_size`` bytes in total (it may have written a
     prefix when it raises: the caller discards the segment).
     """
+    if codec == CODEC3:
+        # read_new(offset, length): bytes this segment already wrote (SPEC 7.8)
+        from .delta3_apply import apply_segment3
+
+        if read_new is None:
+            raise _err("fdelta3 needs read_new")
+        return apply_segment3(payload, read_old, old_size, out_size, write, read_new)
     if codec != CODEC and codec != CODEC2:
         raise _err("unknown delta codec %s" % (codec,))
     if not isinstance(old_size, int) or old_size < 0:

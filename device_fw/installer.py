@@ -285,6 +285,13 @@ class Installer:
             slot.write(pos[0], data)
             pos[0] += len(data)
 
+        def read_new(offset, length):
+            # fdelta3 (SPEC 7.8): bytes this segment has already written, read
+            # back from the passive slot; never past what it wrote
+            if offset < 0 or length < 0 or base + offset + length > pos[0]:
+                raise DeviceError(R.DECODE_ERROR, "delta reads back past what it wrote")
+            return slot.read(base + offset, length)
+
         apply_segment(
             payload,
             read_old,
@@ -292,6 +299,7 @@ class Installer:
             out_size,
             write,
             codec=self.manifest["codec"],
+            read_new=read_new,
         )
         if pos[0] != base + out_size:
             raise DeviceError(R.DECODE_ERROR, "segment %d produced too few bytes" % index)

@@ -14,7 +14,7 @@ models identical (tests/test_delta.py checks every shared firmware pair).
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import bsdiff4.core
 
@@ -97,6 +97,10 @@ def ram_budget(segment_payload_max: int, codec: str = DELTA_CODEC) -> int:
     """Payload held until its hash checks + model tables + one output chunk
     (handed to write as a view) + one old-image read chunk + the interpreter's
     share: SPEC 7.6, equal to ``device_fw.delta_apply.ram_budget``."""
+    if codec == "fdelta3":
+        from .delta3 import ram_budget3
+
+        return ram_budget3(segment_payload_max)
     if codec == DELTA_CODEC2:
         return segment_payload_max + MODEL_BYTES2 + CHUNK + OLD_CHUNK + INTERPRETER2
     return segment_payload_max + MODEL_BYTES + CHUNK + OLD_CHUNK + INTERPRETER
@@ -540,10 +544,11 @@ def _longest_match(old: bytes, sa: list[int], new: bytes, i: int, end: int) -> t
     return best, bpos
 
 
-def _split_literals(old: bytes, new: bytes, pieces: list[_Piece]) -> list[_Piece]:
+def _split_literals(
+    old: bytes, new: bytes, pieces: list[_Piece], sa: list[int], min_match: int = MIN_SHORT_MATCH
+) -> list[_Piece]:
     """Cut literal runs at short exact matches in the old image: bsdiff leaves
     them as literals, but an add of a few zero diffs plus a seek codes smaller."""
-    sa: list[int] = bsdiff4.core.suffix_array(old)
     out: list[_Piece] = []
     for npos, n, opos in pieces:
         if opos >= 0:
@@ -553,7 +558,7 @@ def _split_literals(old: bytes, new: bytes, pieces: list[_Piece]) -> list[_Piece
         end = npos + n
         while i < end:
             ln, p = _longest_match(old, sa, new, i, end)
-            if ln >= MIN_SHORT_MATCH:
+            if ln >= min_match:
                 if i > lit:
                     out.append((lit, i - lit, -1))
                 out.append((i, ln, p))
@@ -574,6 +579,11 @@ def _encode_segment(
     codec: str = DELTA_CODEC,
     arch: int = ARCH_NONE,
 ) -> bytes:
+    return _code_ops(old, new, start, pieces, _SegmentCoder(codec, arch))
+
+
+def _code_ops(old: bytes, new: bytes, start: int, pieces: list[_Piece], sc: _SegmentCoder) -> bytes:
+    """The stream of SPEC 7.3 for one segment's pieces, coded by ``sc``."""
     # Group into ops: (add_old_start, add_len, extra_len).
     ops: list[list[int]] = []
     for _npos, n, opos in pieces:
@@ -586,7 +596,6 @@ def _encode_segment(
             if not ops:
                 ops.append([0, 0, 0])
             ops[-1][2] += n
-    sc = _SegmentCoder(codec, arch)
     sc.number(SLOT_START, ops[0][0])
     npos = start
     for i, (opos, a, e) in enumerate(ops):
@@ -606,10 +615,33 @@ def _encode_segment(
 
 def _match(old: bytes, new: bytes) -> list[_Piece]:
     """The add / literal pieces covering ``new`` (independent of the segmentation)."""
-    pieces = _pieces(old, new)
-    if old:
-        pieces = _split_literals(old, new, pieces)
-    return pieces
+    return _match_all(old, new).pieces
+
+
+@dataclass(frozen=True, slots=True)
+class _Matches:
+    """One match of the images, shared by every codec and segment size tried."""
+
+    pieces: list[_Piece]  # fdelta1 / fdelta2: literal runs cut at old matches
+    pieces3: list[_Piece]  # fdelta3: cut at long old matches only (its runs match themselves)
+    sa: list[int] | None  # the old image's suffix array
+    old_matches: dict[int, tuple[int, int]] = field(default_factory=dict)  # fdelta3's, cached
+
+
+def _match_all(old: bytes, new: bytes) -> _Matches:
+    raw = _pieces(old, new)
+    if not old:
+        return _Matches(raw, raw, None)
+    sa: list[int] = bsdiff4.core.suffix_array(old)
+    return _Matches(
+        _split_literals(old, new, raw, sa),
+        _split_literals(old, new, raw, sa, MIN_SPLIT3) if MIN_SPLIT3 else raw,
+        sa,
+    )
+
+
+# fdelta3 codes shorter old matches inside its literal runs (no seek there and back)
+MIN_SPLIT3 = 32
 
 
 def _cut(pieces: list[_Piece], length: int, segment_size: int) -> list[list[_Piece]]:
@@ -636,48 +668,85 @@ def _cut(pieces: list[_Piece], length: int, segment_size: int) -> list[list[_Pie
 def _encode_variants(
     old: bytes,
     new: bytes,
-    pieces: list[_Piece],
+    m: _Matches,
     segment_size: int,
     archs: tuple[int, ...] = (),
     device_ram: int | None = None,
+    lz: bool = True,
+    too_big: list[str] | None = None,
 ) -> list[DeltaResult]:
-    """The fdelta1 coding and, with ``archs``, the fdelta2 coding: each segment
-    with the branch predictor of every arch in ``archs`` and without, the
-    smallest kept. The fdelta2 variant is left out when it is not smaller, or
-    (with ``device_ram``) as soon as one of its segments cannot fit."""
-    cuts = _cut(pieces, len(new), segment_size)
+    """The fdelta1 coding and, with ``archs`` or ``lz``, the fdelta2 and fdelta3
+    codings: each segment with the branch predictor of every arch in ``archs``
+    and without, the smallest kept (fdelta2), then that one with the matches of
+    fdelta3 if they code smaller. A variant is left out when it is not smaller
+    than fdelta1, or (with ``device_ram``) as soon as one of its segments
+    cannot fit (its name then goes to ``too_big``)."""
+    from .delta3 import DELTA_CODEC3, encode_segment3
+
+    cuts = _cut(m.pieces, len(new), segment_size)
+    cuts3 = cuts if m.pieces3 is m.pieces else _cut(m.pieces3, len(new), segment_size)
     plain = [_encode_segment(old, new, i * segment_size, seg) for i, seg in enumerate(cuts)]
     out = [DeltaResult(segments=plain, segment_size=segment_size, window_log=WINDOW_LOG)]
-    if not archs:
+    if not archs and not lz:
         return out
-    limit = None if device_ram is None else device_ram - ram_budget(0, DELTA_CODEC2)
-    best: list[bytes] = [b""] * len(cuts)
+    big = 1 << 62
+    limit2 = big if device_ram is None else device_ram - ram_budget(0, DELTA_CODEC2)
+    limit3 = big if device_ram is None else device_ram - ram_budget(0, DELTA_CODEC3)
+    if not old or not lz:
+        limit3 = -1  # no fdelta3
+    if not archs:
+        limit2 = -1  # no fdelta2
+    best2: list[bytes] = [b""] * len(cuts)
+    best3: list[bytes] = [b""] * len(cuts)
     for i in sorted(range(len(cuts)), key=lambda j: -len(plain[j])):  # largest first
         start = i * segment_size
-        choice = b""
+        end = min(start + segment_size, len(new))
+        choice, carch = b"", ARCH_NONE
         for arch in archs:
             cand = _encode_segment(old, new, start, cuts[i], DELTA_CODEC2, arch)
             if not choice or len(cand) < len(choice):
-                choice = cand
-        if len(choice) >= len(plain[i]):  # no gain here: the same ops without a predictor
-            choice = _encode_segment(old, new, start, cuts[i], DELTA_CODEC2, ARCH_NONE)
-        if limit is not None and len(choice) > limit:
+                choice, carch = cand, arch
+        if not archs:  # fdelta3 alone: weighed against fdelta1
+            choice = plain[i]
+        elif len(choice) >= len(plain[i]):  # no gain: no predictor
+            choice, carch = _encode_segment(old, new, start, cuts[i], DELTA_CODEC2), ARCH_NONE
+        if limit2 >= 0 and len(choice) > limit2:
+            limit2 = -1
+            if too_big is not None:
+                too_big.append(DELTA_CODEC2)
+        best2[i] = choice
+        if limit3 >= 0:
+            c3 = encode_segment3(old, new, start, end, cuts3[i], carch, 1, m.sa, m.old_matches)
+            if len(c3) > len(choice):  # the matches did not pay: fdelta2's coding
+                c3 = encode_segment3(old, new, start, end, cuts[i], carch, 0)
+            if len(c3) > limit3:
+                limit3 = -1
+                if too_big is not None:
+                    too_big.append(DELTA_CODEC3)
+            best3[i] = c3
+        if limit2 < 0 and limit3 < 0:
             return out
-        best[i] = choice
-    if sum(map(len, best)) < sum(map(len, plain)):
-        out.append(
-            DeltaResult(
-                segments=best, segment_size=segment_size, window_log=WINDOW_LOG, codec=DELTA_CODEC2
+    total1 = sum(map(len, plain))
+    for codec, segs, limit in ((DELTA_CODEC2, best2, limit2), (DELTA_CODEC3, best3, limit3)):
+        if limit >= 0 and sum(map(len, segs)) < total1:
+            out.append(
+                DeltaResult(
+                    segments=segs, segment_size=segment_size, window_log=WINDOW_LOG, codec=codec
+                )
             )
-        )
     return out
 
 
 def _encode_segments(
-    old: bytes, new: bytes, pieces: list[_Piece], segment_size: int, archs: tuple[int, ...] = ()
+    old: bytes,
+    new: bytes,
+    m: _Matches,
+    segment_size: int,
+    archs: tuple[int, ...] = (),
+    lz: bool = False,
 ) -> DeltaResult:
     """The smallest of :func:`_encode_variants`."""
-    return min(_encode_variants(old, new, pieces, segment_size, archs), key=_size)
+    return min(_encode_variants(old, new, m, segment_size, archs, lz=lz), key=_size)
 
 
 def _size(r: DeltaResult) -> int:
@@ -727,17 +796,19 @@ def encode_delta(
     new: bytes,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     archs: tuple[int, ...] = (),
+    lz: bool = False,
 ) -> DeltaResult:
     """Encode ``new`` against ``old``; one payload per ``segment_size`` target bytes.
 
-    fdelta1, or with ``archs`` (ARCH_XTENSA, ...) fdelta2 when that is smaller.
+    fdelta1, or with ``archs`` (ARCH_XTENSA, ...) fdelta2 when that is smaller,
+    or with ``lz`` fdelta3 (matches inside the segment) when that is smaller.
     The segment size is taken as given, whatever RAM its segments need; the
     builder uses :func:`encode_delta_for_device`, which never returns a delta
     the device would refuse.
     """
     _check_args(new, segment_size)
     old, new = bytes(old), bytes(new)
-    return _encode_segments(old, new, _match(old, new), segment_size, archs)
+    return _encode_segments(old, new, _match_all(old, new), segment_size, archs, lz)
 
 
 # The device's default RAM budget for applying a delta (device_fw/device.py
@@ -762,37 +833,44 @@ def encode_delta_for_device(
     device_ram: int = DEFAULT_DEVICE_RAM,
     segment_size: int | None = None,
     archs: tuple[int, ...] | None = None,
+    lz: bool = True,
 ) -> DeltaResult:
     """A delta whose every segment the device can apply within ``device_ram`` bytes.
 
     With ``segment_size`` None, each size of :data:`SEGMENT_LADDER` is tried
     (largest first, one match of the images shared by all) and the smallest
     total payload among those that fit is kept; the search stops at the first
-    fitting size whose next smaller one is no better. With a ``segment_size``,
-    only that size is tried. Raises OtaferryError(RESOURCE_LIMIT) when nothing
-    fits, naming the sizes tried. ``archs`` None: the branch predictor is
-    chosen by :func:`pick_arch`; () keeps to fdelta1.
+    size that is no better than a larger one while every codec fits it (a
+    codec with a larger fixed RAM share, fdelta3, may fit only smaller ones).
+    With a ``segment_size``, only that size is tried. Raises
+    OtaferryError(RESOURCE_LIMIT) when nothing fits, naming the sizes tried.
+    ``archs`` None: the branch predictor is chosen by :func:`pick_arch`; ()
+    keeps to fdelta1 (and fdelta3 without a predictor). ``lz`` False: no
+    fdelta3 (matches inside a segment).
     """
     sizes = SEGMENT_LADDER if segment_size is None else (segment_size,)
     for s in sizes:
         _check_args(new, s)
     old, new = bytes(old), bytes(new)
-    pieces = _match(old, new)
+    m = _match_all(old, new)
     if archs is None:
-        archs = pick_arch(old, new, pieces)
+        archs = pick_arch(old, new, m.pieces)
     best: DeltaResult | None = None
     tried: list[str] = []
     for s in sizes:
         if s >= 2 * len(new) and s != sizes[-1] and segment_size is None:
             continue  # one segment already at half this size: identical result
-        variants = _encode_variants(old, new, pieces, s, archs, device_ram)
+        too_big: list[str] = []
+        variants = _encode_variants(old, new, m, s, archs, device_ram, lz, too_big)
         tried.append(f"{s} B segments need {min(r.device_ram for r in variants)}")
         fitting = [r for r in variants if r.device_ram <= device_ram]
         if not fitting:
             continue
         res = min(fitting, key=_size)
         if best is not None and res.payload_size >= best.payload_size:
-            break
+            if not too_big:
+                break  # every codec fit, and no better: smaller segments only lose
+            continue  # a codec with a larger fixed share may fit smaller segments
         best = res
     if best is None:
         limit = max_payload_for(device_ram)

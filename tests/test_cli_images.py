@@ -181,7 +181,7 @@ def test_inspect_shows_the_ram_the_device_reckons_for_a_delta(
     with open_artifact(art) as reader:
         biggest = max(s.length for s in reader.manifest.segments)
         codec = reader.manifest.codec
-    assert shown == ram_budget(biggest, codec=codec)  # the formula of its codec (fdelta1/2)
+    assert shown == ram_budget(biggest, codec=codec)  # the formula of its codec (fdelta1/2/3)
 
     def device(budget: int) -> Device:
         path = tmp_path / f"f{budget}.bin"

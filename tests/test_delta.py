@@ -18,6 +18,7 @@ from otaferry.protocol.delta import (
     encode_delta,
     ram_budget,
 )
+from otaferry.protocol.delta3 import DELTA_CODEC3
 from paths import FIRMWARE
 
 FW = FIRMWARE
@@ -337,3 +338,141 @@ def test_branch_fields_round_trip() -> None:
             moved = br_insert(arch, kind, ins, t + 64, pc + 8)
             assert moved < 0 or br_target(arch, kind, moved, pc + 8) == t + 64
         assert seen > 100
+
+
+# ---- fdelta3: matches inside the literal runs (SPEC 7.8) ----
+
+
+def apply_all_v3(old: bytes, new_size: int, res: DeltaResult, order: list[int]) -> bytes:
+    """Apply each segment on its own; read_new may only see what this segment wrote."""
+    parts: dict[int, bytes] = {}
+    for i in order:
+        sink = Sink()
+
+        def read_new(o: int, k: int, sink: Sink = sink) -> bytes:
+            assert o >= 0 and o + k <= len(sink.data), (o, k, len(sink.data))
+            return bytes(sink.data[o : o + k])
+
+        apply_segment(
+            res.segments[i], lambda o, n: old[o : o + n], len(old), seg_len(res, new_size, i),
+            sink, codec=res.codec, read_new=read_new,
+        )  # fmt: skip
+        assert all(0 < c <= 4096 for c in sink.chunks)
+        parts[i] = bytes(sink.data)
+    return b"".join(parts[i] for i in range(len(res.segments)))
+
+
+AT_NEW_CODE = (
+    # AT v2.1.0 -> v2.2.0: a region of new code, mostly literals for bsdiff
+    "esp8266-at-nonos/at-v2.1.0.bin",
+    "esp8266-at-nonos/at-v2.2.0.bin",
+    (0x40000, 0x60000),
+    (0x4C000, 0x52000),
+)
+
+
+def test_fdelta3_round_trip_any_order_and_smaller() -> None:
+    a, b, orng, nrng = AT_NEW_CODE
+    old = (FW / a).read_bytes()[orng[0] : orng[1]]
+    new = (FW / b).read_bytes()[nrng[0] : nrng[1]]
+    v2 = encode_delta(old, new, 8192, (1,))
+    v3 = encode_delta(old, new, 8192, (1,), lz=True)
+    assert v3.codec == DELTA_CODEC3
+    assert v3.payload_size < 0.95 * v2.payload_size
+    order = list(range(len(v3.segments)))[::-1]
+    assert apply_all_v3(old, len(new), v3, order) == new
+
+
+def test_fdelta3_without_read_new_or_as_fdelta2_fails_cleanly() -> None:
+    a, b, orng, nrng = AT_NEW_CODE
+    old = (FW / a).read_bytes()[orng[0] : orng[1]]
+    new = (FW / b).read_bytes()[nrng[0] : nrng[0] + 8192]
+    res = encode_delta(old, new, 8192, (1,), lz=True)
+    assert res.codec == DELTA_CODEC3
+    with pytest.raises(reasons.DeviceError) as exc:
+        apply_segment(res.segments[0], lambda o, k: old[o : o + k], len(old), 8192, Sink(),
+                      codec=DELTA_CODEC3)  # fmt: skip
+    assert exc.value.reason == reasons.DECODE_ERROR
+    out = Sink()
+    try:
+        apply_segment(res.segments[0], lambda o, k: old[o : o + k], len(old), 8192, out,
+                      codec=DELTA_CODEC2)  # fmt: skip
+    except reasons.DeviceError as e:
+        assert e.reason == reasons.DECODE_ERROR
+    else:
+        assert bytes(out.data) != new
+
+
+def _crafted(tokens: list[tuple[str, int]], old: bytes = b"\0" * 64) -> bytes:
+    """One fdelta3 segment (arch none, matches on) from raw tokens: start 0,
+    an empty add, then a literal run of ``run`` bytes holding ``tokens``."""
+    from otaferry.protocol import delta as D
+    from otaferry.protocol import delta3 as D3
+
+    sc = D3._Coder3(0, 1, old, b"", 0, 0, None)
+    sc.number(D.SLOT_START, 0)
+    sc.number(D.SLOT_ADD, 0)
+    for kind, v in tokens:
+        if kind == "run":
+            sc.number(D.SLOT_EXTRA, v)
+        elif kind == "lit":
+            sc.bit(D3.O_MFLAG + sc.last, 0)
+            sc.tree8(D.O_LIT, v)
+            sc.last = 0
+        elif kind == "seg":  # a match in this segment at distance v
+            sc.bit(D3.O_MFLAG + sc.last, 1)
+            sc.bit(D3.O_MSRC + sc.last, 0)
+            sc.bit(D3.O_REP + sc.last, 1 if v else 0)
+            if v:
+                sc.number_at(D3.O_NUM3, v - 1)
+            sc.last = 1
+        elif kind == "old":  # a match in the old image at old delta v
+            sc.bit(D3.O_MFLAG + sc.last, 1)
+            sc.bit(D3.O_MSRC + sc.last, 1)
+            sc.bit(D3.O_REP + 4 + sc.last, 1)
+            sc.bit(D3.O_OSIGN, 1 if v < 0 else 0)
+            sc.number_at(D3.O_NUM3 + 2 * D.N_NUM, abs(v))
+            sc.last = 2
+        elif kind == "len":
+            sc.number_at(D3.O_NUM3 + D.N_NUM, v - 1)
+    return sc.rc.finish()
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        ([("run", 8), ("lit", 1), ("seg", 2), ("len", 7)], "match before the segment start"),
+        ([("run", 8), ("lit", 1), ("seg", 1), ("len", 8)], "match past the literal run"),
+        ([("run", 8), ("seg", 0), ("len", 4)], "last distance before any match"),
+        ([("run", 8), ("old", 60), ("len", 8)], "outside old image"),
+        ([("run", 8), ("old", -1), ("len", 2)], "outside old image"),
+    ],
+)
+def test_fdelta3_bad_matches_are_decode_errors(tokens: list[tuple[str, int]], message: str) -> None:
+    old = bytes(range(64))
+    payload = _crafted(tokens, old)
+    out = Sink()
+    with pytest.raises(reasons.DeviceError) as exc:
+        apply_segment(payload, lambda o, k: old[o : o + k], len(old), 8, out, codec=DELTA_CODEC3,
+                      read_new=lambda o, k: bytes(out.data[o : o + k]))  # fmt: skip
+    assert exc.value.reason == reasons.DECODE_ERROR and message in exc.value.message
+    assert len(out.data) <= 8
+
+
+def test_fdelta3_crafted_matches_decode() -> None:
+    old = bytes(range(64))
+    # a literal, a match one back (a run of it), an old match at old pointer + 2 + 10
+    payload = _crafted([("run", 16), ("lit", 7), ("seg", 1), ("len", 5), ("old", 4), ("len", 10)])
+    out = Sink()
+    apply_segment(payload, lambda o, k: old[o : o + k], len(old), 16, out, codec=DELTA_CODEC3,
+                  read_new=lambda o, k: bytes(out.data[o : o + k]))  # fmt: skip
+    assert bytes(out.data) == b"\x07" * 6 + old[10:20]
+
+
+def test_fdelta3_ram_budget_formula() -> None:
+    from otaferry.protocol.delta3 import MODEL_BYTES3, N_PROBS3
+
+    want3 = 10_000 + MODEL_BYTES3 + 4096 + 512 + 256 + 7680
+    assert MODEL_BYTES3 == MODEL_BYTES2 + 3 * (N_PROBS3 - 7505)
+    assert ram_budget(10_000, DELTA_CODEC3) == device_ram_budget(10_000, codec=DELTA_CODEC3)
+    assert ram_budget(10_000, DELTA_CODEC3) == want3

@@ -28,11 +28,14 @@ from otaferry.transport.updater import choose_artifact
 KEY = SigningKey.from_seed(hashlib.sha256(b"delta builder tests").digest())
 
 
-def _apply(old: bytes, new_size: int, res_segments: list[bytes], seg: int) -> bytes:
+def _apply(
+    old: bytes, new_size: int, res_segments: list[bytes], seg: int, codec: str = "fdelta1"
+) -> bytes:
     out = bytearray()
     for i, p in enumerate(res_segments):
         apply_segment(p, lambda o, n: old[o : o + n], len(old), min(seg, new_size - i * seg),
-                      out.extend)  # fmt: skip
+                      out.extend, codec=codec,
+                      read_new=lambda o, n, b=i * seg: bytes(out[b + o : b + o + n]))  # fmt: skip
     return bytes(out)
 
 
@@ -49,14 +52,14 @@ def test_segments_shrink_until_the_device_check_passes() -> None:
     assert res.max_segment_payload <= max_payload_for(DEFAULT_DEVICE_RAM)
     assert device_ram_budget(res.max_segment_payload) == res.device_ram <= DEFAULT_DEVICE_RAM
     assert res.segment_size == 16384
-    assert _apply(old, len(new), res.segments, res.segment_size) == new
+    assert _apply(old, len(new), res.segments, res.segment_size, res.codec) == new
 
 
 def test_a_smaller_budget_gets_smaller_segments() -> None:
     old, new = _unrelated(40_000, 2)
     res = encode_delta_for_device(old, new, device_ram=43_459 + 9000)
     assert res.segment_size == 8192 and res.device_ram <= 43_459 + 9000
-    assert _apply(old, len(new), res.segments, res.segment_size) == new
+    assert _apply(old, len(new), res.segments, res.segment_size, res.codec) == new
 
 
 def test_similar_images_get_large_segments() -> None:
@@ -65,7 +68,7 @@ def test_similar_images_get_large_segments() -> None:
     new[1000:1010] = b"0123456789"
     res = encode_delta_for_device(old, bytes(new))
     assert res.segment_size >= 65536 and len(res.segments) == 1
-    assert _apply(old, len(new), res.segments, res.segment_size) == new
+    assert _apply(old, len(new), res.segments, res.segment_size, res.codec) == new
 
 
 def test_no_segmentation_fits_is_one_clear_error() -> None:
@@ -96,7 +99,9 @@ def _hello(running: bytes) -> HelloInfo:
 def test_the_sender_picks_the_smaller_of_delta_and_full() -> None:
     old, new = _unrelated(12_000, 6)
     new = new[:4000] * 3  # compresses well alone, shares nothing with old
-    delta = build_delta(old, new, KEY, hw=["hw"], chip="c", version="2")
+    # (without fdelta3, whose matches inside a segment would find the repeats too)
+    enc = encode_delta_for_device(old, new, lz=False)
+    delta = build_delta(old, new, KEY, hw=["hw"], chip="c", version="2", encoded=enc)
     full = build_full(new, KEY, hw=["hw"], chip="c", version="2")
     assert len(full) < len(delta)
     info = _hello(old)
@@ -121,7 +126,7 @@ def test_cli_build_warns_when_the_delta_is_not_smaller(
 
     old, new = _unrelated(12_000, 7)
     (tmp_path / "old.bin").write_bytes(old)
-    (tmp_path / "new.bin").write_bytes(new[:3000] * 4)
+    (tmp_path / "new.bin").write_bytes(new)  # nothing in common, nothing repeats
     assert main(["keygen", str(tmp_path / "k")]) == 0
     args = ["build", "--key", str(tmp_path / "k"), "--hw", "hw", "--chip", "c", "--version", "2"]
     out = str(tmp_path / "d.ota")
@@ -132,3 +137,17 @@ def test_cli_build_warns_when_the_delta_is_not_smaller(
     assert main([*args, "--device-ram", "40000", *files]) == 1
     err = capsys.readouterr().err
     assert "error[RESOURCE_LIMIT]: no segmentation" in err and err.count("\n") == 1
+
+
+def test_new_code_repeating_itself_gets_fdelta3_within_the_budget() -> None:
+    # the new image adds a block that repeats inside itself and a few short pieces
+    # of old code: fdelta3's matches code it, and the builder still fits the device
+    rnd = random.Random(7)
+    old = rnd.randbytes(30_000)
+    block = rnd.randbytes(600)
+    new = old[:10_000] + block * 6 + old[100:140] + rnd.randbytes(64) + block + old[10_000:]
+    res = encode_delta_for_device(old, new)
+    assert res.codec == "fdelta3" and res.device_ram <= DEFAULT_DEVICE_RAM
+    plain = encode_delta_for_device(old, new, lz=False)
+    assert res.payload_size < plain.payload_size - 1000
+    assert _apply(old, len(new), res.segments, res.segment_size, res.codec) == new

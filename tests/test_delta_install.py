@@ -93,7 +93,7 @@ def test_inspect_reports_a_delta(tmp_path: Path) -> None:
     p = tmp_path / "d.ota"
     p.write_bytes(delta(old, new))
     info = inspect_artifact(str(p))
-    assert info["payload_kind"] == "delta" and info["codec"] in ("fdelta1", "fdelta2")
+    assert info["payload_kind"] == "delta" and info["codec"] in ("fdelta1", "fdelta2", "fdelta3")
     assert info["base_sha256"] == hashlib.sha256(old).hexdigest()
     assert info["segments_ok"]
 
@@ -231,3 +231,14 @@ def test_ram_check_agrees_with_the_fdelta2_applier(tmp_path: Path) -> None:
     old, new = M.xtensa_slice()
     res = encode_delta(old, new, 16384, (ARCH_XTENSA,))
     _ram_check_is_tight(tmp_path, old, new, M.build(old, new, encoded=res), "fdelta2")
+
+
+def test_ram_check_agrees_with_the_fdelta3_applier(tmp_path: Path) -> None:
+    """SPEC 7.8: fdelta3's matches read back what the segment wrote (through the
+    installer's read_new) and the old image, and the formula stays tight."""
+    from otaferry.protocol.delta import ARCH_XTENSA, encode_delta
+    from otaferry.tools.bench import memory as M
+
+    old, new = M.xtensa_slice()
+    res = encode_delta(old, new, 16384, (ARCH_XTENSA,), lz=True)
+    _ram_check_is_tight(tmp_path, old, new, M.build(old, new, encoded=res), "fdelta3")

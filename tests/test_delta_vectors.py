@@ -41,7 +41,7 @@ def test_golden_segments_decode(codec: str, case: dict) -> None:  # type: ignore
         before = len(out)
         apply_segment(
             bytes.fromhex(hexed), lambda o, k: old[o : o + k], len(old), n, out.extend,
-            codec=codec,
+            codec=codec, read_new=lambda o, k, b=before: bytes(out[b + o : b + o + k]),
         )  # fmt: skip
         assert len(out) - before == n
     assert hashlib.sha256(out).hexdigest() == case["new_sha256"]

@@ -1,7 +1,7 @@
 """Benchmark of the delta codec on any list of firmware pairs, against its peers.
 
     otaferry bench delta [--pairs PAIRS.txt] [--json OUT.json] [--device-ram BYTES]
-                         [--segment-size N] [--lofo] [--no-baselines]
+                         [--segment-size N] [--lofo] [--no-baselines] [--jobs N]
 
 PAIRS.txt holds one pair a line, ``OLD.bin NEW.bin``, paths relative to the file
 (``#`` starts a comment); the default is ``tests/firmware/pairs.txt``, every
@@ -65,7 +65,8 @@ BASELINES = [
 CONFIGS: dict[str, dict[str, Any]] = {
     "auto": {},
     "fixed-32k": {"segment_size": 32768},
-    "fdelta1-only": {"archs": ()},
+    "fdelta1-only": {"archs": (), "lz": False},
+    "no-matches": {"lz": False},
 }
 
 
@@ -223,27 +224,55 @@ def bench_pair(
     return row
 
 
+def _config_size(job: tuple[str, str, int, dict[str, Any]]) -> int:
+    a, b, device_ram, kw = job
+    old, new = Path(a).read_bytes(), Path(b).read_bytes()
+    try:
+        return encode_delta_for_device(old, new, device_ram, **kw).payload_size
+    except Exception:  # a fixed size that does not fit: unusable on this pair
+        return 1 << 40
+
+
+def _pair_row(job: tuple[Path, str, str, int, bool, dict[str, Any]]) -> dict[str, Any]:
+    root, a, b, device_ram, baselines, enc = job
+    old, new = (root / a).read_bytes(), (root / b).read_bytes()
+    row: dict[str, Any] = {"old": a, "new": b, "family": family(b)}
+    row.update(bench_pair(old, new, device_ram, baselines, **enc))
+    return row
+
+
+def _map(fn: Callable[[Any], Any], items: list[Any], jobs_n: int) -> list[Any]:
+    """``map`` in ``jobs_n`` worker processes (pairs are independent), in order."""
+    if jobs_n <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs_n) as pool:
+        return list(pool.map(fn, items))
+
+
 def _lofo(
     pairs: list[tuple[str, str]],
     root: Path,
     device_ram: int,
     rows: dict[str, dict[str, Any]],
     rows_are_auto: bool = True,
+    jobs_n: int = 1,
 ) -> dict[str, Any]:
     """Leave one family out: each family scored with the configuration that did
     best on all the others."""
     sizes: dict[str, dict[str, int]] = {c: {} for c in CONFIGS}
+    todo: list[tuple[str, str, str]] = []
     for cname, kw in CONFIGS.items():
         for a, b in pairs:
             key = f"{a} -> {b}"
             if not kw and rows_are_auto:  # the builder's own choice: measured already
                 sizes[cname][key] = rows[key]["payload_bytes"]
                 continue
-            old, new = (root / a).read_bytes(), (root / b).read_bytes()
-            try:
-                sizes[cname][key] = encode_delta_for_device(old, new, device_ram, **kw).payload_size
-            except Exception:  # a fixed size that does not fit: unusable on this pair
-                sizes[cname][key] = 1 << 40
+            todo.append((cname, a, b))
+    jobs = [(str(root / a), str(root / b), device_ram, CONFIGS[c]) for c, a, b in todo]
+    for (cname, a, b), size in zip(todo, _map(_config_size, jobs, jobs_n), strict=True):
+        sizes[cname][f"{a} -> {b}"] = size
     fams = sorted({family(b) for _, b in pairs})
     keys_of = {f: [f"{a} -> {b}" for a, b in pairs if family(b) == f] for f in fams}
     out: dict[str, Any] = {"families": {}, "configs": list(CONFIGS)}
@@ -302,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--no-baselines", action="store_true", help="otaferry only, no peers (quick look)"
     )
+    ap.add_argument(
+        "--jobs",
+        type=int_range(1),
+        default=1,
+        help="pairs measured in this many processes at once (default 1; figures are the same)",
+    )
     return ap
 
 
@@ -320,13 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         enc["segment_size"] = args.segment_size
     quiet = args.json == "-"
     rows: dict[str, dict[str, Any]] = {}
-    for a, b in pairs:
-        old, new = (root / a).read_bytes(), (root / b).read_bytes()
-        row = {"old": a, "new": b, "family": family(b)}
-        row.update(bench_pair(old, new, args.device_ram, not args.no_baselines, **enc))
-        rows[f"{a} -> {b}"] = row
+    jobs = [(root, a, b, args.device_ram, not args.no_baselines, enc) for a, b in pairs]
+    for row in _map(_pair_row, jobs, args.jobs):
+        rows[f"{row['old']} -> {row['new']}"] = row
         if not quiet:
-            print(f"  done {a} -> {b}", file=sys.stderr)
+            print(f"  done {row['old']} -> {row['new']}", file=sys.stderr, flush=True)
     summary: dict[str, Any] = {
         "pairs_file": str(pairs_file),
         "device_ram": args.device_ram,
@@ -342,16 +375,27 @@ def main(argv: list[str] | None = None) -> int:
         summary["best_peer_bytes"] = sum(r["best_peer_bytes"] for r in rows.values())
         summary["ratio"] = round(summary["payload_bytes"] / summary["best_peer_bytes"], 4)
         summary["worst_pair_vs_best_peer"] = max(r["vs_best_peer"] for r in rows.values())
-        if args.lofo:
-            summary["leave_one_family_out"] = _lofo(pairs, root, args.device_ram, rows, not enc)
     doc = {"pairs": list(rows.values()), "total": summary}
+    lofo = args.lofo and not args.no_baselines
+    if args.json and not quiet:  # the pairs' figures first: the LOFO figure takes a while
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    if lofo:
+        if not quiet:
+            _print_table(rows, summary, True)
+            print("leave-one-family-out: measuring ...", file=sys.stderr, flush=True)
+        summary["leave_one_family_out"] = _lofo(
+            pairs, root, args.device_ram, rows, not enc, args.jobs
+        )
     if args.json:
         text = json.dumps(doc, indent=1)
         if quiet:
             print(text)
             return 0
         Path(args.json).write_text(text + "\n")
-    _print_table(rows, summary, not args.no_baselines)
+    if lofo:
+        _print_lofo(summary["leave_one_family_out"])
+    else:
+        _print_table(rows, summary, not args.no_baselines)
     return 0
 
 
@@ -381,11 +425,15 @@ def _print_table(rows: dict[str, dict[str, Any]], total: dict[str, Any], peers: 
         print(f"worst pair vs its best peer: {total['worst_pair_vs_best_peer']:.3f}")
         lofo = total.get("leave_one_family_out")
         if lofo:
-            print(
-                f"leave-one-family-out: {lofo['payload_bytes']} vs best peers "
-                f"{lofo['best_peer_bytes']} = {lofo['ratio']:.3f} "
-                + ", ".join(f"{f}: {v['config']}" for f, v in lofo["families"].items())
-            )
+            _print_lofo(lofo)
+
+
+def _print_lofo(lofo: dict[str, Any]) -> None:
+    print(
+        f"leave-one-family-out: {lofo['payload_bytes']} vs best peers "
+        f"{lofo['best_peer_bytes']} = {lofo['ratio']:.3f} "
+        + ", ".join(f"{f}: {v['config']}" for f, v in lofo["families"].items())
+    )
 
 
 if __name__ == "__main__":
