@@ -87,7 +87,7 @@ class DeltaResult:
 
 # The interpreter's own share while a segment is applied (object headers,
 # closures, driver temporaries); the device's delta_apply.INTERPRETER, measured.
-INTERPRETER = 6144
+INTERPRETER = 6656
 # fdelta2's own share: the learn closure and its cells on top (measured 6,461 B
 # with tracemalloc on CPython 3.11, tests/test_delta_install.py), rounded up.
 INTERPRETER2 = 7168

@@ -239,7 +239,7 @@ def test_bad_segment_size() -> None:
 
 
 def test_ram_budget_formula() -> None:
-    want = 10_000 + MODEL_BYTES + 4096 + 512 + 6144
+    want = 10_000 + MODEL_BYTES + 4096 + 512 + 6656
     assert ram_budget(10_000) == device_ram_budget(10_000) == want
     assert MODEL_BYTES < 32 * 1024
     want2 = 10_000 + MODEL_BYTES2 + 4096 + 512 + 7168
