@@ -48,9 +48,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self, TextIO
+from typing import Any, TextIO
 
+from ..link import ClosesOnExit
 from . import mqttwire as w
 from .mqttwire import PacketError, PacketType, Publish
 
@@ -142,7 +142,7 @@ class _Conn:
     kicked: str | None = None  # why the broker ended this connection from outside
 
 
-class Broker:
+class Broker(ClosesOnExit):
     """See the module docstring."""
 
     def __init__(
@@ -170,17 +170,6 @@ class Broker:
         sock = self._server.sockets[0].getsockname()
         self.host, self.port = str(sock[0]), int(sock[1])
         self.log("listening", address=f"{self.host}:{self.port}")
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         if self._server is not None:
