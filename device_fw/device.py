@@ -151,7 +151,11 @@ class Device:
         self.flash = getattr(platform, "flash", None)
         self.parts = getattr(platform, "parts", None)
         self.otadata = getattr(platform, "otadata", None)
-        self.slots = platform.slots
+        self.slots = platform.slots  # the OTA slots: updates go there, nowhere else
+        self.factory = getattr(platform, "factory", None)
+        # Every app that can boot, as indexed by state["running"] and the boot
+        # model: the OTA slots, then the factory app (index len(slots)) if any.
+        self.apps = self.slots + ([self.factory] if self.factory is not None else [])
         self.store = platform.store
         self.store.valid = self._valid_state
         self.checkin_nonce = None  # this boot's, while the running image awaits its check-in
@@ -175,7 +179,7 @@ class Device:
         fails here is treated as absent and the store falls back to the record
         before it, so no field read later can crash boot or info."""
         try:
-            return _check_state(s, [p.label for p in self.slots])
+            return _check_state(s, [p.label for p in self.apps])
         except (KeyError, TypeError, AttributeError, ValueError, IndexError):
             return False
 
@@ -197,12 +201,16 @@ class Device:
         limits=None,
         gateways=None,
     ):
-        """Factory-flash a device: table, state, ``image`` in the first OTA slot (VALID)."""
+        """Factory-flash a device: table, state and ``image``, as ESP-IDF's flashing
+        does: into the factory app with otadata left blank if the table has one
+        (the bootloader boots it), else into ota_0, selected VALID."""
         parts = P.parse_csv(partitions_csv or P.DEFAULT_CSV, flash_size=size)
         _otadata, slots = P.ota_layout(parts)
-        if len(image) > slots[0].size:
+        factory = P.factory_of(parts)
+        first = factory if factory is not None else slots[0]
+        if len(image) > first.size:
             raise DeviceError(
-                R.TOO_LARGE, "image of %d bytes does not fit %s" % (len(image), slots[0].label)
+                R.TOO_LARGE, "image of %d bytes does not fit %s" % (len(image), first.label)
             )
         for key in trusted_keys:
             if len(key) != 32:
@@ -210,14 +218,16 @@ class Device:
         flash = Flash.create(path, size)  # locked before it clears the file
         try:
             P.write_table(flash, parts)
-            flash.erase_range(slots[0].offset, (len(image) + 4095) // 4096 * 4096)
+            flash.erase_range(first.offset, (len(image) + 4095) // 4096 * 4096)
             for pos in range(0, len(image), HASH_CHUNK):
-                flash.write(slots[0].offset + pos, image[pos : pos + HASH_CHUNK])
-            otadata_part, _ = P.ota_layout(parts)
-            OD.OtaData(flash, otadata_part, len(slots)).select(0, OD.VALID)
+                flash.write(first.offset + pos, image[pos : pos + HASH_CHUNK])
+            running = len(slots)  # the factory app's index
+            if factory is None:
+                running = 0
+                OD.OtaData(flash, _otadata, len(slots)).select(0, OD.VALID)
             digest = port.sha256(image).digest()
-            state = initial_state(hw, chip, trusted_keys, slots[0].label, digest, len(image),
-                                  version, security_counter, 0, device_id, limits,
+            state = initial_state(hw, chip, trusted_keys, first.label, digest, len(image),
+                                  version, security_counter, running, device_id, limits,
                                   gateways)  # fmt: skip
             nvs = [p for p in parts if p.type == P.TYPE_DATA and p.subtype == P.DATA_NVS]
             if not nvs:
@@ -315,12 +325,15 @@ class Device:
         return bytes(key_id) in [bytes(k) for k in self.state.get("revoked", [])]
 
     def active_slot(self):
-        return self.slots[self.state["running"]]
+        return self.apps[self.state["running"]]
 
     def passive_slot(self):
-        """The slot an update goes to: the next one after the running slot
-        (esp_ota_get_next_update_partition)."""
-        return self.slots[(self.state["running"] + 1) % len(self.slots)]
+        """The slot an update goes to: the OTA slot after the running one, ota_0
+        when the factory app runs (esp_ota_get_next_update_partition)."""
+        running = self.state["running"]
+        if running == len(self.slots):
+            return self.slots[0]
+        return self.slots[(running + 1) % len(self.slots)]
 
     def running_pending(self):
         """True while the running image is PENDING_VERIFY (booted, not confirmed)."""
@@ -362,7 +375,7 @@ class Device:
         (an image that lost its otadata entry must not boot below it). A read
         error is a failed check, not a stop: the next candidate is tried, as
         ESP-IDF's bootloader falls back when an image does not load."""
-        slot = self.slots[index]
+        slot = self.apps[index]
         rec = self.state["slots"].get(slot.label)
         if rec is None or rec["security_counter"] < self.state["counter"]:
             return False
@@ -483,12 +496,12 @@ class Device:
             elif result.slot != self.state["running"]:
                 self._save(running=result.slot)
         self._protect_active()
-        slot = self.slots[result.slot]
+        slot = self.apps[result.slot]
         rec = self.state["slots"].get(slot.label) or {}
         return {
             "slot": result.slot,
             "label": slot.label,
-            "state": OD.state_name(self.platform.state_of(result.slot)),
+            "state": self._state_text(result.slot),
             "version": rec.get("version"),
             "rolled_back": rolled_back,
             "log": log,
@@ -513,24 +526,32 @@ class Device:
 
     # ------------------------------------------------------------ info
 
+    def _state_text(self, index):
+        """The app's otadata state by name; FACTORY for the factory app (it has no
+        entry), EMPTY for an OTA slot no entry names."""
+        if index == len(self.slots):
+            return "FACTORY"
+        state = self.platform.state_of(index)
+        return "EMPTY" if state is None else OD.state_name(state)
+
     def info(self):
         s = self.state
         slots = []
-        for i, p in enumerate(self.slots):
+        for i, p in enumerate(self.apps):
             rec = s["slots"].get(p.label)
-            state = self.platform.state_of(i)
             slots.append(
                 {
                     "label": p.label,
                     "offset": p.offset,
                     "size": p.size,
-                    "state": OD.state_name(state) if state is not None else "EMPTY",
+                    "state": self._state_text(i),
                     "sha256": _hex(rec["sha256"]) if rec else None,
                     "version": rec["version"] if rec else None,
                     "image_size": rec["size"] if rec else None,
                     "security_counter": rec["security_counter"] if rec else None,
                 }
             )
+        nxt = self.platform.next_boot(self.slot_image_ok)
         progress = s.get("progress")
         install = None
         if progress and not progress.get("done"):
@@ -541,7 +562,9 @@ class Device:
             "chip": s["chip"],
             "flash_size": self.platform.flash_size,
             "running_slot": s["running"],
-            "next_boot_slot": self.platform.next_boot(self.slot_image_ok),
+            "running_label": self.active_slot().label,
+            "next_boot_slot": nxt,
+            "next_boot_label": None if nxt is None else self.apps[nxt].label,
             "security_counter": s["counter"],
             "trusted_key_ids": [_hex(port.sha256(k).digest()[:8]) for k in s["trusted"]],
             "revoked_key_ids": [_hex(k) for k in s.get("revoked", [])],

@@ -372,6 +372,17 @@ def ota_layout(parts):
     return otadata, slots
 
 
+def factory_of(parts):
+    """The factory app partition (app, factory), or None. ESP-IDF's bootloader
+    boots it when otadata selects nothing, and tries it after the lower OTA
+    slots when an image fails; the device never writes it (updates go to
+    OTA slots only)."""
+    for p in parts:
+        if p.type == TYPE_APP and p.subtype == SUBTYPE_FACTORY:
+            return p
+    return None
+
+
 def read_table(flash, offset=TABLE_OFFSET):
     return from_binary(flash.read(offset, TABLE_MAX_LEN), offset)
 

@@ -246,3 +246,12 @@ def test_power_cut_at_every_op(factory, tmp_path, scenario, final, shift):
             assert r.state == od.VALID, (cut, r.log)
         assert r.slot in (0, 1) and d.verify(r.slot)
         d.flash.close()
+
+
+def test_factory_app_order_follows_esp_idf():
+    """bootloader_utility_load_boot_image: the chosen slot, lower OTA slots down to
+    the factory app, then higher slots; with nothing selected, factory then ota_0 up."""
+    assert bt._candidates(2, None, 3, True) == [2, 1, 0, 3]
+    assert bt._candidates(0, None, 3, True) == [0, 3, 1, 2]
+    assert bt._candidates(3, None, 3, True) == [3, 0, 1, 2]
+    assert bt._candidates(1, None, 2, False) == [1, 0]

@@ -9,11 +9,13 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from helpers_artifacts import key_a, small_image
 from otaferry.device_fw import otadata as od
 from otaferry.device_fw.device import Device
 from otaferry.device_fw.flash import SECTOR_SIZE
 from otaferry.device_fw.installer import install_stream
+from otaferry.device_fw.reasons import DeviceError, FlashError
 from otaferry.protocol.artifact import build_full
 
 OLD = small_image(9000)
@@ -120,3 +122,66 @@ def test_info_reports_what_the_next_boot_really_does(tmp_path: Path) -> None:
     with Device(str(path)) as dev:
         assert dev.info()["next_boot_slot"] == 0
         assert dev.power_on(self_test=True)["label"] == "ota_0"
+
+
+FACTORY_CSV = """\
+nvs,      data, nvs,     0x9000,  0x4000,
+otadata,  data, ota,     0xd000,  0x2000,
+phy_init, data, phy,     0xf000,  0x1000,
+factory,  app,  factory, 0x10000, 64K,
+ota_0,    app,  ota_0,   0x20000, 64K,
+ota_1,    app,  ota_1,   0x30000, 64K,
+"""
+
+
+def _factory_device(tmp_path: Path) -> Path:
+    path = tmp_path / "factory.bin"
+    Device.create(str(path), hw="test-board", chip="esp32c3", trusted_keys=[key_a().public.raw],
+                  image=OLD, version="old", partitions_csv=FACTORY_CSV,
+                  size=0x40000).close()  # fmt: skip
+    return path
+
+
+def test_a_factory_app_boots_when_otadata_is_erased(tmp_path: Path) -> None:
+    """ESP-IDF boots the factory app when otadata selects nothing; otaferry booted
+    ota_0. A factory-running device updates into ota_0, never into factory, and
+    an update that does not confirm returns to factory."""
+    path = _factory_device(tmp_path)
+    with Device(str(path)) as dev:
+        info = dev.info()
+        assert (info["running_label"], info["next_boot_label"]) == ("factory", "factory")
+        assert dev.passive_slot().label == "ota_0"
+        with pytest.raises(FlashError):  # never an update target, never written
+            dev.factory.erase(0, SECTOR_SIZE)
+        with pytest.raises(DeviceError):
+            dev.platform.set_boot(dev.factory.index)
+        boot = dev.power_on(self_test=True)
+    assert (boot["label"], boot["state"]) == ("factory", "FACTORY")
+    assert _update(path, counter=0, confirm=None)["label"] == "ota_0"  # pending, then reset
+    with Device(str(path)) as dev:
+        assert dev.info()["next_boot_label"] == "factory"
+        assert dev.power_on(self_test=True)["label"] == "factory"
+    boot = _update(path, counter=0)
+    assert (boot["label"], boot["state"]) == ("ota_0", "VALID")
+    with Device(str(path)) as dev:
+        assert dev.info()["running_label"] == "ota_0"
+        for i in (0, 1):
+            dev.flash.erase_sector(dev.otadata.offset + i * SECTOR_SIZE)
+        assert dev.info()["next_boot_label"] == "factory"
+        boot = dev.power_on(self_test=True)
+    assert (boot["label"], boot["version"]) == ("factory", "old")
+
+
+def test_a_factory_app_below_the_counter_does_not_boot(tmp_path: Path) -> None:
+    """The one deliberate difference from ESP-IDF here: the factory app is held to
+    the security counter like any image, so erased otadata after a confirmed
+    counter-1 update boots ota_0 (ESP-IDF checks factory against its eFuse
+    secure_version the same way, with anti-rollback enabled)."""
+    path = _factory_device(tmp_path)
+    _update(path, counter=1)
+    with Device(str(path)) as dev:
+        for i in (0, 1):
+            dev.flash.erase_sector(dev.otadata.offset + i * SECTOR_SIZE)
+        assert dev.info()["next_boot_label"] == "ota_0"
+        boot = dev.power_on(self_test=True)
+    assert (boot["label"], boot["version"]) == ("ota_0", "new")

@@ -1,6 +1,7 @@
 """The simulator's platform: one flash file (``flash.Flash``) holding an
-ESP-IDF partition table, otadata, the device store in the nvs partition and
-the OTA slots; the bootloader is ``boot.py``'s model of ESP-IDF's.
+ESP-IDF partition table, otadata, the device store in the nvs partition, the
+OTA slots and, if the table has one, a factory app; the bootloader is
+``boot.py``'s model of ESP-IDF's.
 
 The active slot is write-protected twice: its Slot is locked, and the Flash
 itself refuses any op touching it (``Flash.protect``), so a bug that went
@@ -34,6 +35,15 @@ class SimPlatform:
                 Slot(self.flash, p.offset, p.size, p.label, i, SECTOR_SIZE)
                 for i, p in enumerate(parts)
             ]
+            # The factory app, if the table has one: index n, after the OTA
+            # slots (boot.app_partitions). Never written, so locked for good.
+            self.factory = None
+            factory = P.factory_of(self.parts)
+            if factory is not None:
+                self.factory = Slot(self.flash, factory.offset, factory.size, factory.label,
+                                    len(self.slots), SECTOR_SIZE)
+                self.factory.locked = True
+                self.flash.protect(factory.offset, factory.size, "factory app")
             self.store = Store.on_partition(self.flash, nvs, valid=valid)
             self.otadata = OD.OtaData(self.flash, self.otadata_part, len(self.slots))
         except BaseException:
@@ -51,7 +61,7 @@ class SimPlatform:
         for slot in self.slots:
             slot.locked = slot.index == index
         self.flash.unprotect("active slot")
-        active = self.slots[index]
+        active = self.factory if index == len(self.slots) else self.slots[index]
         self.flash.protect(active.base, active.size, "active slot")
 
     def boot(self, verify):

@@ -55,8 +55,8 @@ class FlashAudit:
     def region(self, addr: int, length: int) -> str:
         dev, end = self.dev, addr + length
         running = dev.state["running"]
-        passive = (running + 1) % len(dev.slots)
-        for i, slot in enumerate(dev.slots):
+        passive = dev.passive_slot().index
+        for i, slot in enumerate(dev.apps):
             if addr < slot.offset + slot.size and slot.offset < end:
                 if i == running:
                     return "active"
