@@ -21,12 +21,14 @@ State kept in the store (one msgpack map, rewritten whole on each change)::
     require_secure  refuse plaintext link frames (default True)
 """
 
+from . import bootrec
 from . import otadata as OD
 from . import partitions as P
 from . import port
 from . import reasons as R
-from .flash import Flash
-from .reasons import DeviceError
+from .flash import SECTOR_SIZE, Flash
+from .platform import Slot
+from .reasons import DeviceError, FlashError
 from .store import Store
 
 STATE_VERSION = 1
@@ -159,8 +161,13 @@ class Device:
         self.store = platform.store
         self.store.valid = self._valid_state
         self.checkin_nonce = None  # this boot's, while the running image awaits its check-in
+        # True when no store record was readable and the state was rebuilt from
+        # the apps' boot records (bootrec.py): it boots, it takes no update.
+        self.recovered = False
         try:
             self.state = self.store.load()
+            if self.state is None:
+                self.state = self._recover()
             if self.state is None or self.state.get("v") != STATE_VERSION:
                 raise DeviceError(R.BAD_STATE, "flash holds no device state (run 'flash init')")
         except BaseException:
@@ -172,6 +179,34 @@ class Device:
             # the active one from the first instant (power_on records it).
             self.state = dict(self.state, running=booted)
         self._protect_active()
+
+    def _recover(self):
+        """A state rebuilt from the apps' boot records when no store record is
+        readable, or None if no app has one (a blank device). It holds what
+        the boot check needs (each slot's image record, the security counter
+        bootrec.recovered_counter gives) and no identity: no trusted key, no
+        link key. Nothing of it is saved (``_save`` keeps it in RAM): the
+        store stays as it is until the device is provisioned again."""
+        records, images, valid = [], {}, []
+        for i, app in enumerate(self.apps):
+            got = bootrec.read(app)
+            if got is None:
+                continue
+            records.append(got)
+            if got[1] is not None:
+                images[app.label] = got[1]
+                if i < len(self.slots) and self.platform.state_of(i) == OD.VALID:
+                    valid.append(got[1])
+        if not records:
+            return None
+        self.recovered = True
+        state = initial_state("unknown", "unknown", [], self.apps[0].label, bytes(32), 0, "",
+                              device_id=bytes(8))  # fmt: skip
+        state.update(counter=bootrec.recovered_counter(records, valid), slots=images,
+                     link_key=None)  # fmt: skip
+        nxt = self.platform.next_boot(lambda i: self._image_ok(state, i))
+        state["running"] = 0 if nxt is None else nxt
+        return state
 
     def _valid_state(self, s):
         """Is a decoded state record one this device can run on? A record with a
@@ -208,9 +243,11 @@ class Device:
         _otadata, slots = P.ota_layout(parts)
         factory = P.factory_of(parts)
         first = factory if factory is not None else slots[0]
-        if len(image) > first.size:
+        app = Slot(None, first.offset, first.size, first.label, 0, SECTOR_SIZE)
+        if len(image) > bootrec.capacity(app):
             raise DeviceError(
-                R.TOO_LARGE, "image of %d bytes does not fit %s" % (len(image), first.label)
+                R.TOO_LARGE, "image of %d bytes does not fit %s (%d bytes for an image)"
+                % (len(image), first.label, bootrec.capacity(app))
             )
         for key in trusted_keys:
             if len(key) != 32:
@@ -232,6 +269,13 @@ class Device:
             nvs = [p for p in parts if p.type == P.TYPE_DATA and p.subtype == P.DATA_NVS]
             if not nvs:
                 raise DeviceError(R.PARTITION_TABLE, "no nvs partition for the device state")
+            app.region = flash
+            bootrec.write(app, security_counter, state["slots"][first.label])
+            if security_counter:  # the other slots carry the floor from the start
+                for p in slots:
+                    if p is not first:
+                        bootrec.write(Slot(flash, p.offset, p.size, p.label, 0, SECTOR_SIZE),
+                                      security_counter)
             Store.on_partition(flash, nvs[0]).save(state)
         except BaseException:
             flash.close()
@@ -254,8 +298,20 @@ class Device:
     def _save(self, **changes):
         state = dict(self.state)
         state.update(changes)
-        self.store.save(state)
+        if not self.recovered:
+            self.store.save(state)
         self.state = state
+
+    def _keep_floor(self):
+        """The passive slot's boot record carries the security counter (bootrec.py):
+        rewritten when the counter has moved past it, checked at every boot so a
+        cut between the store's save and this write is caught up. A slot that
+        cannot be written (a flash error) keeps its old record: the store and
+        the confirmed image's VALID entry still hold the counter."""
+        try:
+            bootrec.raise_floor(self.passive_slot(), self.state["counter"])
+        except FlashError:
+            pass
 
     def _protect_active(self):
         self.platform.lock_active(self.state["running"])
@@ -364,6 +420,9 @@ class Device:
             progress = dict(progress, done=True)
         uid = record.get("uid")
         failures = [f for f in self.failures() if uid is None or bytes(f["uid"]) != bytes(uid)]
+        # The boot record first: until the store records the slot it is not
+        # booted, and without the store the record alone lets it boot.
+        bootrec.write(slot, self.state["counter"], record)
         self._save(slots=slots, progress=progress, failures=failures)
         self.platform.set_boot(slot.index)
 
@@ -375,9 +434,12 @@ class Device:
         (an image that lost its otadata entry must not boot below it). A read
         error is a failed check, not a stop: the next candidate is tried, as
         ESP-IDF's bootloader falls back when an image does not load."""
+        return self._image_ok(self.state, index)
+
+    def _image_ok(self, state, index):
         slot = self.apps[index]
-        rec = self.state["slots"].get(slot.label)
-        if rec is None or rec["security_counter"] < self.state["counter"]:
+        rec = state["slots"].get(slot.label)
+        if rec is None or rec["security_counter"] < state["counter"]:
             return False
         h = port.sha256()
         size = rec["size"]
@@ -422,6 +484,7 @@ class Device:
         self.platform.mark_valid(running)
         counter = max(self.state["counter"], rec.get("security_counter", 0))
         self._save(counter=counter, progress=None)
+        self._keep_floor()
         self.checkin_nonce = None
         return rec.get("uid")
 
@@ -496,6 +559,7 @@ class Device:
             elif result.slot != self.state["running"]:
                 self._save(running=result.slot)
         self._protect_active()
+        self._keep_floor()
         slot = self.apps[result.slot]
         rec = self.state["slots"].get(slot.label) or {}
         return {
@@ -569,6 +633,7 @@ class Device:
             "trusted_key_ids": [_hex(port.sha256(k).digest()[:8]) for k in s["trusted"]],
             "revoked_key_ids": [_hex(k) for k in s.get("revoked", [])],
             "link_public_key": _hex(self.link_public()) if self.link_key() else None,
+            "state_lost": self.recovered,
             "gateways": [_hex(k) for k in self.gateways()],
             "require_secure": self.require_secure(),
             "slots": slots,

@@ -24,6 +24,7 @@ slot back and compares the SHA-256 with the manifest before otadata is touched,
 so an image that does not match is never selected for boot.
 """
 
+from . import bootrec
 from . import codecs as C
 from . import manifest as M
 from . import port
@@ -77,6 +78,12 @@ class Installer:
         it claims. Only then is the manifest parsed and judged.
         """
         dev = self.device
+        if dev.recovered:
+            raise DeviceError(
+                R.BAD_STATE,
+                "device state lost (no store record readable; booted from boot records): "
+                "provision the device again before updating it",
+            )
         limit = max_manifest(dev)
         if len(manifest_bytes) > limit:
             raise DeviceError(
@@ -137,11 +144,11 @@ class Installer:
                 "confirm it or roll back before installing another update",
             )
         slot = dev.passive_slot()
-        if m["target_size"] > slot.size:
+        if m["target_size"] > bootrec.capacity(slot):
             raise DeviceError(
                 R.TOO_LARGE,
-                "image of %d bytes does not fit slot %s (%d bytes)"
-                % (m["target_size"], slot.label, slot.size),
+                "image of %d bytes does not fit slot %s (%d bytes for an image)"
+                % (m["target_size"], slot.label, bootrec.capacity(slot)),
             )
         self._check_codec(m)
         if m["payload_kind"] == M.PAYLOAD_DELTA:

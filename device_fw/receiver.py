@@ -51,6 +51,7 @@ chunk size (the buffer is tagged with update id, chunk size and segment), and
 ACCEPT reports it, so a reconnect does not resend chunks the device holds.
 """
 
+from . import bootrec
 from . import codecs as C
 from . import frames as F
 from . import reasons as R
@@ -270,7 +271,7 @@ class Receiver:
             "running_version": running.get("version"),
             "running_sha256": running.get("sha256"),
             "security_counter": ident["security_counter"],
-            "slot_size": dev.passive_slot().size,
+            "slot_size": bootrec.capacity(dev.passive_slot()),
             "max_frame": self.mtu,
             "codecs": C.names(),  # what this port really decodes
             "max_window_log": limits["max_window_log"],

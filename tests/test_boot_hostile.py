@@ -15,7 +15,8 @@ from otaferry.device_fw import otadata as od
 from otaferry.device_fw.device import Device
 from otaferry.device_fw.flash import SECTOR_SIZE
 from otaferry.device_fw.installer import install_stream
-from otaferry.device_fw.reasons import DeviceError, FlashError
+from otaferry.device_fw.reasons import BAD_STATE, DeviceError, FlashError
+from otaferry.device_fw.store import Store
 from otaferry.protocol.artifact import build_full
 
 OLD = small_image(9000)
@@ -185,3 +186,61 @@ def test_a_factory_app_below_the_counter_does_not_boot(tmp_path: Path) -> None:
         assert dev.info()["next_boot_label"] == "ota_0"
         boot = dev.power_on(self_test=True)
     assert (boot["label"], boot["version"]) == ("ota_0", "new")
+
+
+def _wreck_store(dev: Device) -> None:
+    """Every store record corrupt: program the whole nvs partition to zeros."""
+    dev.flash.write(dev.store.offset, bytes(dev.store.sectors * SECTOR_SIZE))
+
+
+def test_all_store_records_corrupt_boots_an_intact_image(tmp_path: Path) -> None:
+    """With every store record corrupt the device refused to boot although both
+    images were intact. It boots from the apps' boot records (bootrec.py), never
+    below its counter (even with otadata erased too, the older image stays
+    refused), and takes no update: its trusted keys went with the store."""
+    path = _device(tmp_path)
+    _update(path, counter=4)
+    with Device(str(path)) as dev:
+        _wreck_store(dev)
+        assert Store(dev.flash, dev.store.offset, dev.store.sectors * SECTOR_SIZE).load() is None
+    with Device(str(path)) as dev:
+        info = dev.info()
+        assert info["state_lost"] and info["security_counter"] == 4
+        assert info["next_boot_label"] == "ota_1"
+        boot = dev.power_on(self_test=True)
+        assert (boot["label"], boot["version"], boot["state"]) == ("ota_1", "new", "VALID")
+        with pytest.raises(DeviceError) as exc:
+            install_stream(dev, io.BytesIO(_art(OLD, 5, "again")))
+        assert exc.value.reason == BAD_STATE
+        for i in (0, 1):
+            dev.flash.erase_sector(dev.otadata.offset + i * SECTOR_SIZE)
+    with Device(str(path)) as dev:
+        assert dev.slot_image_ok(0) is False  # old, counter 0: below the floor of 4
+        boot = dev.power_on(self_test=True)
+    assert (boot["label"], boot["version"]) == ("ota_1", "new")
+
+
+def test_a_torn_or_stale_boot_record_never_boots_what_it_does_not_describe(
+        tmp_path: Path) -> None:
+    """Without the store, a slot boots only if its bytes hash to its boot record:
+    a slot overwritten since its record was written fails, and so does a slot
+    whose record is damaged; with nothing left that verifies, boot refuses."""
+    path = _device(tmp_path)
+    _update(path, counter=0)
+    with Device(str(path)) as dev:
+        _wreck_store(dev)
+        dev.flash.unprotect("active slot")
+        ota1 = dev.slots[1]
+        dev.flash.write(ota1.offset + 100, bytes(4))  # the new image, damaged
+        dev.flash.write(ota1.offset + ota1.size - SECTOR_SIZE + 5, bytes(1))  # its record
+    with Device(str(path)) as dev:
+        assert dev.slot_image_ok(1) is False
+        boot = dev.power_on(self_test=True)
+        assert (boot["label"], boot["version"]) == ("ota_0", "old")
+        ota0 = dev.slots[0]
+    with Device(str(path)) as dev:  # and the old one damaged too: nothing verifies
+        dev.platform.lock_active(1)
+        dev.flash.write(ota0.offset + 100, bytes(4))
+    with Device(str(path)) as dev, pytest.raises(DeviceError) as exc:
+        dev.power_on(self_test=True)
+    assert exc.value.reason == BAD_STATE
