@@ -302,16 +302,25 @@ class Device:
             self.store.save(state)
         self.state = state
 
-    def _keep_floor(self):
+    def _keep_floor(self, counter=None):
         """The passive slot's boot record carries the security counter (bootrec.py):
-        rewritten when the counter has moved past it, checked at every boot so a
-        cut between the store's save and this write is caught up. A slot that
-        cannot be written (a flash error) keeps its old record: the store and
-        the confirmed image's VALID entry still hold the counter."""
+        rewritten when the counter has moved past it, checked at every boot. A
+        slot that cannot be written (a flash error) keeps its old record: the
+        store and the confirmed image's VALID entry still hold the counter."""
         try:
-            bootrec.raise_floor(self.passive_slot(), self.state["counter"])
+            bootrec.raise_floor(self.passive_slot(), self.state["counter"] if counter is None
+                                else counter)  # fmt: skip
         except FlashError:
             pass
+
+    def _raise_counter(self, counter, **changes):
+        """Save the security counter ``counter`` (and ``changes``) once the image
+        that carries it is VALID in otadata: the passive slot's floor first, then
+        the store, so a cut between the two leaves the floor, never the store
+        alone, ahead (the next boot's catch-up raises the store from the VALID
+        entry), and no cut leaves only the store knowing the new counter."""
+        self._keep_floor(counter)
+        self._save(counter=counter, **changes)
 
     def _protect_active(self):
         self.platform.lock_active(self.state["running"])
@@ -483,8 +492,7 @@ class Device:
         rec = self.running_image() or {}
         self.platform.mark_valid(running)
         counter = max(self.state["counter"], rec.get("security_counter", 0))
-        self._save(counter=counter, progress=None)
-        self._keep_floor()
+        self._raise_counter(counter, progress=None)
         self.checkin_nonce = None
         return rec.get("uid")
 
@@ -530,7 +538,7 @@ class Device:
             elif self_test is True:
                 self.platform.mark_valid(result.slot)
                 counter = max(self.state["counter"], rec.get("security_counter", 0))
-                self._save(running=result.slot, counter=counter, progress=None)
+                self._raise_counter(counter, running=result.slot, progress=None)
                 log.append(
                     "app %s: self-test passed, image confirmed (VALID), security counter %d"
                     % (version, counter)
@@ -554,7 +562,7 @@ class Device:
             rec = self.state["slots"].get(result.label) or {}
             counter = max(self.state["counter"], rec.get("security_counter", 0))
             if result.state == OD.VALID and counter != self.state["counter"]:
-                self._save(running=result.slot, counter=counter)
+                self._raise_counter(counter, running=result.slot)
                 log.append("security counter raised to %d (confirmed image)" % counter)
             elif result.slot != self.state["running"]:
                 self._save(running=result.slot)

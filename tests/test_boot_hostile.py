@@ -5,6 +5,7 @@ bootloader, the installer or ``device info`` before."""
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from helpers_artifacts import key_a, small_image
 from otaferry.device_fw import otadata as od
 from otaferry.device_fw.device import Device
-from otaferry.device_fw.flash import SECTOR_SIZE
+from otaferry.device_fw.flash import SECTOR_SIZE, PowerCut
 from otaferry.device_fw.installer import install_stream
 from otaferry.device_fw.reasons import BAD_STATE, DeviceError, FlashError
 from otaferry.device_fw.store import Store
@@ -244,3 +245,46 @@ def test_a_torn_or_stale_boot_record_never_boots_what_it_does_not_describe(
     with Device(str(path)) as dev, pytest.raises(DeviceError) as exc:
         dev.power_on(self_test=True)
     assert exc.value.reason == BAD_STATE
+
+
+def test_store_lost_after_a_cut_at_any_op_still_boots_at_or_above_the_counter(
+        tmp_path: Path) -> None:
+    """A power cut at every flash op of an install and its confirming boot (an
+    erase cut before it starts and after it ends, a program cut at 0 and at
+    1/4), then
+    every store record corrupt (and otadata erased as well): the device still
+    boots an image whose bytes match its boot record, and never one below the
+    counter the store held."""
+    base = _device(tmp_path, counter=1)
+    art = _art(NEW, 2, "new")
+
+    def run(dev: Device, shift: int) -> None:
+        for _ in range(shift):  # a no-op program: each op is cut in both variants
+            dev.flash.write(0, b"\xff")
+        install_stream(dev, io.BytesIO(art))
+        dev.power_on(self_test=True)
+
+    ref = tmp_path / "ref.bin"
+    ref.write_bytes(base.read_bytes())
+    with Device(str(ref)) as dev:
+        run(dev, 0)
+        total = dev.flash.ops
+    assert total > 10, total
+    for cut, shift, otadata_too in itertools.product(range(total), (0, 1), (False, True)):
+        path = tmp_path / "cut.bin"
+        path.write_bytes(base.read_bytes())
+        dev = Device(str(path), cut_at=cut + shift)
+        with pytest.raises(PowerCut):
+            run(dev, shift)
+        with Device(str(path)) as dev:
+            counter = dev.identity()["security_counter"]
+            _wreck_store(dev)
+            for i in (0, 1) if otadata_too else ():
+                dev.flash.erase_sector(dev.otadata.offset + i * SECTOR_SIZE)
+        with Device(str(path)) as dev:
+            assert dev.recovered
+            boot = dev.power_on(self_test=True)
+            rec = dev.state["slots"][boot["label"]]
+            assert dev.slot_image_ok(boot["slot"]), (cut, boot["log"])
+            assert rec["security_counter"] >= counter, (cut, boot["log"])
+            assert dev.identity()["security_counter"] >= counter, cut

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ....device_fw import bootrec
 from ....device_fw import frames as DF
 from ....device_fw.device import Device
 from ....device_fw.flash import SECTOR_SIZE
@@ -27,7 +28,8 @@ class FlashAudit:
     sees attempts before the flash model's ``protect()`` guard refuses them)
     and sets ``on_op`` (so ``ops`` lists every op the flash started, the one a
     power cut hit last). ``extent``: bytes of the passive slot an update may
-    write (the largest signed target, rounded up to a sector).
+    write (the largest signed target, rounded up to a sector); its last sector,
+    the boot record (device_fw/bootrec.py), is the passive slot's too.
     """
 
     def __init__(self, dev: Device, extent: int | None = None) -> None:
@@ -62,6 +64,9 @@ class FlashAudit:
                     return "active"
                 limit = slot.size if self.extent is None else min(slot.size, self.extent)
                 if i == passive and slot.offset <= addr and end <= slot.offset + limit:
+                    return "passive"
+                record = slot.offset + bootrec.capacity(slot)  # its boot record
+                if i == passive and record <= addr and end <= slot.offset + slot.size:
                     return "passive"
                 return "other-slot"
         store = dev.store

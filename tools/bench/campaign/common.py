@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ....device_fw import bootrec
 from ....device_fw import secure as DS
 from ....device_fw.device import Device
 from ....device_fw.flash import SECTOR_SIZE
@@ -137,10 +138,15 @@ def sha(data: bytes) -> bytes:
 
 
 def slot_digest(dev: Device, index: int) -> bytes:
+    """SHA-256 of the slot's image area: all of it but its boot record, which the
+    device rewrites in the passive slot when its security counter rises (once the
+    new image confirmed, slot 0 is passive). Writes to the active slot's record are
+    refused by Flash.protect and counted as such."""
     slot = dev.slots[index]
+    size = bootrec.capacity(slot)
     h = hashlib.sha256()
-    for pos in range(0, slot.size, 0x10000):
-        h.update(dev.flash.read(slot.offset + pos, min(0x10000, slot.size - pos)))
+    for pos in range(0, size, 0x10000):
+        h.update(dev.flash.read(slot.offset + pos, min(0x10000, size - pos)))
     return h.digest()
 
 
