@@ -21,10 +21,9 @@ State kept in the store (one msgpack map, rewritten whole on each change)::
     require_secure  refuse plaintext link frames (default True)
 """
 
-from . import bootrec
+from . import bootrec, port
 from . import otadata as OD
 from . import partitions as P
-from . import port
 from . import reasons as R
 from .flash import SECTOR_SIZE, Flash
 from .platform import Slot

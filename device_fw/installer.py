@@ -24,10 +24,9 @@ slot back and compares the SHA-256 with the manifest before otadata is touched,
 so an image that does not match is never selected for boot.
 """
 
-from . import bootrec
+from . import bootrec, port
 from . import codecs as C
 from . import manifest as M
-from . import port
 from . import reasons as R
 from .reasons import DeviceError
 
