@@ -19,10 +19,13 @@ Why here, and not elsewhere:
 So each app partition keeps, in its last erase unit (never part of an image:
 ``capacity`` is the slot less that unit), one record::
 
-    magic "OB" | length u16 LE | body (msgpack map) | crc32 u32 LE
+    magic "OB" | length u16 LE | body (msgpack) | crc32 u32 LE
 
-    body: {"floor": counter, "image": {sha256, size, version,
-           security_counter, uid?} or absent}
+    body: [floor, image]   image: [sha256, size, version, security_counter,
+                                   uid or nil] or nil
+
+(arrays, not maps: the bytes must not depend on an interpreter's dict order,
+and CPython and MicroPython write the same record.)
 
 ``image`` is the same record the store keeps for the slot; ``floor`` is the
 device's confirmed security counter when the record was written. The record
@@ -70,15 +73,27 @@ def _crc(data):
     return binascii.crc32(data) & 0xFFFFFFFF
 
 
-def _image_ok(rec):
-    if not isinstance(rec, dict):
-        return False
-    sha, size, counter = rec.get("sha256"), rec.get("size"), rec.get("security_counter")
-    uid = rec.get("uid")
-    return (isinstance(sha, bytes) and len(sha) == 32 and isinstance(size, int)
-            and 0 <= size <= 0xFFFFFFFF and isinstance(counter, int)
-            and 0 <= counter <= 0xFFFFFFFF and isinstance(rec.get("version"), str)
-            and (uid is None or (isinstance(uid, bytes) and len(uid) == 16)))
+FIELDS = ("sha256", "size", "version", "security_counter", "uid")
+
+
+def _u32(v):
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 0xFFFFFFFF
+
+
+def _image(item):
+    """The store's image record from a record's image array, or None if it is
+    not one (a crafted record with a good CRC counts as absent)."""
+    if not isinstance(item, list) or len(item) != len(FIELDS):
+        return None
+    sha, size, version, counter, uid = item
+    if not (isinstance(sha, bytes) and len(sha) == 32 and _u32(size) and _u32(counter)
+            and isinstance(version, str)
+            and (uid is None or (isinstance(uid, bytes) and len(uid) == 16))):
+        return None
+    rec = {"sha256": sha, "size": size, "version": version, "security_counter": counter}
+    if uid is not None:
+        rec["uid"] = uid
+    return rec
 
 
 def read(slot):
@@ -100,23 +115,19 @@ def read(slot):
         body = mpack.decode_all(data[HEAD_SIZE:-4])
     except DeviceError:
         return None
-    if not isinstance(body, dict):
+    if not isinstance(body, list) or len(body) != 2 or not _u32(body[0]):
         return None
-    floor, image = body.get("floor"), body.get("image")
-    if not (isinstance(floor, int) and 0 <= floor <= 0xFFFFFFFF):
+    image = None if body[1] is None else _image(body[1])
+    if body[1] is not None and image is None:
         return None
-    if image is not None and not _image_ok(image):
-        return None
-    return floor, image
+    return body[0], image
 
 
 def write(slot, floor, image=None):
     """Erase ``slot``'s last unit and program its boot record (the CRC is the
     last bytes programmed, so a cut leaves no record, never a wrong one)."""
-    body = {"floor": floor}
-    if image is not None:
-        body["image"] = dict(image)
-    payload = mpack.encode(body)
+    item = None if image is None else [image.get(k) for k in FIELDS]
+    payload = mpack.encode([floor, item])
     data = struct.pack(HEAD, MAGIC, len(payload)) + payload
     data += struct.pack("<I", _crc(data))
     at = capacity(slot)
