@@ -1,14 +1,20 @@
 """The bootloader and the running app's otadata calls, modelled on ESP-IDF
-with CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE and no factory partition.
+with CONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE, with or without a factory app.
+
+Apps are numbered as ``app_partitions`` lists them: the OTA slots 0..n-1, then
+the factory app (index n; ESP-IDF's FACTORY_INDEX is -1). The factory app has
+no otadata entry, is never an update target and is never written.
 
 ``boot`` follows bootloader_utility_get_selected_boot_partition():
 
 1. every PENDING_VERIFY entry is marked ABORTED: the image was booted before
    and never confirmed, whatever the reason for this reset;
 2. the active entry (valid, highest seq) selects slot ``(seq - 1) % n``;
-   with none, ota_0 is tried, and if both entries were blank (or failed their
-   CRC) the slot that boots is written back as seq = slot + 1, VALID, in
-   sector 0 (ESP-IDF's set_actual_ota_seq);
+   with none, the factory app is tried if the table has one ("Defaulting to
+   factory image"), else ota_0, and if both entries were blank (or failed
+   their CRC) the OTA slot that boots is written back as seq = slot + 1,
+   VALID, in sector 0 (ESP-IDF's set_actual_ota_seq; nothing is written for
+   the factory app);
 3. a NEW entry becomes PENDING_VERIFY before its image starts.
 
 One deliberate difference: ``verify(slot)`` (e.g. the image's SHA-256 against
@@ -17,7 +23,8 @@ selected image fails it, its entry is marked ABORTED at once and the previous
 valid slot boots (ESP-IDF leaves the entry and aborts it one boot later,
 which lets an app running the fallback image "confirm" an image that never
 ran). Fallback order: the other otadata entry's slot, then ESP-IDF's order
-(lower slots downwards, then higher ones).
+(bootloader_utility_load_boot_image: lower slots downwards, the factory app,
+then higher ones; from the factory app: ota_0 upwards).
 The device's ``verify`` (Device.slot_image_ok) fails an image that cannot be
 read whole (a read error falls back, it does not stop the boot) and one whose
 security counter is below the device's, so lost otadata never boots an image

@@ -19,6 +19,13 @@ State kept in the store (one msgpack map, rewritten whole on each change)::
     link_key   the device's static X25519 private key (raw 32 bytes)
     gateways   raw X25519 public keys of the gateways it accepts
     require_secure  refuse plaintext link frames (default True)
+
+Each app also keeps its image record and the counter floor in its own last
+sector (bootrec.py): with no store record readable the device rebuilds what
+its boot check needs from those (``recovered``), boots, and takes no update.
+A table with a factory app (app, factory) gets it at index len(slots) of
+``apps``: flashed there by ``create`` with otadata blank, as ESP-IDF does,
+booted by the boot model's rules, never written.
 """
 
 from . import bootrec, port

@@ -175,10 +175,9 @@ def test_a_factory_app_boots_when_otadata_is_erased(tmp_path: Path) -> None:
 
 
 def test_a_factory_app_below_the_counter_does_not_boot(tmp_path: Path) -> None:
-    """The one deliberate difference from ESP-IDF here: the factory app is held to
-    the security counter like any image, so erased otadata after a confirmed
-    counter-1 update boots ota_0 (ESP-IDF checks factory against its eFuse
-    secure_version the same way, with anti-rollback enabled)."""
+    """The factory app is held to the security counter like any image (ESP-IDF's
+    load loop runs check_anti_rollback on it too), so erased otadata after a
+    confirmed counter-1 update boots ota_0, not the counter-0 factory app."""
     path = _factory_device(tmp_path)
     _update(path, counter=1)
     with Device(str(path)) as dev:
