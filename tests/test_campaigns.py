@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from otaferry.device_fw import bootrec
 from otaferry.device_fw import installer as I
 from otaferry.device_fw import receiver as RX
 from otaferry.device_fw import secure as DS
@@ -388,3 +389,23 @@ def test_handshake_dos_campaign() -> None:
     assert dos_ok(s), s
     assert s["flood"]["handshakes_tried"] < s["flood"]["msg1s"] // 10
     assert s["replay"]["genuine_opened"] and s["loop"]["out_per_in"] <= 1.0
+
+
+# ------------------------------------------------------------------ damaged flash at boot
+
+
+def test_boot_campaign_every_class_boots_what_it_must() -> None:
+    s = C.boot_campaign("simba")
+    assert s["cases"] == len(C.boot_cases()) >= 10
+    assert s["failed"] == 0, [r for r in s["rows"] if not r["ok"]]
+
+
+def test_boot_campaign_catches_a_counter_lost_with_the_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A planted fault: the counter rebuilt without the store comes out as 0. The
+    old image then boots once store and otadata are gone; the campaign must see it."""
+    monkeypatch.setattr(bootrec, "recovered_counter", lambda records, valid: 0)
+    rows = {r["case"]: r for r in C.boot_campaign("simba")["rows"]}
+    assert not rows["store corrupt, otadata erased"]["ok"]
+    assert rows["store corrupt, otadata erased"]["booted"] == "ota_0 old"

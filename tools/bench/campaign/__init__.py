@@ -1,7 +1,8 @@
 """Campaigns that prove the device side safe: power cuts, fuzzing, hostile artifacts.
 
     python -m otaferry.tools.bench.campaign [--cuts 500] [--frames 100000]
-        [--records 100000] [--seed S] [--pair esp8266] [--only powercut,fuzz,secure,hostile]
+        [--records 100000] [--seed S] [--pair esp8266]
+        [--only powercut,checkin,fuzz,secure,dos,hostile,boot]
         [--json]
 
 Every campaign runs the real device code (device_fw: Device, Installer,
@@ -73,6 +74,13 @@ code, the Sender's ``Rejected`` event carrying it, the device still booting its
 image, the active slot untouched, no stray write, and for checks made before
 any data not one flash byte changed outside the state store. Plus replays of
 a complete earlier session, recorded from the gateway side.
+
+**Damaged flash at boot** (``boot.py``). Each class leaves the flash as an
+attack or a fault would (otadata with a sequence near 2^32, crafted state
+records with good CRCs, a read error in the selected slot, otadata erased,
+every store record corrupt, with or without otadata and a damaged image, a
+factory app with otadata erased) and checks which image the next reset boots:
+a verified one, the expected one, never one below the security counter.
 """
 
 # (This docstring is also the --help text of ``otaferry bench campaign``.)
@@ -85,6 +93,7 @@ from __future__ import annotations
 # Protocol names the tests reach through this package, as they did through the module.
 from ....protocol.session import Accepted, split_artifact
 from .audit import FlashAudit, Guard
+from .boot import BootCase, boot_campaign, boot_cases
 from .checkin import CheckinCutCampaign, checkin_campaign, checkin_ok
 from .cli import main
 from .common import (
@@ -120,6 +129,7 @@ __all__ = [
     "SMALL_CSV",
     "SMALL_FLASH",
     "Accepted",
+    "BootCase",
     "CheckinCutCampaign",
     "Firmware",
     "FlashAudit",
@@ -130,6 +140,8 @@ __all__ = [
     "Link",
     "PowerCutCampaign",
     "SecureFuzzCampaign",
+    "boot_campaign",
+    "boot_cases",
     "build",
     "checkin_campaign",
     "checkin_ok",

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from .boot import boot_campaign
 from .checkin import checkin_campaign, checkin_ok
 from .common import PAIRS
 from .dos import dos_campaign, dos_ok
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=int, default=100_000, help="tampered secure records")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pair", choices=sorted(PAIRS), default="esp8266")
-    ap.add_argument("--only", default="powercut,checkin,fuzz,secure,dos,hostile")
+    ap.add_argument("--only", default="powercut,checkin,fuzz,secure,dos,hostile,boot")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     if "hostile" in only:
         results["hostile"] = hostile_campaign(args.pair)
         verdict["hostile"] = results["hostile"]["failed"] == 0
+    if "boot" in only:
+        results["boot"] = boot_campaign(args.pair)
+        verdict["boot"] = results["boot"]["failed"] == 0
     results["verdict"] = verdict
     results["seconds"] = round(time.monotonic() - t0, 1)
     if args.json:

@@ -111,6 +111,13 @@ def _dos(s: dict[str, Any]) -> None:
           f"{lp['out_per_in']}")  # fmt: skip
 
 
+def _boot(s: dict[str, Any]) -> None:
+    print(f"\nDAMAGED FLASH AT BOOT  {s['cases']} cases, {s['failed']} failed, {s['seconds']} s")
+    rows = [[r["case"], r["expected"], r["booted"], "ok" if r["ok"] else "FAIL"]
+            for r in s["rows"]]  # fmt: skip
+    print(_table(["case", "must boot", "booted", ""], rows))
+
+
 SECTIONS = {
     "powercut": _powercut,
     "checkin": _checkin,
@@ -118,6 +125,7 @@ SECTIONS = {
     "secure": _secure,
     "dos": _dos,
     "hostile": _hostile,
+    "boot": _boot,
 }
 
 
