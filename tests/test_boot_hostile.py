@@ -19,6 +19,7 @@ from otaferry.device_fw.installer import install_stream
 from otaferry.device_fw.reasons import BAD_STATE, DeviceError, FlashError
 from otaferry.device_fw.store import Store
 from otaferry.protocol.artifact import build_full
+from otaferry.tools.bench.campaign.boot import erase_otadata, table, wreck_store
 
 OLD = small_image(9000)
 NEW = small_image(12_000)[::-1]
@@ -108,8 +109,7 @@ def test_both_otadata_copies_corrupt_never_boot_below_the_counter(tmp_path: Path
     _update(path, counter=4)
     with Device(str(path)) as dev:
         assert dev.identity()["security_counter"] == 4
-        for i in (0, 1):
-            dev.flash.erase_sector(dev.otadata.offset + i * SECTOR_SIZE)
+        erase_otadata(dev)
     with Device(str(path)) as dev:
         boot = dev.power_on(self_test=True)
     assert boot["label"] == "ota_1" and boot["version"] == "new"
@@ -126,21 +126,11 @@ def test_info_reports_what_the_next_boot_really_does(tmp_path: Path) -> None:
         assert dev.power_on(self_test=True)["label"] == "ota_0"
 
 
-FACTORY_CSV = """\
-nvs,      data, nvs,     0x9000,  0x4000,
-otadata,  data, ota,     0xd000,  0x2000,
-phy_init, data, phy,     0xf000,  0x1000,
-factory,  app,  factory, 0x10000, 64K,
-ota_0,    app,  ota_0,   0x20000, 64K,
-ota_1,    app,  ota_1,   0x30000, 64K,
-"""
-
-
 def _factory_device(tmp_path: Path) -> Path:
     path = tmp_path / "factory.bin"
+    csv, size = table(0x10000, factory=True)
     Device.create(str(path), hw="test-board", chip="esp32c3", trusted_keys=[key_a().public.raw],
-                  image=OLD, version="old", partitions_csv=FACTORY_CSV,
-                  size=0x40000).close()  # fmt: skip
+                  image=OLD, version="old", partitions_csv=csv, size=size).close()  # fmt: skip
     return path
 
 
@@ -167,8 +157,7 @@ def test_a_factory_app_boots_when_otadata_is_erased(tmp_path: Path) -> None:
     assert (boot["label"], boot["state"]) == ("ota_0", "VALID")
     with Device(str(path)) as dev:
         assert dev.info()["running_label"] == "ota_0"
-        for i in (0, 1):
-            dev.flash.erase_sector(dev.otadata.offset + i * SECTOR_SIZE)
+        erase_otadata(dev)
         assert dev.info()["next_boot_label"] == "factory"
         boot = dev.power_on(self_test=True)
     assert (boot["label"], boot["version"]) == ("factory", "old")
@@ -181,16 +170,10 @@ def test_a_factory_app_below_the_counter_does_not_boot(tmp_path: Path) -> None:
     path = _factory_device(tmp_path)
     _update(path, counter=1)
     with Device(str(path)) as dev:
-        for i in (0, 1):
-            dev.flash.erase_sector(dev.otadata.offset + i * SECTOR_SIZE)
+        erase_otadata(dev)
         assert dev.info()["next_boot_label"] == "ota_0"
         boot = dev.power_on(self_test=True)
     assert (boot["label"], boot["version"]) == ("ota_0", "new")
-
-
-def _wreck_store(dev: Device) -> None:
-    """Every store record corrupt: program the whole nvs partition to zeros."""
-    dev.flash.write(dev.store.offset, bytes(dev.store.sectors * SECTOR_SIZE))
 
 
 def test_all_store_records_corrupt_boots_an_intact_image(tmp_path: Path) -> None:
@@ -201,7 +184,7 @@ def test_all_store_records_corrupt_boots_an_intact_image(tmp_path: Path) -> None
     path = _device(tmp_path)
     _update(path, counter=4)
     with Device(str(path)) as dev:
-        _wreck_store(dev)
+        wreck_store(dev)
         assert Store(dev.flash, dev.store.offset, dev.store.sectors * SECTOR_SIZE).load() is None
     with Device(str(path)) as dev:
         info = dev.info()
@@ -212,8 +195,7 @@ def test_all_store_records_corrupt_boots_an_intact_image(tmp_path: Path) -> None
         with pytest.raises(DeviceError) as exc:
             install_stream(dev, io.BytesIO(_art(OLD, 5, "again")))
         assert exc.value.reason == BAD_STATE
-        for i in (0, 1):
-            dev.flash.erase_sector(dev.otadata.offset + i * SECTOR_SIZE)
+        erase_otadata(dev)
     with Device(str(path)) as dev:
         assert dev.slot_image_ok(0) is False  # old, counter 0: below the floor of 4
         boot = dev.power_on(self_test=True)
@@ -228,7 +210,7 @@ def test_a_torn_or_stale_boot_record_never_boots_what_it_does_not_describe(
     path = _device(tmp_path)
     _update(path, counter=0)
     with Device(str(path)) as dev:
-        _wreck_store(dev)
+        wreck_store(dev)
         dev.flash.unprotect("active slot")
         ota1 = dev.slots[1]
         dev.flash.write(ota1.offset + 100, bytes(4))  # the new image, damaged
@@ -277,9 +259,9 @@ def test_store_lost_after_a_cut_at_any_op_still_boots_at_or_above_the_counter(
             run(dev, shift)
         with Device(str(path)) as dev:
             counter = dev.identity()["security_counter"]
-            _wreck_store(dev)
-            for i in (0, 1) if otadata_too else ():
-                dev.flash.erase_sector(dev.otadata.offset + i * SECTOR_SIZE)
+            wreck_store(dev)
+            if otadata_too:
+                erase_otadata(dev)
         with Device(str(path)) as dev:
             assert dev.recovered
             boot = dev.power_on(self_test=True)

@@ -33,10 +33,9 @@ class Pair:
     arts: dict[int, bytes]  # the full artifact of new, by security counter
 
 
-def layout(fw: Pair, factory: bool) -> tuple[str, int]:
-    """A table sized to the pair: slots of the larger image plus its boot record,
-    in 64 KiB steps; with ``factory``, a factory app in front of the OTA slots."""
-    slot = (max(len(fw.old), len(fw.new)) + SECTOR_SIZE + 0xFFFF) // 0x10000 * 0x10000
+def table(slot: int, factory: bool) -> tuple[str, int]:
+    """(partition CSV, flash size): app slots of ``slot`` bytes, and with
+    ``factory`` a factory app in front of ota_0 and ota_1."""
     apps = (["factory, app, factory"] if factory else []) + ["ota_0, app, ota_0",
                                                              "ota_1, app, ota_1"]
     rows = ["nvs, data, nvs, 0x9000, 0x4000,", "otadata, data, ota, 0xd000, 0x2000,",
@@ -55,18 +54,20 @@ class BootCase:
     update: bool = True  # install and confirm the update before the damage
 
 
-def _erase_otadata(dev: Device, _path: Path) -> None:
+def erase_otadata(dev: Device, _path: Path | None = None) -> None:
+    """Both otadata sectors blank, as ``esptool erase_region`` leaves them."""
     for i in (0, 1):
         dev.flash.erase_sector(dev.otadata.offset + i * SECTOR_SIZE)
 
 
-def _wreck_store(dev: Device, _path: Path) -> None:
+def wreck_store(dev: Device, _path: Path | None = None) -> None:
+    """Every store record corrupt: the whole nvs partition programmed to zeros."""
     dev.flash.write(dev.store.offset, bytes(dev.store.sectors * SECTOR_SIZE))
 
 
 def _store_and_otadata(dev: Device, path: Path) -> None:
-    _wreck_store(dev, path)
-    _erase_otadata(dev, path)
+    wreck_store(dev, path)
+    erase_otadata(dev, path)
 
 
 def _crafted_records(dev: Device, _path: Path) -> None:
@@ -87,7 +88,7 @@ def _seq_near_wrap(dev: Device, _path: Path) -> None:
 
 
 def _wreck_store_and_new_image(dev: Device, path: Path) -> None:
-    _wreck_store(dev, path)
+    wreck_store(dev, path)
     dev.flash.unprotect("active slot")
     dev.flash.write(dev.slots[1].offset + 64, bytes(8))
 
@@ -99,23 +100,25 @@ def boot_cases() -> list[BootCase]:
         BootCase("crafted state records, good CRCs", _crafted_records, ("ota_1", "new")),
         BootCase("read error in the selected slot", _truncate_running, ("ota_0", "old"),
                  counter=0),
-        BootCase("both otadata copies erased", _erase_otadata, ("ota_1", "new")),
-        BootCase("every store record corrupt", _wreck_store, ("ota_1", "new")),
+        BootCase("both otadata copies erased", erase_otadata, ("ota_1", "new")),
+        BootCase("every store record corrupt", wreck_store, ("ota_1", "new")),
         BootCase("store corrupt, otadata erased", _store_and_otadata, ("ota_1", "new")),
         BootCase("store corrupt, the new image damaged, same counter",
                  _wreck_store_and_new_image, ("ota_0", "old"), counter=0),
         BootCase("store corrupt, the new image damaged, counter raised",
                  _wreck_store_and_new_image, None),
-        BootCase("factory app, otadata erased", _erase_otadata, ("factory", "old"),
+        BootCase("factory app, otadata erased", erase_otadata, ("factory", "old"),
                  counter=0, factory=True),
-        BootCase("factory app below the counter, otadata erased", _erase_otadata,
+        BootCase("factory app below the counter, otadata erased", erase_otadata,
                  ("ota_0", "new"), factory=True),
     ]  # fmt: skip
 
 
 def _run_case(case: BootCase, fw: Pair, work: Path) -> dict[str, Any]:
     path = work / "boot.bin"
-    csv, size = layout(fw, case.factory)
+    # slots of the larger image plus its boot record, in 64 KiB steps
+    slot = (max(len(fw.old), len(fw.new)) + SECTOR_SIZE + 0xFFFF) // 0x10000 * 0x10000
+    csv, size = table(slot, case.factory)
     make_device(path, fw.old, csv=csv, size=size)
     art = fw.arts[case.counter]
     if case.update:
