@@ -7,11 +7,14 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 from helpers_artifacts import key_a, small_image
+from otaferry.device_fw import bootrec, mpack
 from otaferry.device_fw import otadata as od
 from otaferry.device_fw.device import Device
 from otaferry.device_fw.flash import SECTOR_SIZE, PowerCut
@@ -269,3 +272,29 @@ def test_store_lost_after_a_cut_at_any_op_still_boots_at_or_above_the_counter(
             assert dev.slot_image_ok(boot["slot"]), (cut, boot["log"])
             assert rec["security_counter"] >= counter, (cut, boot["log"])
             assert dev.identity()["security_counter"] >= counter, cut
+
+
+def test_a_crafted_boot_record_with_a_good_crc_counts_as_absent(tmp_path: Path) -> None:
+    """Boot records are read as the store's records are: out-of-range values, wrong
+    shapes and trailing bytes are no record at all, never a crash or a claim."""
+    path = _device(tmp_path)
+    with Device(str(path)) as dev:
+        slot = dev.slots[1]
+        image = dict(dev.running_image() or {})
+        bootrec.write(slot, 3, image)
+        assert bootrec.read(slot) == (3, image)
+        assert bootrec.raise_floor(slot, 3) is False and bootrec.raise_floor(slot, 5) is True
+        assert bootrec.read(slot) == (5, image)
+
+        def crafted(body: bytes) -> object:
+            head = struct.pack("<2sH", b"OB", len(body)) + body
+            slot.erase(bootrec.capacity(slot), slot.erase_size)
+            slot.write(bootrec.capacity(slot), head + struct.pack("<I", zlib.crc32(head)))
+            return bootrec.read(slot)
+
+        fields = [image["sha256"], image["size"], "v", 0, None]
+        assert crafted(mpack.encode([1, fields])) == (1, {**image, "version": "v"})
+        for bad in ([1 << 32, None], [1, [b"short", *fields[1:]]], [1, fields[:4]],
+                    [1, [fields[0], -1, *fields[2:]]], {"floor": 1}, [1]):  # fmt: skip
+            assert crafted(mpack.encode(bad)) is None, bad
+        assert crafted(mpack.encode([1, None]) + b"\x00") is None

@@ -79,7 +79,7 @@ def flash_init(args: argparse.Namespace) -> int:
         info = dev.info()
     running = info["slots"][info["running_slot"]]
     print(
-        f"created {args.flash}: {info['flash_size']} bytes, {len(info['slots'])} OTA slots, "
+        f"created {args.flash}: {info['flash_size']} bytes, {len(dev.slots)} OTA slots, "
         f"chip {info['chip']}, running {running['label']} version {running['version']} "
         f"(security counter {info['security_counter']}), trusting {len(trusted)} key(s)"
     )
@@ -164,6 +164,11 @@ def info(args: argparse.Namespace) -> int:
             f" {mark} {s['label']:<8} {s['state']:<15} version {s['version'] or '-':<12} "
             f"sha256 {sha}"
         )
+    if data["next_boot_slot"] != data["running_slot"]:
+        print(f"   next reset boots {data['next_boot_label'] or 'nothing (no image verifies)'}")
+    if data["state_lost"]:
+        print("   state store unreadable: booted from the slots' boot records; no update is "
+              "taken until the device is provisioned again")
     if data.get("install"):
         p = data["install"]
         print(f"   install in progress into {p['slot']}: next segment {p['next']}")
