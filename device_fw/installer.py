@@ -81,7 +81,7 @@ class Installer:
             raise DeviceError(
                 R.BAD_STATE,
                 "device state lost (no store record readable; booted from boot records): "
-                "provision the device again before updating it",
+                "provision it again (flash init; on a board, the port's setup) to update it",
             )
         limit = max_manifest(dev)
         if len(manifest_bytes) > limit:
