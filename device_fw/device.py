@@ -308,24 +308,31 @@ class Device:
             self.store.save(state)
         self.state = state
 
-    def _keep_floor(self, counter=None):
-        """The passive slot's boot record carries the security counter (bootrec.py):
-        rewritten when the counter has moved past it, checked at every boot. A
-        slot that cannot be written (a flash error) keeps its old record: the
-        store and the confirmed image's VALID entry still hold the counter."""
+    def _keep_floor(self, counter, running):
+        """The passive slot's boot record (``running`` being the app that runs)
+        carries the security counter (bootrec.py): rewritten when the counter has
+        moved past it, checked at every boot. A slot that cannot be written (a
+        flash error: a truncated file) keeps its old record: the store and the
+        confirmed image's VALID entry still hold the counter."""
+        slot = self.passive_slot(running)
+        if slot.index == running:  # never: an OTA table has two slots or more
+            raise DeviceError(R.BAD_STATE, "no passive slot to hold the counter floor")
         try:
-            bootrec.raise_floor(self.passive_slot(), self.state["counter"] if counter is None
-                                else counter)  # fmt: skip
-        except FlashError:
-            pass
+            bootrec.raise_floor(slot, counter)
+        except FlashError as exc:
+            if "region" in exc.fields:  # a protected region: a bug, never swallowed
+                raise
 
     def _raise_counter(self, counter, **changes):
         """Save the security counter ``counter`` (and ``changes``) once the image
         that carries it is VALID in otadata: the passive slot's floor first, then
         the store, so a cut between the two leaves the floor, never the store
         alone, ahead (the next boot's catch-up raises the store from the VALID
-        entry), and no cut leaves only the store knowing the new counter."""
-        self._keep_floor(counter)
+        entry), and no cut leaves only the store knowing the new counter. The
+        slot that now runs is locked first: its record is never the one written."""
+        running = changes.get("running", self.state["running"])
+        self.platform.lock_active(running)
+        self._keep_floor(counter, running)
         self._save(counter=counter, **changes)
 
     def _protect_active(self):
@@ -398,10 +405,11 @@ class Device:
     def active_slot(self):
         return self.apps[self.state["running"]]
 
-    def passive_slot(self):
+    def passive_slot(self, running=None):
         """The slot an update goes to: the OTA slot after the running one, ota_0
         when the factory app runs (esp_ota_get_next_update_partition)."""
-        running = self.state["running"]
+        if running is None:
+            running = self.state["running"]
         if running == len(self.slots):
             return self.slots[0]
         return self.slots[(running + 1) % len(self.slots)]
@@ -573,7 +581,7 @@ class Device:
             elif result.slot != self.state["running"]:
                 self._save(running=result.slot)
         self._protect_active()
-        self._keep_floor()
+        self._keep_floor(self.state["counter"], self.state["running"])
         slot = self.apps[result.slot]
         rec = self.state["slots"].get(slot.label) or {}
         return {

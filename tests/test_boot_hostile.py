@@ -298,3 +298,19 @@ def test_a_crafted_boot_record_with_a_good_crc_counts_as_absent(tmp_path: Path) 
                     [1, [fields[0], -1, *fields[2:]]], {"floor": 1}, [1]):  # fmt: skip
             assert crafted(mpack.encode(bad)) is None, bad
         assert crafted(mpack.encode([1, None]) + b"\x00") is None
+
+
+def test_a_counter_raise_writes_the_passive_slots_record_never_the_running_one(
+        tmp_path: Path) -> None:
+    """The boot that confirms an update raises the floor in the slot it left (now
+    passive); the record of the image that now runs stays as its install wrote it."""
+    path = _device(tmp_path)
+    with Device(str(path)) as dev:
+        install_stream(dev, io.BytesIO(_art(NEW, 3, "new")))
+        written = bootrec.read(dev.slots[1])
+    assert written is not None and written[0] == 0
+    with Device(str(path)) as dev:
+        assert dev.power_on(self_test=True)["label"] == "ota_1"
+        assert bootrec.read(dev.slots[1]) == written
+        floor, image = bootrec.read(dev.slots[0]) or (None, None)
+    assert floor == 3 and image is not None and image["version"] == "old"

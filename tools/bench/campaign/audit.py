@@ -56,8 +56,11 @@ class FlashAudit:
 
     def region(self, addr: int, length: int) -> str:
         dev, end = self.dev, addr + length
-        running = dev.state["running"]
-        passive = dev.passive_slot().index
+        # The slot locked as the running one (the boot that confirms an update
+        # locks the new slot before its state record names it).
+        locked = [s.index for s in dev.slots if s.locked]
+        running = locked[0] if locked else dev.state["running"]
+        passive = dev.passive_slot(running).index
         for i, slot in enumerate(dev.apps):
             if addr < slot.offset + slot.size and slot.offset < end:
                 if i == running:
