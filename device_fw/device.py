@@ -621,6 +621,10 @@ class Device:
         return "EMPTY" if state is None else OD.state_name(state)
 
     def info(self):
+        """What ``device info --json`` prints. ``slots`` lists every app as
+        ``apps`` does (a factory app last, state FACTORY), so ``running_slot``
+        and ``next_boot_slot`` index it; ``*_label`` name the app;
+        ``state_lost``: booted from boot records, no store record readable."""
         s = self.state
         slots = []
         for i, p in enumerate(self.apps):
