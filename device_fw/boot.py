@@ -216,7 +216,8 @@ def confirm(flash, parts, running):
 def mark_invalid(flash, parts, running, verify=None):
     """The running app gives up (esp_ota_mark_app_invalid_rollback): its
     entry becomes INVALID and the next boot takes the previous slot (or, with
-    no other valid entry, the factory app), which must pass ``verify``.
+    no other valid entry, the factory app, as esp_ota_check_rollback_is_possible
+    counts a factory image that validates), which must pass ``verify``.
     Returns that app index. The factory app itself has nothing to return to."""
     o, _ = open_otadata(flash, parts)
     if running == factory_index(parts):
