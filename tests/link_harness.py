@@ -56,6 +56,15 @@ class DevicePort:
     def __init__(self) -> None:
         self.inq: queue.Queue[bytes] = queue.Queue()
         self.on_write = None
+        self._early: list[bytes] = []  # written before a link attached (the power-on HELLO)
+        self._lock = threading.Lock()
+
+    def attach(self, on_write) -> None:
+        with self._lock:
+            self.on_write = on_write
+            early, self._early = self._early, []
+        for data in early:
+            on_write(data)
 
     def read(self, n):
         try:
@@ -64,6 +73,10 @@ class DevicePort:
             return b""
 
     def write(self, data):
+        with self._lock:
+            if self.on_write is None:  # the device thread may speak before the link exists
+                self._early.append(data)
+                return
         self.on_write(data)
 
 
@@ -105,7 +118,7 @@ class ThreadLink(Link):
         self.inbox = FrameInbox()
         self.decoder = FrameDecoder(max_frame=mtu)
         loop = asyncio.get_running_loop()
-        port.on_write = lambda data: loop.call_soon_threadsafe(self._feed, data)
+        port.attach(lambda data: loop.call_soon_threadsafe(self._feed, data))
         self.closed = False
 
     def _feed(self, data):
