@@ -236,7 +236,7 @@ class RegionPacing:
         back = self.airtime(answer)
         return 2 * (self.airtime(mtu) + back + self.off_time(back)) + self.rtt_floor
 
-    def ack_batch(self, mtu: int, status: int = 26, share: float = 0.015) -> int:
+    def ack_batch(self, mtu: int, status: int = 26, share: float = 0.01) -> int:
         """Frames per acknowledgement (SPEC 8.8): enough that a STATUS of ``status``
         bytes costs at most ``share`` of the air time of the full frames it
         acknowledges (4..64). At SF9 / 51 bytes a STATUS is 0.7 of a full frame:

@@ -28,7 +28,15 @@ from typing import Any
 from ..protocol.errors import ClosedError, Reason, RemoteError
 from ..protocol.handshake import Handshake, handshake_rto
 from ..protocol.pacing import Pacing
-from ..protocol.secure import OVERHEAD, Initiator, RecordKind, SecureChannel, record_kind
+from ..protocol.secure import (
+    OVERHEAD,
+    Initiator,
+    RecordKind,
+    SecureChannel,
+    open_resume,
+    record_kind,
+    resumption_secret,
+)
 from ..protocol.x25519keys import LinkPrivateKey, LinkPublicKey
 from .link import Link, check_frame
 
@@ -66,6 +74,7 @@ class SecureLink(Link):
         # handshakes since a record last opened: a link that lives across many
         # device reboots must not run out of re-handshakes
         self._in_a_row = 0
+        self._resume: bytes | None = None  # the secret of a resumption we wait for
 
     @classmethod
     async def connect(
@@ -90,6 +99,7 @@ class SecureLink(Link):
         self.handshakes += 1
         self._in_a_row += 1
         self.channel = None
+        self._resume = None  # a full handshake supersedes any resumption
         initiator = Initiator(self.static, self.device, LinkPrivateKey.generate(), PROLOGUE)
         keys = (self.static.public.key_id.hex(), self.device.key_id.hex())
         hs = Handshake(initiator, rto=self._rto(), retries=self.retries, keys=keys)
@@ -136,6 +146,30 @@ class SecureLink(Link):
         ``mtu``, as the short sealed record folds its first byte into the header."""
         return self.mtu + 1
 
+    resumes = True
+    """This link can resume its channel after the device's reboot (SPEC 9.11)."""
+
+    def expect_resume(self, update_id: bytes) -> None:
+        """The device has just sent DONE for ``update_id`` in a session that asked
+        for resumption (SPEC 8.9): keep that update's resumption secret of the
+        running channel, to open the device's RESUME record after its reboot
+        once (single use; a full handshake drops it)."""
+        channel = self.channel
+        if channel is not None and channel.resume_key is not None:
+            self._resume = resumption_secret(channel.resume_key, update_id)
+
+    def _open_resume(self, packet: bytes) -> bytes | None:
+        secret = self._resume
+        opened = None if secret is None else open_resume(secret, packet)
+        if opened is None:
+            self.dropped_records += 1
+            return None
+        self.channel, body = opened
+        self._resume = None
+        self._established_at = asyncio.get_running_loop().time()
+        self._in_a_row = 0
+        return body
+
     async def send(self, frame: bytes) -> None:
         check_frame(frame, self.compact_mtu if frame[:1] and frame[0] < 0x80 else self.mtu)
         await self._settle()
@@ -148,6 +182,11 @@ class SecureLink(Link):
             assert self.channel is not None
             packet = await self.inner.receive()
             kind = record_kind(packet)
+            if kind is RecordKind.RESUME:
+                body = self._open_resume(packet)
+                if body is not None:
+                    return body
+                continue
             if kind is RecordKind.REJECT:
                 code = packet[1] if len(packet) > 1 else -1
                 if code == Reason.BAD_STATE:

@@ -50,10 +50,10 @@ from ...device_fw import secure as device_secure
 from ...device_fw.device import Device
 from ...device_fw.loop import power_up
 from ...device_fw.lora import ModemLoop
+from ...protocol import secure as host_secure
 from ...protocol.artifact import build_delta, build_full
 from ...protocol.keys import SigningKey
 from ...protocol.lora import LoRaParams, RegionPacing, region
-from ...protocol import secure as host_secure
 from ...protocol.modems import codec_for
 from ...protocol.x25519keys import LinkPrivateKey, LinkPublicKey
 from ...transport.lora_hub import ModemHub
@@ -99,9 +99,9 @@ def cases(names: list[str], cache: Path | None = None) -> dict[str, tuple[bytes,
 
 FRAME_KINDS = {1: "query", 2: "hello", 3: "offer", 4: "accept", 5: "reject", 6: "data",
                7: "status", 8: "commit", 9: "done", 10: "abort", 11: "confirm",
-               12: "confirmed", 13: "poll"}  # fmt: skip
+               12: "confirmed", 13: "poll", 14: "checkin"}  # fmt: skip
 RECORD_KINDS = {0xE1: "handshake", 0xE2: "handshake", 0xE3: "reject", 0xE4: "identify",
-                0xE5: "identify"}  # fmt: skip
+                0xE5: "identify", 0xE6: "resume"}  # fmt: skip
 
 
 def frame_kind(body: bytes) -> str:
@@ -136,7 +136,7 @@ class _Breakdown:
             self.kinds[record] = frame_kind(body)
             return record
 
-        host_secure.SecureChannel.seal = host  # type: ignore[method-assign]
+        host_secure.SecureChannel.seal = host  # type: ignore[method-assign,assignment]
         device_secure.SecureChannel.seal = device
         try:
             yield self
@@ -150,6 +150,9 @@ class _Breakdown:
             if air[skip:] in self.kinds:
                 kind = self.kinds.pop(air[skip:])
                 break
+            if air[skip : skip + 1] == b"\xe6" and air[skip + 9 :] in self.kinds:
+                kind = "resume+" + self.kinds.pop(air[skip + 9 :])  # SPEC 9.11
+                break
         else:
             for skip in range(4):
                 if air[skip : skip + 1] and air[skip] in RECORD_KINDS:
@@ -157,7 +160,7 @@ class _Breakdown:
                     break
         if kind == "data" and self.phase == "setup":
             self.phase = "data"
-        elif kind == "commit":
+        elif kind in ("commit", "done"):
             self.phase = "check-in"
         cell = self.air.setdefault(self.phase, {}).setdefault(kind, [0, 0.0])
         cell[0] += 1
