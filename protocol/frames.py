@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 import msgpack
 
@@ -371,20 +371,29 @@ class Abort:
 
 
 @dataclass(frozen=True, slots=True)
-class Confirm:
-    """``[11, update_id, nonce]`` — the update server's answer to a check-in: the
-    image of update ``update_id`` that the device booted with check-in ``nonce``
-    (fresh each boot, SPEC 8.7) reached its server; mark it valid."""
+class _UpdateBoot:
+    """Fields of a frame naming one boot of one update: ``[type, update_id, nonce]``."""
 
     update_id: bytes
     nonce: bytes
+
+    TYPE: ClassVar[FrameType]
 
     def __post_init__(self) -> None:
         _bytes("update_id", self.update_id, UID_SIZE, UID_SIZE)
         _bytes("nonce", self.nonce, NONCE_SIZE, NONCE_SIZE)
 
     def encode(self) -> bytes:
-        return _pack([FrameType.CONFIRM, self.update_id, self.nonce])
+        return _pack([self.TYPE, self.update_id, self.nonce])
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm(_UpdateBoot):
+    """``[11, update_id, nonce]`` — the update server's answer to a check-in: the
+    image of update ``update_id`` that the device booted with check-in ``nonce``
+    (fresh each boot, SPEC 8.7) reached its server; mark it valid."""
+
+    TYPE: ClassVar[FrameType] = FrameType.CONFIRM
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,20 +410,12 @@ class Confirmed:
 
 
 @dataclass(frozen=True, slots=True)
-class Checkin:
+class Checkin(_UpdateBoot):
     """``[14, update_id, nonce]`` — the new image of update ``update_id`` booted,
     pending verify, with check-in ``nonce``: the short check-in a device sends
     first on a resumed channel (SPEC 8.9), in place of a HELLO's field 15."""
 
-    update_id: bytes
-    nonce: bytes
-
-    def __post_init__(self) -> None:
-        _bytes("update_id", self.update_id, UID_SIZE, UID_SIZE)
-        _bytes("nonce", self.nonce, NONCE_SIZE, NONCE_SIZE)
-
-    def encode(self) -> bytes:
-        return _pack([FrameType.CHECKIN, self.update_id, self.nonce])
+    TYPE: ClassVar[FrameType] = FrameType.CHECKIN
 
 
 Frame: TypeAlias = (
