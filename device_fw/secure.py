@@ -24,6 +24,7 @@ IDENTIFY = 0xE4  # first contact: asks for the static public key (SPEC 9.10)
 IDENTITY = 0xE5
 RESUME = 0xE6  # a resumed channel's first record, device -> gateway (SPEC 9.11)
 RESUME_NONCE_SIZE = 8
+RESUME_REPEATS = 2  # a RESUME sent again for a record that opens on nothing, per boot
 _RESUME_LABEL = b"otaferry-link-v1 resume"
 
 KEY_SIZE = 32
@@ -483,6 +484,8 @@ class SecureEndpoint:
         # one a genuine gateway is about to use unless PENDING_SLOTS others came
         # since (and those are rate limited), so one replayed MSG1 cannot cut it.
         self._pendings = []
+        self._resume_record = None  # the RESUME while its channel is pending (SPEC 9.11)
+        self._resume_repeats = 0
         self._opened = []  # digests of MSG1s whose channel opened: replays cost no DH
         self._tokens = float(HANDSHAKE_BURST)
         self._token_time = None
@@ -518,6 +521,13 @@ class SecureEndpoint:
             return self._handshake(packet, now), None
         if kind == "sealed":
             body = self._open(packet)
+            if body is None and self.channel is None and self._resume_record is not None:
+                if self._resume_repeats < RESUME_REPEATS:
+                    # The gateway speaks on the old channel: it missed our RESUME
+                    # (SPEC 9.11). The same record again, a bounded number of times.
+                    self._resume_repeats += 1
+                    return self._resume_record, None
+                self._resume_record = None
             if body is None and self.channel is None:
                 # No running session (this device was reset, or a replayed MSG1
                 # left a pending one nobody can open): tell the gateway, so it
@@ -551,7 +561,8 @@ class SecureEndpoint:
         channel = resumed_channel(secret, nonce, False)
         self._pendings.insert(0, (None, None, channel, bytes(gateway), None))
         del self._pendings[PENDING_SLOTS:]
-        return encode_resume(channel, nonce, body)
+        self._resume_record = encode_resume(channel, nonce, body)
+        return self._resume_record
 
     def seal(self, body):
         """The record to send for a session frame; DeviceError BAD_STATE if none may go."""
@@ -607,6 +618,7 @@ class SecureEndpoint:
             self.last_error = exc.reason
             return encode_reject(exc.reason)
         self.stats["handshakes"] += 1
+        self._resume_record = None  # the gateway has given up on the resumption
         self._pendings.insert(0, (msg1, msg2, responder.channel, responder.initiator, digest))
         del self._pendings[PENDING_SLOTS:]
         return msg2
@@ -621,6 +633,7 @@ class SecureEndpoint:
                     self.channel = entry[2]
                     self.gateway = entry[3]
                     self._pendings = []
+                    self._resume_record = None
                     if entry[4] is not None:  # None: a resumed channel (no MSG1)
                         self._opened.insert(0, entry[4])
                         del self._opened[OPENED_MEMORY:]

@@ -1055,12 +1055,16 @@ class Sender:
 
     def _on_checkin(self, frame: Checkin, now: float) -> None:
         """The short check-in on a resumed channel (SPEC 8.9): this update's image
-        booted pending verify with that nonce. Only after this session's DONE (the
-        channel it arrives on was resumed from this session's own)."""
-        if self.phase not in (Phase.REBOOT, Phase.CONFIRM) or frame.update_id != self.uid:
+        booted pending verify with that nonce. After this session's offer was
+        accepted (the channel it arrives on was resumed from this session's own); it
+        also stands for a DONE that was lost."""
+        active = (Phase.DATA, Phase.COMMIT, Phase.REBOOT, Phase.CONFIRM)
+        if not self.resume or self.phase not in active or frame.update_id != self.uid:
             self._ignore()
             return
         self._alive(now)
+        if not self._completed:
+            self._complete_transfer(now)  # its DONE was lost: the device is past it
         self._go_confirm(frame.nonce, now)
 
     def _go_confirm(self, nonce: bytes, now: float) -> None:

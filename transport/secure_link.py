@@ -74,7 +74,7 @@ class SecureLink(Link):
         # handshakes since a record last opened: a link that lives across many
         # device reboots must not run out of re-handshakes
         self._in_a_row = 0
-        self._resume: bytes | None = None  # the secret of a resumption we wait for
+        self._resume_uid: bytes | None = None  # the update whose resumption may come
 
     @classmethod
     async def connect(
@@ -99,7 +99,6 @@ class SecureLink(Link):
         self.handshakes += 1
         self._in_a_row += 1
         self.channel = None
-        self._resume = None  # a full handshake supersedes any resumption
         initiator = Initiator(self.static, self.device, LinkPrivateKey.generate(), PROLOGUE)
         keys = (self.static.public.key_id.hex(), self.device.key_id.hex())
         hs = Handshake(initiator, rto=self._rto(), retries=self.retries, keys=keys)
@@ -150,22 +149,24 @@ class SecureLink(Link):
     """This link can resume its channel after the device's reboot (SPEC 9.11)."""
 
     def expect_resume(self, update_id: bytes) -> None:
-        """The device has just sent DONE for ``update_id`` in a session that asked
-        for resumption (SPEC 8.9): keep that update's resumption secret of the
-        running channel, to open the device's RESUME record after its reboot
-        once (single use; a full handshake drops it)."""
-        channel = self.channel
-        if channel is not None and channel.resume_key is not None:
-            self._resume = resumption_secret(channel.resume_key, update_id)
+        """The device accepted ``update_id`` in a session that asked for resumption
+        (SPEC 8.9): after its DONE and reboot it may send a RESUME record made from
+        the channel that carried that DONE. The secret is derived from the running
+        channel when the record comes, so a RESUME opens only on the channel it was
+        made from (not after a full handshake since) and only once (the resumed
+        channel has no resume key)."""
+        self._resume_uid = bytes(update_id)
 
     def _open_resume(self, packet: bytes) -> bytes | None:
-        secret = self._resume
-        opened = None if secret is None else open_resume(secret, packet)
+        channel, uid = self.channel, self._resume_uid
+        opened = None
+        if channel is not None and channel.resume_key is not None and uid is not None:
+            opened = open_resume(resumption_secret(channel.resume_key, uid), packet)
         if opened is None:
             self.dropped_records += 1
             return None
         self.channel, body = opened
-        self._resume = None
+        self._resume_uid = None
         self._established_at = asyncio.get_running_loop().time()
         self._in_a_row = 0
         return body

@@ -43,11 +43,11 @@ from ..protocol.lora import RegionPacing
 from ..protocol.manifest import PAYLOAD_DELTA
 from ..protocol.secure import decode_identity, encode_identify
 from ..protocol.session import (
+    Accepted,
     Completed,
     Confirmed,
     Event,
     Failed,
-    Rebooting,
     Rejected,
     Sender,
     window_for,
@@ -263,7 +263,7 @@ class Updater:
                         if event.reason == Reason.TIMEOUT:
                             raise TimeoutError_(event.message)
                         raise RemoteError(event.message, event.reason)
-                    if isinstance(event, Rebooting) and sender.resume:
+                    if isinstance(event, Accepted) and sender.resume:
                         link.expect_resume(sender.uid)  # type: ignore[attr-defined]
                     yield event
                     if isinstance(event, Confirmed) or (
