@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from link_harness import full, image, make_flash
@@ -243,3 +244,28 @@ def test_a_checkin_outside_the_reboot_or_for_another_update_is_ignored() -> None
     sender.receive_frame(Checkin(bytes(16), bytes(8)).encode(), 0.2)
     assert sender.phase is phase and sender.stats.ignored_frames == 2
     assert sender.datagrams_to_send(0.3) == []  # no CONFIRM went out
+
+
+def test_a_lost_resume_is_sent_again_for_the_gateways_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first RESUME is lost on the air: the gateway's QUERY on the old channel
+    draws the same record again (SPEC 8.9), which opens; no handshake, no HELLO."""
+    from otaferry.transport import lorasim
+
+    deliver = lorasim._RAK.deliver
+    lost: list[bytes] = []
+
+    def lossy(self: Any, sender: Any, air: bytes, meta: dict[str, Any]) -> bool:
+        if not lost and b"\xe6" in air[:3]:  # the record after the modem's address bytes
+            lost.append(air)
+            return True  # on the air, not heard
+        return deliver(self, sender, air, meta)
+
+    monkeypatch.setattr(lorasim._RAK, "deliver", lossy)
+    old, ota = _small_update()
+    out = run_virtual(bench.emulate(ota, old, tmp_path, sf=7, mtu=222, loss=0.0))
+    assert out["outcome"] == "Confirmed" and out["violations"] == 0 and lost
+    after = out["breakdown"]["check-in"]
+    assert after["resume"][0] == 1 and "query" in after, after  # the record, once more
+    assert not {"handshake", "hello", "reject"} & set(after), after
