@@ -99,6 +99,12 @@ def _check_state(s, labels):
     key = s.get("link_key")
     if key is not None and not _bin(key, 32):
         return False
+    r = s.get("resume")
+    if r is not None and not (
+        isinstance(r, dict) and _bin(r["uid"], 16) and _bin(r["secret"], 32)
+        and _bin(r["gateway"], 32)
+    ):
+        return False
     failures = s.get("failures", [])
     if not isinstance(failures, list) or not all(
         isinstance(f, dict) and _bin(f["uid"], 16) and _int(f["reason"], 0, 255) for f in failures
@@ -498,6 +504,25 @@ class Device:
             return None
         return {"uid": bytes(rec["uid"]), "sha256": bytes(rec["sha256"]),
                 "nonce": self.checkin_nonce}  # fmt: skip
+
+    def save_resume(self, uid, secret, gateway):
+        """Keep the secure channel's resumption secret for the reboot into update
+        ``uid`` (SPEC 9.11): one record, overwritten by the next, erased when used."""
+        self._save(resume={"uid": bytes(uid), "secret": bytes(secret),
+                           "gateway": bytes(gateway)})  # fmt: skip
+
+    def take_resume(self):
+        """The resumption record for the running pending image, erased from the store
+        first (single use: a reset after this falls back to a full handshake); None
+        when there is none or it belongs to another update."""
+        r = self.state.get("resume")
+        if r is None:
+            return None
+        self._save(resume=None)
+        pending = self.pending_checkin()
+        if pending is None or bytes(r["uid"]) != pending["uid"]:
+            return None
+        return r
 
     def confirm_running(self):
         """The check-in succeeded: mark the running image VALID and raise the

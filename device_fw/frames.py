@@ -33,15 +33,20 @@ ABORT = 10
 CONFIRM = 11  # host -> device: the check-in answer (update id, the boot's nonce)
 CONFIRMED = 12  # device -> host: the running image is confirmed (VALID)
 POLL_FRAME = 13  # host -> device: answer with a STATUS echoing (segment, chunk)
+CHECKIN = 14  # device -> host: pending verify (update id, the boot's nonce), SPEC 8.9
 COMPACT = 0x80  # not a wire code: what decode() calls a compact DATA frame (SPEC 8.8)
 
 # HELLO field 17 (SPEC 8.8): what this receiver understands besides version 1.
 FEATURE_BATCH = 1  # acknowledges DATA per poll and per segment, not per gap
 FEATURE_COMPACT = 2  # takes compact DATA frames (and the short sealed record)
-FEATURES = FEATURE_BATCH | FEATURE_COMPACT
+FEATURE_COMMIT = 8  # commits by itself once the last segment is written (SPEC 8.9)
+FEATURES = FEATURE_BATCH | FEATURE_COMPACT | FEATURE_COMMIT
+FEATURE_RESUME = 4  # resumes the secure channel after the reboot (SPEC 8.9): a link-key device
 # OfferBlob field 4 (SPEC 8.8): what the sender uses in this session.
 OFFER_BATCH = 1
 OFFER_COMPACT = 2
+OFFER_RESUME = 4
+OFFER_COMMIT = 8
 COMPACT_POLL = 0x40  # in a compact DATA frame's first byte
 COMPACT_MASK = 0x3F  # ... the low 6 bits of the chunk index
 
@@ -54,7 +59,7 @@ HELLO_FIELDS = 14
 _ARITY = {
     QUERY: (2,), HELLO: (4,), OFFER: (3,), ACCEPT: (3,), REJECT: (2,),
     DATA: (3,), STATUS: (3, 5), COMMIT: (0,), DONE: (0,), ABORT: (2,),
-    CONFIRM: (2,), CONFIRMED: (1,), POLL_FRAME: (2,),
+    CONFIRM: (2,), CONFIRMED: (1,), POLL_FRAME: (2,), CHECKIN: (2,),
 }
 
 
@@ -143,6 +148,10 @@ def confirmed(update_id):
     return mpack.encode([CONFIRMED, update_id])
 
 
+def checkin(update_id, nonce):
+    return mpack.encode([CHECKIN, update_id, nonce])
+
+
 def done():
     return mpack.encode([DONE])
 
@@ -194,7 +203,7 @@ def decode(body):
         f = [a[0], a[1], _bin("chunk", a[2], 1)]
     elif code == ACCEPT:
         f = [_int("next", a[0], 0, U16 + 1), _int("base", a[1], 0, U16 + 1), _bin("bitmap", a[2])]
-    elif code == CONFIRM:
+    elif code in (CONFIRM, CHECKIN):
         f = [_bin("update_id", a[0], 16, 16), _bin("nonce", a[1], 8, 8)]
     elif code == CONFIRMED:
         f = [_bin("update_id", a[0], 16, 16)]

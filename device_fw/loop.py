@@ -15,10 +15,11 @@ bytes and passes ``now``.
     deadline = loop.next_deadline()          # None: nothing to do until a packet
 """
 
+from . import frames as F
 from . import framing
 from . import reasons as R
 from .receiver import DONE, Receiver
-from .secure import OVERHEAD, SecureEndpoint
+from .secure import OVERHEAD, SecureEndpoint, resumption_secret
 
 # Bound into every handshake transcript; equal to transport/secure_link.PROLOGUE.
 LINK_PROLOGUE = b"otaferry/link/v1"
@@ -45,6 +46,8 @@ class DeviceLoop:
             )
             mtu -= OVERHEAD
         self.receiver = Receiver(device, mtu=mtu)
+        if self.endpoint is not None:
+            self.receiver.extra_features = F.FEATURE_RESUME  # SPEC 8.9
         self._announced = False  # the sealed HELLO after the boot's first handshake
         self.on_event = on_event
         self._phase = self.receiver.phase
@@ -55,9 +58,41 @@ class DeviceLoop:
         A running image that awaits its check-in arms its deadline now."""
         if self.checkin_timeout is not None and self.device.pending_checkin() is not None:
             self.checkin_deadline = now + self.checkin_timeout
+        resumed = self._resume()
+        if resumed:
+            return resumed
         if self.endpoint is None or not self.endpoint.require_secure:
             return list(self.receiver.announce())
         return []
+
+    def _resume(self):
+        """SPEC 8.9 / 9.11: a pending image whose update left a resumption secret
+        checks in at once, on a channel resumed from it (no handshake): [RESUME]."""
+        if self.endpoint is None:
+            return []
+        record = self.device.take_resume()  # single use: erased before anything is sent
+        pending = self.device.pending_checkin()
+        if record is None or pending is None:
+            return []
+        body = F.checkin(pending["uid"], pending["nonce"])
+        return [self.endpoint.resume(record["secret"], pending["nonce"], record["gateway"], body)]
+
+    def _keep_resumption(self):
+        """DONE is about to go: keep this channel's resumption secret for the
+        reboot, if the session asked for it (OfferBlob flag RESUME)."""
+        endpoint = self.endpoint
+        receiver = self.receiver
+        if (
+            endpoint is None
+            or endpoint.channel is None
+            or endpoint.channel.resume_key is None
+            or not receiver.offer_flags & F.OFFER_RESUME
+            or receiver.update_id is None
+        ):
+            return
+        uid = receiver.update_id
+        secret = resumption_secret(endpoint.channel.resume_key, uid)
+        self.device.save_resume(uid, secret, endpoint.gateway)
 
     def next_deadline(self):
         """When :meth:`tick` has work to do; None: only packets wake the device."""
@@ -115,6 +150,7 @@ class DeviceLoop:
             self.checkin_deadline = None
         if self.receiver.phase == DONE and self.reset_requested is None:
             # Installed, verified, boot selected: the app resets into the new image.
+            self._keep_resumption()
             self.reset_requested = "update installed: resetting into it"
         if self.on_event is not None and self.receiver.phase != self._phase:
             self._phase = self.receiver.phase

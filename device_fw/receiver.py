@@ -145,7 +145,20 @@ class Receiver:
         self._armed = True
         self._answered = False
         self._final = None  # REJECT frame repeated in REJECTED
-        self._flags = 0  # the offer's field 4: batched acks, compact DATA
+        self._flags = 0  # the offer's field 4: batched acks, compact DATA, resumption
+        # HELLO field 17 bits the layers around this receiver add (DeviceLoop with a
+        # secure endpoint: FEATURE_RESUME, SPEC 8.9).
+        self.extra_features = 0
+
+    @property
+    def offer_flags(self):
+        """The running session's OfferBlob flags (SPEC 8.8, 8.9); 0 before its offer."""
+        return self._flags
+
+    @property
+    def update_id(self):
+        """The update id of the session's verified offer, else None."""
+        return None if self._installer is None else self._installer.uid
 
     # ------------------------------------------------------------ public
 
@@ -279,7 +292,7 @@ class Receiver:
             "max_offer": self.max_offer,
             "resume_uid": progress.get("uid"),
             "resume_next": progress.get("next"),
-            "features": F.FEATURES,
+            "features": F.FEATURES | self.extra_features,
         }
         pending = dev.pending_checkin()
         if pending is not None:
@@ -501,6 +514,8 @@ class Receiver:
             return self._reject(exc.reason, exc.message)
         self.stats["segments"] += 1
         self._load(index + 1)
+        if self._flags & F.OFFER_COMMIT and inst.next_segment == inst.segment_count:
+            return self._on_commit()  # SPEC 8.9: the last segment's answer is DONE
         return [self._status(echo)]
 
     def _on_commit(self):

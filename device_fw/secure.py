@@ -22,6 +22,10 @@ MSG2 = 0xE2
 REJECT = 0xE3
 IDENTIFY = 0xE4  # first contact: asks for the static public key (SPEC 9.10)
 IDENTITY = 0xE5
+RESUME = 0xE6  # a resumed channel's first record, device -> gateway (SPEC 9.11)
+RESUME_NONCE_SIZE = 8
+RESUME_REPEATS = 2  # a RESUME sent again for a record that opens on nothing, per boot
+_RESUME_LABEL = b"otaferry-link-v1 resume"
 
 KEY_SIZE = 32
 AEAD_KEY_SIZE = 16
@@ -78,6 +82,8 @@ def record_kind(packet):
         return "identify"
     if first == IDENTITY:
         return "identity"  # a device never gets one; named so both sides agree
+    if first == RESUME:
+        return "resume"  # nor this one (SPEC 9.11)
     return "unknown"
 
 
@@ -102,6 +108,25 @@ def _hkdf2(chaining_key, ikm):
 
 def ratchet(key):
     return port.hmac_sha256(key, _RATCHET_LABEL)[:AEAD_KEY_SIZE]
+
+
+def resumption_secret(resume_key, update_id):
+    """The secret a device keeps across the reboot into ``update_id`` (SPEC 9.11)."""
+    return port.hmac_sha256(resume_key, bytes(update_id))
+
+
+def resumed_channel(secret, nonce, initiator):
+    """The channel of a resumption: keys from the secret and the device's fresh nonce."""
+    k1, k2 = _hkdf2(secret, bytes(nonce))
+    k_i2r, k_r2i = k1[:AEAD_KEY_SIZE], k2[:AEAD_KEY_SIZE]
+    if initiator:
+        return SecureChannel(k_i2r, k_r2i, True, bytes(nonce))
+    return SecureChannel(k_r2i, k_i2r, False, bytes(nonce))
+
+
+def encode_resume(channel, nonce, body):
+    """``E6 | nonce | the channel's first sealed record`` (SPEC 9.11)."""
+    return bytes([RESUME]) + bytes(nonce) + channel.seal(body)
 
 
 def _nonce(direction, counter):
@@ -150,6 +175,10 @@ class _Symmetric:
     def split(self):
         k1, k2 = _hkdf2(self.ck, b"")
         return k1[:AEAD_KEY_SIZE], k2[:AEAD_KEY_SIZE]
+
+    def resume_key(self):
+        """SPEC 9.11: bound to this handshake's ck, independent of the Split keys."""
+        return port.hmac_sha256(self.ck, _RESUME_LABEL)
 
 
 def _ephemeral(value):
@@ -218,7 +247,9 @@ class Initiator:
         self.remote_payload = payload
         self.state = "done"
         send, recv = sym.split()
-        return SecureChannel(send, recv, True, sym.h)
+        channel = SecureChannel(send, recv, True, sym.h)
+        channel.resume_key = sym.resume_key()
+        return channel
 
 
 class Responder:
@@ -285,6 +316,7 @@ class Responder:
         sealed = sym.encrypt_and_hash(payload)
         recv, send = sym.split()
         self.channel = SecureChannel(send, recv, False, sym.h)
+        self.channel.resume_key = sym.resume_key()
         self.state = "done"
         return header + e_public + sealed
 
@@ -308,6 +340,7 @@ class SecureChannel:
             self.send_dir, self.recv_dir = DIR_R2I, DIR_I2R
         self.limit = limit
         self.handshake_hash = handshake_hash
+        self.resume_key = None  # a handshake's channel: its key for resumption (SPEC 9.11)
         self.send_next = 0
         self.send_epoch = 0
         self.send_key = bytes(send_key)
@@ -451,6 +484,8 @@ class SecureEndpoint:
         # one a genuine gateway is about to use unless PENDING_SLOTS others came
         # since (and those are rate limited), so one replayed MSG1 cannot cut it.
         self._pendings = []
+        self._resume_record = None  # the RESUME while its channel is pending (SPEC 9.11)
+        self._resume_repeats = 0
         self._opened = []  # digests of MSG1s whose channel opened: replays cost no DH
         self._tokens = float(HANDSHAKE_BURST)
         self._token_time = None
@@ -486,6 +521,13 @@ class SecureEndpoint:
             return self._handshake(packet, now), None
         if kind == "sealed":
             body = self._open(packet)
+            if body is None and self.channel is None and self._resume_record is not None:
+                if self._resume_repeats < RESUME_REPEATS:
+                    # The gateway speaks on the old channel: it missed our RESUME
+                    # (SPEC 9.11). The same record again, a bounded number of times.
+                    self._resume_repeats += 1
+                    return self._resume_record, None
+                self._resume_record = None
             if body is None and self.channel is None:
                 # No running session (this device was reset, or a replayed MSG1
                 # left a pending one nobody can open): tell the gateway, so it
@@ -509,6 +551,18 @@ class SecureEndpoint:
             return None, bytes(packet)
         self.stats["unexpected"] += 1
         return None, None
+
+    def resume(self, secret, nonce, gateway, body):
+        """The RESUME record (SPEC 9.11) that opens a resumed channel with ``body``
+        (the device's CHECKIN). The channel waits, pending like a handshake's, for
+        a frame from the gateway to open on it; until then a record that opens on
+        nothing is answered REJECT(BAD_STATE) as ever, so a gateway that missed
+        the RESUME falls back to a full handshake."""
+        channel = resumed_channel(secret, nonce, False)
+        self._pendings.insert(0, (None, None, channel, bytes(gateway), None))
+        del self._pendings[PENDING_SLOTS:]
+        self._resume_record = encode_resume(channel, nonce, body)
+        return self._resume_record
 
     def seal(self, body):
         """The record to send for a session frame; DeviceError BAD_STATE if none may go."""
@@ -538,7 +592,7 @@ class SecureEndpoint:
     def _handshake(self, msg1, now=None):
         msg1 = bytes(msg1)
         for entry in self._pendings:
-            if entry[0] == msg1:
+            if entry[0] is not None and entry[0] == msg1:
                 # The gateway repeats a MSG1 whose MSG2 it did not get (or an attacker
                 # replays it): the same answer again, no new keys. A fresh MSG2 here
                 # would leave a gateway that got the first one with keys we dropped.
@@ -564,6 +618,7 @@ class SecureEndpoint:
             self.last_error = exc.reason
             return encode_reject(exc.reason)
         self.stats["handshakes"] += 1
+        self._resume_record = None  # the gateway has given up on the resumption
         self._pendings.insert(0, (msg1, msg2, responder.channel, responder.initiator, digest))
         del self._pendings[PENDING_SLOTS:]
         return msg2
@@ -578,8 +633,10 @@ class SecureEndpoint:
                     self.channel = entry[2]
                     self.gateway = entry[3]
                     self._pendings = []
-                    self._opened.insert(0, entry[4])
-                    del self._opened[OPENED_MEMORY:]
+                    self._resume_record = None
+                    if entry[4] is not None:  # None: a resumed channel (no MSG1)
+                        self._opened.insert(0, entry[4])
+                        del self._opened[OPENED_MEMORY:]
                     self.stats["opened"] += 1
                     return body
             if self.channel is None:

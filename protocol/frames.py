@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 import msgpack
 
@@ -49,9 +49,13 @@ SHA256_SIZE = 32
 # SPEC 8.8: HELLO field 17, what a device understands besides version 1 ...
 FEATURE_BATCH = 1  # it acknowledges DATA per poll and per segment, not per gap
 FEATURE_COMPACT = 2  # it takes compact DATA frames and the short sealed record
+FEATURE_RESUME = 4  # it resumes the secure channel after the reboot (SPEC 8.9, 9.11)
+FEATURE_COMMIT = 8  # it commits by itself once the last segment is written (SPEC 8.9)
 # ... and OfferBlob field 4, what the sender uses in this session.
 OFFER_BATCH = 1
 OFFER_COMPACT = 2
+OFFER_RESUME = 4
+OFFER_COMMIT = 8
 COMPACT_POLL = 0x40
 COMPACT_MASK = 0x3F
 
@@ -62,6 +66,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Abort",
     "Accept",
+    "Checkin",
     "Commit",
     "CompactData",
     "Confirm",
@@ -103,6 +108,7 @@ class FrameType(IntEnum):
     CONFIRM = 11  # host -> device: check-in answer (update id, the boot's nonce)
     CONFIRMED = 12  # device -> host: the running image is confirmed (VALID)
     POLL = 13  # host -> device: answer with a STATUS echoing (segment, chunk)
+    CHECKIN = 14  # device -> host: pending verify for (update id, the boot's nonce)
 
 
 def _bad(message: str) -> DecodeError:
@@ -365,20 +371,29 @@ class Abort:
 
 
 @dataclass(frozen=True, slots=True)
-class Confirm:
-    """``[11, update_id, nonce]`` — the update server's answer to a check-in: the
-    image of update ``update_id`` that the device booted with check-in ``nonce``
-    (fresh each boot, SPEC 8.7) reached its server; mark it valid."""
+class _UpdateBoot:
+    """Fields of a frame naming one boot of one update: ``[type, update_id, nonce]``."""
 
     update_id: bytes
     nonce: bytes
+
+    TYPE: ClassVar[FrameType]
 
     def __post_init__(self) -> None:
         _bytes("update_id", self.update_id, UID_SIZE, UID_SIZE)
         _bytes("nonce", self.nonce, NONCE_SIZE, NONCE_SIZE)
 
     def encode(self) -> bytes:
-        return _pack([FrameType.CONFIRM, self.update_id, self.nonce])
+        return _pack([self.TYPE, self.update_id, self.nonce])
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm(_UpdateBoot):
+    """``[11, update_id, nonce]`` — the update server's answer to a check-in: the
+    image of update ``update_id`` that the device booted with check-in ``nonce``
+    (fresh each boot, SPEC 8.7) reached its server; mark it valid."""
+
+    TYPE: ClassVar[FrameType] = FrameType.CONFIRM
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,9 +409,18 @@ class Confirmed:
         return _pack([FrameType.CONFIRMED, self.update_id])
 
 
+@dataclass(frozen=True, slots=True)
+class Checkin(_UpdateBoot):
+    """``[14, update_id, nonce]`` — the new image of update ``update_id`` booted,
+    pending verify, with check-in ``nonce``: the short check-in a device sends
+    first on a resumed channel (SPEC 8.9), in place of a HELLO's field 15."""
+
+    TYPE: ClassVar[FrameType] = FrameType.CHECKIN
+
+
 Frame: TypeAlias = (
     Query | Hello | Offer | Accept | Reject | Data | Status | Commit | Done | Abort | Confirm
-    | Confirmed | CompactData | Poll
+    | Confirmed | CompactData | Poll | Checkin
 )
 
 
@@ -452,6 +476,7 @@ _ARITY = {
     FrameType.CONFIRM: (2,),
     FrameType.CONFIRMED: (1,),
     FrameType.POLL: (2,),
+    FrameType.CHECKIN: (2,),
 }
 
 
@@ -483,6 +508,8 @@ def _build(ftype: FrameType, a: list[Any], n: int, poll: bool) -> Frame:
         return Confirmed(_bytes("update_id", a[0]))
     if ftype is FrameType.POLL:
         return Poll(a[0], a[1])
+    if ftype is FrameType.CHECKIN:
+        return Checkin(_bytes("update_id", a[0]), _bytes("nonce", a[1]))
     return Abort(a[0], a[1])
 
 

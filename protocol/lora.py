@@ -236,11 +236,11 @@ class RegionPacing:
         back = self.airtime(answer)
         return 2 * (self.airtime(mtu) + back + self.off_time(back)) + self.rtt_floor
 
-    def ack_batch(self, mtu: int, status: int = 26, share: float = 0.015) -> int:
+    def ack_batch(self, mtu: int, status: int = 26, share: float = 0.01) -> int:
         """Frames per acknowledgement (SPEC 8.8): enough that a STATUS of ``status``
         bytes costs at most ``share`` of the air time of the full frames it
         acknowledges (4..64). At SF9 / 51 bytes a STATUS is 0.7 of a full frame:
-        46; at 222 bytes 0.2: 14."""
+        64 (the cap); at 222 bytes 0.2: 21."""
         ratio = self.airtime(status) / self.airtime(mtu)
         return max(4, min(64, math.ceil(ratio / share)))
 

@@ -75,6 +75,10 @@ DIR_I2R = 0x01
 DIR_R2I = 0x02
 _HS_NONCE = bytes(NONCE_SIZE)
 _RATCHET_LABEL = b"otaferry-link-v1 ratchet"
+_RESUME_LABEL = b"otaferry-link-v1 resume"
+RESUME = 0xE6
+"""A resumed channel's first record, device -> gateway (SPEC 9.11)."""
+RESUME_NONCE_SIZE = 8
 
 __all__ = [
     "COUNTER_LIMIT",
@@ -92,8 +96,11 @@ __all__ = [
     "Responder",
     "SecureChannel",
     "encode_reject",
+    "open_resume",
     "ratchet",
     "record_kind",
+    "resumed_channel",
+    "resumption_secret",
 ]
 
 
@@ -104,6 +111,7 @@ class RecordKind(Enum):
     REJECT = "reject"
     IDENTIFY = "identify"
     IDENTITY = "identity"
+    RESUME = "resume"
     PLAIN = "plain"
     UNKNOWN = "unknown"
 
@@ -123,6 +131,7 @@ def record_kind(packet: bytes | bytearray | memoryview) -> RecordKind:
         REJECT: RecordKind.REJECT,
         IDENTIFY: RecordKind.IDENTIFY,
         IDENTITY: RecordKind.IDENTITY,
+        RESUME: RecordKind.RESUME,
     }.get(first, RecordKind.UNKNOWN)
 
 
@@ -168,6 +177,33 @@ def _hkdf2(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
 def ratchet(key: bytes) -> bytes:
     """The next epoch's key: HMAC-SHA256(key, label), first 16 bytes. One-way."""
     return _hmac(key, _RATCHET_LABEL)[:AEAD_KEY_SIZE]
+
+
+def resumption_secret(resume_key: bytes, update_id: bytes) -> bytes:
+    """The secret both sides keep across the device's reboot into ``update_id``
+    (SPEC 9.11): HMAC(the handshake's resume key, update id)."""
+    return _hmac(resume_key, bytes(update_id))
+
+
+def resumed_channel(secret: bytes, nonce: bytes, *, initiator: bool) -> SecureChannel:
+    """The channel a resumption opens: ``k_i2r, k_r2i = HKDF2(secret, nonce)``."""
+    k1, k2 = _hkdf2(secret, bytes(nonce))
+    k_i2r, k_r2i = k1[:AEAD_KEY_SIZE], k2[:AEAD_KEY_SIZE]
+    if initiator:
+        return SecureChannel(k_i2r, k_r2i, initiator=True, handshake_hash=bytes(nonce))
+    return SecureChannel(k_r2i, k_i2r, initiator=False, handshake_hash=bytes(nonce))
+
+
+def open_resume(secret: bytes, packet: bytes) -> tuple[SecureChannel, bytes] | None:
+    """A RESUME record ``E6 | nonce (8) | sealed record`` (SPEC 9.11) opened with
+    ``secret``: the gateway's end of the resumed channel and the first body, or
+    None (not a RESUME, or it does not authenticate)."""
+    head = 1 + RESUME_NONCE_SIZE
+    if len(packet) < head + 2 + TAG_SIZE or packet[0] != RESUME:
+        return None
+    channel = resumed_channel(secret, bytes(packet[1:head]), initiator=True)
+    body = channel.open(bytes(packet[head:]))
+    return None if body is None else (channel, body)
 
 
 def _nonce(direction: int, counter: int) -> bytes:
@@ -221,6 +257,10 @@ class _Symmetric:
     def split(self) -> tuple[bytes, bytes]:
         k1, k2 = _hkdf2(self.ck, b"")
         return k1[:AEAD_KEY_SIZE], k2[:AEAD_KEY_SIZE]
+
+    def resume_key(self) -> bytes:
+        """SPEC 9.11: HMAC(ck, label), bound to this handshake, independent of Split's keys."""
+        return _hmac(self.ck, _RESUME_LABEL)
 
 
 def _payload_check(payload: bytes) -> bytes:
@@ -332,7 +372,9 @@ class Initiator:
         self.remote_payload = payload
         self._state = _HsState.DONE
         send, recv = sym.split()
-        return SecureChannel(send, recv, initiator=True, handshake_hash=sym.h)
+        channel = SecureChannel(send, recv, initiator=True, handshake_hash=sym.h)
+        channel.resume_key = sym.resume_key()
+        return channel
 
 
 class Responder:
@@ -423,6 +465,7 @@ class Responder:
         sealed = sym.encrypt_and_hash(payload)
         recv, send = sym.split()
         self._channel = SecureChannel(send, recv, initiator=False, handshake_hash=sym.h)
+        self._channel.resume_key = sym.resume_key()
         self._state = _HsState.DONE
         return header + self._ephemeral.public.raw + sealed
 
@@ -482,6 +525,8 @@ class SecureChannel:
         self._limit = limit
         self.handshake_hash = handshake_hash
         """Noise's final ``h``: a channel binding both sides share (e.g. for logs)."""
+        self.resume_key: bytes | None = None
+        """A handshake's channel: the key its resumption secrets come from (SPEC 9.11)."""
         self._send_next = 0
         self._send_epoch = 0
         self._send_aead = AESCCM(bytes(send_key), tag_length=TAG_SIZE)

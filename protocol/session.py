@@ -51,13 +51,18 @@ from .artifact import ArtifactReader
 from .errors import DecodeError, ProtocolError, Reason
 from .frames import (
     FEATURE_BATCH,
+    FEATURE_COMMIT,
     FEATURE_COMPACT,
+    FEATURE_RESUME,
     NO_SESSION,
     OFFER_BATCH,
+    OFFER_COMMIT,
     OFFER_COMPACT,
+    OFFER_RESUME,
     OFFER_SEGMENT,
     Abort,
     Accept,
+    Checkin,
     Commit,
     CompactData,
     Confirm,
@@ -423,6 +428,7 @@ class Sender:
         batch: bool = False,
         query_interval: float = 8.0,
         reboot_wait: float | None = None,
+        resume: bool = False,
     ) -> None:
         if not isinstance(artifact, Artifact):
             raise TypeError("Sender takes an Artifact (Artifact.parse(ota_bytes), shared)")
@@ -477,6 +483,12 @@ class Sender:
         self._want_batch = batch
         self.compact = False  # set from the HELLO: compact DATA in this session
         self.batch = False  # ... batched acknowledgements
+        # ``resume``: the link can resume its secure channel after the reboot (SPEC
+        # 8.9); ``self.resume``: this session asked the device to (OFFER_RESUME).
+        self._want_resume = resume
+        self.resume = False
+        self.autocommit = False  # OFFER_COMMIT: the last segment's answer is DONE
+        self._nonce: bytes | None = None  # the pending boot's check-in nonce
         self._poll_every = max(1, (window + 1) // 2)
         self._loss = 0.0
         self._lookahead = lookahead
@@ -672,6 +684,8 @@ class Sender:
             self._on_abort(frame, now)
         elif isinstance(frame, ConfirmedFrame):
             self._on_confirmed(frame)
+        elif isinstance(frame, Checkin):
+            self._on_checkin(frame, now)
         else:  # a host -> device frame: not for us
             self._ignore()
 
@@ -786,7 +800,16 @@ class Sender:
         if size < 1:
             self._reject_locally(Reason.RESOURCE_LIMIT, f"no DATA frame fits a {mtu}-byte mtu")
             return
-        flags = (OFFER_BATCH if self.batch else 0) | (OFFER_COMPACT if self.compact else 0)
+        self.resume = (
+            self._want_resume and self._await_checkin and bool(info.features & FEATURE_RESUME)
+        )
+        self.autocommit = self.batch and bool(info.features & FEATURE_COMMIT)
+        flags = (
+            (OFFER_COMMIT if self.autocommit else 0)
+            | (OFFER_BATCH if self.batch else 0)
+            | (OFFER_COMPACT if self.compact else 0)
+            | (OFFER_RESUME if self.resume else 0)
+        )
         if self.batch:
             self._poll_every = self.window
         blob = self.artifact.offer_blob(size, flags)
@@ -982,7 +1005,8 @@ class Sender:
         self._events.append(Rejected(reason, prefix + frame.message, **self._ids()))
 
     def _on_done(self, now: float) -> None:
-        if self.phase is not Phase.COMMIT:
+        # With OFFER_COMMIT the device answers the last segment with DONE (SPEC 8.9).
+        if self.phase is not Phase.COMMIT and not (self.phase is Phase.DATA and self.autocommit):
             self._ignore()
             return
         self._complete_transfer(now)
@@ -1026,8 +1050,31 @@ class Sender:
         self._control = Query(self.session_id).encode()
 
     def _confirm_frame(self) -> bytes:
-        assert self.info is not None and self.info.pending_nonce is not None
-        return Confirm(self.uid, self.info.pending_nonce).encode()
+        assert self._nonce is not None
+        return Confirm(self.uid, self._nonce).encode()
+
+    def _on_checkin(self, frame: Checkin, now: float) -> None:
+        """The short check-in on a resumed channel (SPEC 8.9): this update's image
+        booted pending verify with that nonce. After this session's offer was
+        accepted (the channel it arrives on was resumed from this session's own); it
+        also stands for a DONE that was lost."""
+        active = (Phase.DATA, Phase.COMMIT, Phase.REBOOT, Phase.CONFIRM)
+        if not self.resume or self.phase not in active or frame.update_id != self.uid:
+            self._ignore()
+            return
+        self._alive(now)
+        if not self._completed:
+            self._complete_transfer(now)  # its DONE was lost: the device is past it
+        self._go_confirm(frame.nonce, now)
+
+    def _go_confirm(self, nonce: bytes, now: float) -> None:
+        if self.phase is not Phase.CONFIRM:
+            self._events.append(CheckedIn(self.manifest.version, **self._ids()))
+        self.phase = Phase.CONFIRM
+        self._nonce = nonce
+        self._retries = 0
+        self._control = self._confirm_frame()
+        self._deadline = now + self._rto
 
     def _on_checkin_info(self, info: HelloInfo, now: float) -> bool:
         """A HELLO after the transfer (or at the start of a later session): True
@@ -1046,12 +1093,8 @@ class Sender:
             if not self._completed:
                 self._resumed_from = self._n
                 self._complete_transfer(now)
-            if self.phase is not Phase.CONFIRM:
-                self._events.append(CheckedIn(self.manifest.version, **self._ids()))
-            self.phase = Phase.CONFIRM
-            self._retries = 0
-            self._control = self._confirm_frame()
-            self._deadline = now + self._rto
+            assert info.pending_nonce is not None
+            self._go_confirm(info.pending_nonce, now)
             return True
         if self._completed and info.pending_uid is None and info.running_sha256 == target:
             self._finish_confirmed()

@@ -18,6 +18,7 @@ from otaferry.protocol.errors import DecodeError, Reason
 from otaferry.protocol.frames import (
     Abort,
     Accept,
+    Checkin,
     Commit,
     CompactData,
     Confirm,
@@ -73,6 +74,8 @@ VECTORS: list[tuple[str, Frame, tuple[int, bool, list[Any]]]] = [
     ("compact_data_poll", CompactData(63, b"\xaa" * 3, poll=True),
      (D.COMPACT, True, [63, b"\xaa" * 3])),
     ("poll", Poll(3, 300), (13, False, [3, 300])),
+    ("checkin", Checkin(bytes(range(16)), bytes(range(8))),
+     (14, False, [bytes(range(16)), bytes(range(8))])),
 ]
 
 HELLO_INFO = HelloInfo(
@@ -165,6 +168,8 @@ def device_encode(frame: Frame) -> bytes:
         return D.compact_data(frame.low, frame.payload, frame.poll)
     if isinstance(frame, Poll):
         return D.poll_frame(frame.segment, frame.chunk)
+    if isinstance(frame, Checkin):
+        return D.checkin(frame.update_id, frame.nonce)
     return D.abort(frame.reason, frame.message)
 
 
@@ -196,6 +201,8 @@ def device_view(frame: Frame) -> tuple[int, bool, list[Any]]:
         return D.COMPACT, frame.poll, [frame.low, frame.payload]
     if isinstance(frame, Poll):
         return 13, False, [frame.segment, frame.chunk]
+    if isinstance(frame, Checkin):
+        return 14, False, [frame.update_id, frame.nonce]
     return 10, False, [frame.reason, frame.message]
 
 
@@ -203,7 +210,7 @@ def device_view(frame: Frame) -> tuple[int, bool, list[Any]]:
 
 
 def test_every_frame_type_has_a_vector() -> None:
-    assert {v[2][0] for v in VECTORS} == set(range(1, 14)) | {D.COMPACT}
+    assert {v[2][0] for v in VECTORS} == set(range(1, 15)) | {D.COMPACT}
     files = {p.stem for p in VECTOR_DIR.glob("*.hex")}
     assert files == {v[0] for v in VECTORS} | {v[0] for v in BLOB_VECTORS}
 

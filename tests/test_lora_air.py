@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from link_harness import full, image, make_flash
@@ -16,11 +17,12 @@ from otaferry.device_fw import secure as dsec
 from otaferry.device_fw.device import Device
 from otaferry.device_fw.receiver import Receiver
 from otaferry.protocol.artifact import build_full
-from otaferry.protocol.frames import Status, decode_frame
+from otaferry.protocol.frames import Checkin, Status, decode_frame
 from otaferry.protocol.secure import SecureChannel
 from otaferry.protocol.session import Completed, Sender
 from otaferry.protocol.shared_artifact import Artifact
 from otaferry.tools.bench import lora as bench
+from otaferry.transport.secure_link import SecureLink
 from otaferry.transport.vclock import run_virtual
 
 K1, K2 = hashlib.sha256(b"k1").digest()[:16], hashlib.sha256(b"k2").digest()[:16]
@@ -193,3 +195,77 @@ def test_the_checkin_deadline_is_sized_to_the_air_alike_on_both_sides(
     scaled = RegionPacing(LoRaParams(sf, 125_000, 5, 8), plan, freq, mtu=mtu,
                           wire_size=codec_for(modem).wire_size, time_scale=0.01)  # fmt: skip
     assert scaled.checkin_timeout(mtu, floor=0) == pytest.approx((host - 120) * 0.01)
+
+
+def _small_update() -> tuple[bytes, bytes]:
+    rng = random.Random(5)
+    old, new = rng.randbytes(3000), rng.randbytes(3000)
+    ota = build_full(new, bench.KEY, hw=[bench.HW], chip=bench.CHIP, version="2",
+                     security_counter=1)  # fmt: skip
+    return old, ota
+
+
+def test_the_check_in_resumes_the_channel_in_one_record(tmp_path: Path) -> None:
+    """SPEC 8.9 / 9.11 in the emulator: after DONE (the last segment's answer, no
+    COMMIT) the new image checks in with one RESUME record; no second handshake,
+    QUERY or HELLO goes on the air, and the secret is gone from the device's store."""
+    old, ota = _small_update()
+    out = run_virtual(bench.emulate(ota, old, tmp_path, sf=7, mtu=222, loss=0.0))
+    assert out["outcome"] == "Confirmed" and out["violations"] == 0
+    after = out["breakdown"]["check-in"]
+    assert set(after) == {"done", "resume+checkin", "confirm", "confirmed"}, after
+    assert "commit" not in out["breakdown"]["data"]
+    flash = next(tmp_path.glob("flash-*.bin"))
+    with Device(str(flash)) as dev:
+        assert dev.state.get("resume") is None and not dev.running_pending()
+
+
+def test_a_gateway_without_the_secret_falls_back_to_a_full_handshake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A RESUME the gateway cannot open (lost, or a gateway that restarted) changes
+    nothing but the cost: its QUERY draws REJECT(BAD_STATE), a new handshake, the
+    pending HELLO, and the update is confirmed as before."""
+    monkeypatch.setattr(SecureLink, "expect_resume", lambda self, update_id: None)
+    old, ota = _small_update()
+    out = run_virtual(bench.emulate(ota, old, tmp_path, sf=7, mtu=222, loss=0.0))
+    assert out["outcome"] == "Confirmed" and out["violations"] == 0
+    after = out["breakdown"]["check-in"]
+    assert {"resume+checkin", "reject", "handshake", "hello", "confirmed"} <= set(after), after
+
+
+def test_a_checkin_outside_the_reboot_or_for_another_update_is_ignored() -> None:
+    """CHECKIN is only the answer to this session's own DONE (SPEC 8.9)."""
+    sender = Sender(Artifact.parse(full(image(8, b"c"))), mtu=MTU - 10, window=4,
+                    await_checkin=True, resume=True)  # fmt: skip
+    sender.datagrams_to_send(0.0)
+    phase = sender.phase
+    sender.receive_frame(Checkin(sender.uid, bytes(8)).encode(), 0.1)
+    sender.receive_frame(Checkin(bytes(16), bytes(8)).encode(), 0.2)
+    assert sender.phase is phase and sender.stats.ignored_frames == 2
+    assert sender.datagrams_to_send(0.3) == []  # no CONFIRM went out
+
+
+def test_a_lost_resume_is_sent_again_for_the_gateways_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first RESUME is lost on the air: the gateway's QUERY on the old channel
+    draws the same record again (SPEC 8.9), which opens; no handshake, no HELLO."""
+    from otaferry.transport import lorasim
+
+    deliver = lorasim._RAK.deliver
+    lost: list[bytes] = []
+
+    def lossy(self: Any, sender: Any, air: bytes, meta: dict[str, Any]) -> bool:
+        if not lost and b"\xe6" in air[:3]:  # the record after the modem's address bytes
+            lost.append(air)
+            return True  # on the air, not heard
+        return deliver(self, sender, air, meta)
+
+    monkeypatch.setattr(lorasim._RAK, "deliver", lossy)
+    old, ota = _small_update()
+    out = run_virtual(bench.emulate(ota, old, tmp_path, sf=7, mtu=222, loss=0.0))
+    assert out["outcome"] == "Confirmed" and out["violations"] == 0 and lost
+    after = out["breakdown"]["check-in"]
+    assert after["resume"][0] == 1 and "query" in after, after  # the record, once more
+    assert not {"handshake", "hello", "reject"} & set(after), after

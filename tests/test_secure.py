@@ -987,3 +987,80 @@ def test_a_flood_of_forged_msg1s_costs_bounded_work_and_no_amplification() -> No
     assert tried <= D.HANDSHAKE_BURST + 10.0 / D.HANDSHAKE_INTERVAL + 1
     assert ep.stats["rate_limited"] == 1000 - tried
     assert bytes_out <= 2 * tried and bytes_out / bytes_in < 0.01
+
+
+# --- resumption (SPEC 9.11) ----------------------------------------------------------
+
+RESUME_VECTOR = json.loads(
+    (Path(__file__).resolve().parent / "vectors" / "secure" / "resume.json").read_text()
+)
+
+
+def _resumed(case: dict[str, Any], side: str) -> tuple[bytes, bytes]:
+    """(initiator's resume key, responder's) from the vector's handshake on ``side``."""
+    ci, cr = _channels_from_case(case, side)
+    return ci.resume_key, cr.resume_key
+
+
+@pytest.mark.parametrize("side", ["host", "device"])
+def test_resumption_vector_both_ways(side: str) -> None:
+    v = RESUME_VECTOR
+    case = next(c for c in VECTORS if c["name"] == v["handshake"])
+    ki, kr = _resumed(case, side)
+    assert ki == kr == hex_(v["resume_key"])  # both ends of the handshake agree
+    uid, nonce, body = hex_(v["update_id"]), hex_(v["nonce"]), hex_(v["body"])
+    assert H.resumption_secret(ki, uid) == D.resumption_secret(kr, uid) == hex_(v["secret"])
+    record = D.encode_resume(D.resumed_channel(hex_(v["secret"]), nonce, False), nonce, body)
+    assert record.hex() == v["record"]  # the device writes the vector ...
+    opened = H.open_resume(hex_(v["secret"]), record)  # ... the host reads it
+    assert opened is not None and opened[1] == body
+    # and the host's reply opens on the device's end of the resumed channel
+    device_end = D.resumed_channel(hex_(v["secret"]), nonce, False)
+    assert device_end.open(opened[0].seal(b"\x91\x08")) == b"\x91\x08"
+    # another nonce (the next boot) makes other keys: the record does not open
+    other = D.resumed_channel(hex_(v["secret"]), bytes(8), False)
+    assert other.open(opened[0].seal(b"\x91\x08")) is None
+
+
+def test_resumption_follows_the_spec_text() -> None:
+    """SPEC 9.11 by hand: secret = HMAC(resume key, update id); k_i2r, k_r2i =
+    HKDF2(secret, nonce); RESUME = E6 | nonce | the r2i record of counter 0."""
+    v = RESUME_VECTOR
+    secret = hmac.digest(hex_(v["resume_key"]), hex_(v["update_id"]), "sha256")
+    assert secret.hex() == v["secret"]
+    nonce = hex_(v["nonce"])
+    _t1, t2 = _hkdf2(secret, nonce)
+    header = bytes([0, 0])
+    ccm_nonce = b"\x02" + bytes(12)
+    sealed = AESCCM(t2[:16], tag_length=8).encrypt(ccm_nonce, hex_(v["body"]), header)
+    assert (b"\xe6" + nonce + header + sealed).hex() == v["record"]
+
+
+def test_a_resumed_channel_is_pending_and_a_stranger_record_still_draws_reject() -> None:
+    """The device's resumed channel acts like a handshake's pending one: a record of
+    the old channel (a gateway that missed the RESUME) is answered with the RESUME
+    again, RESUME_REPEATS times, then REJECT(BAD_STATE), so the gateway falls back to
+    a full handshake; the gateway's first frame on the resumed channel makes it the
+    running one. A tampered nonce opens nothing."""
+    v = RESUME_VECTOR
+    secret, nonce = hex_(v["secret"]), hex_(v["nonce"])
+    gateway = LinkPrivateKey.from_raw(bytes(range(32)))
+    device = LinkPrivateKey.from_raw(bytes(range(1, 33)))
+    ep = D.SecureEndpoint(device.raw(), [gateway.public.raw], prologue=b"")
+    record = ep.resume(secret, nonce, gateway.public.raw, hex_(v["body"]))
+    assert ep.channel is None and ep.pending is not None
+    stale = H.SecureChannel(bytes(16), bytes(16), initiator=True).seal(b"\x91\x08")
+    for _ in range(D.RESUME_REPEATS):  # it missed the RESUME: the same record again ...
+        assert ep.receive(stale) == (record, None)
+    assert ep.receive(stale) == (D.encode_reject(R.BAD_STATE), None)  # ... then fall back
+    tampered = record[:1] + bytes([record[1] ^ 1]) + record[2:]
+    assert H.open_resume(secret, tampered) is None
+    assert H.open_resume(secret, record[:-1] + bytes([record[-1] ^ 1])) is None
+    opened = H.open_resume(secret, record)
+    assert opened is not None
+    host_end, body = opened
+    assert body == hex_(v["body"])
+    reply, got = ep.receive(host_end.seal(b"\x91\x08"))
+    assert reply is None and got == b"\x91\x08" and ep.channel is not None
+    assert ep.gateway == gateway.public.raw
+    assert host_end.open(ep.seal(b"\x91\x09")) == b"\x91\x09"

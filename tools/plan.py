@@ -5,11 +5,12 @@ compact DATA and batched acknowledgements (SPEC 8.8), frame by frame, from the
 artifact's own segment table, the medium's MTU and the region's rules:
 
 - gateway: the handshake (MSG1) and QUERY, the OFFER parts, one DATA frame per
-  chunk (chunk = MTU - 10: the short sealed record), COMMIT; after the reboot a
-  second handshake, QUERY and CONFIRM;
+  chunk (chunk = MTU - 10: the short sealed record); after the reboot CONFIRM;
 - device: MSG2, its HELLO parts, ACCEPT, one STATUS per window of DATA frames
   (the window that ``RegionPacing.ack_batch`` gives) and at every segment's
-  end, DONE; after the reboot MSG2, HELLO (pending) and CONFIRMED;
+  end, DONE in place of the last one (SPEC 8.9: no COMMIT); after the reboot
+  the RESUME record with its CHECKIN (SPEC 9.11: no second handshake, no second
+  HELLO) and CONFIRMED;
 - loss ``p``: every frame goes 1 / (1 - p) times, and each segment's holes
   cost about one more STATUS round per ``p`` of its windows.
 
@@ -30,7 +31,9 @@ from typing import Any
 from ..protocol.artifact import ArtifactReader
 from ..protocol.frames import (
     OFFER_BATCH,
+    OFFER_COMMIT,
     OFFER_COMPACT,
+    OFFER_RESUME,
     OfferBlob,
     bin_header_size,
     int_size,
@@ -38,16 +41,16 @@ from ..protocol.frames import (
 )
 from ..protocol.lora import LoRaParams, RegionPacing, region
 from ..protocol.modems import codec_for
-from ..protocol.secure import MSG1_SIZE, MSG2_SIZE, OVERHEAD
+from ..protocol.secure import MSG1_SIZE, MSG2_SIZE, OVERHEAD, RESUME_NONCE_SIZE
 from .files import read_file
 
 HELLO_INFO = 150  # bytes of a device's HelloInfo (id, hw, chip, version, hash, limits)
-PENDING = 60  # ... and of its check-in field (update id, image hash, nonce)
 STATUS_SIZE = 10 + OVERHEAD  # a STATUS with its echo and a short bitmap, sealed
 QUERY_SIZE = 8 + OVERHEAD
 ACCEPT_SIZE = 6 + OVERHEAD
-SHORT = 2 + OVERHEAD  # COMMIT, DONE
+SHORT = 2 + OVERHEAD  # DONE
 CONFIRM_SIZE = 30 + OVERHEAD
+RESUME_SIZE = 1 + RESUME_NONCE_SIZE + 30 + OVERHEAD  # E6, nonce, sealed CHECKIN
 CONFIRMED_SIZE = 20 + OVERHEAD
 
 
@@ -73,7 +76,8 @@ def plan(ota: bytes, args: argparse.Namespace) -> dict[str, Any]:
     chunk = min(frame_mtu, max(seg_lengths))  # compact DATA: the whole frame is payload
     window = pacing.ack_batch(mtu)
     blob = OfferBlob(chunk, reader.manifest_bytes, reader.signature,
-                     OFFER_BATCH | OFFER_COMPACT).encode()  # fmt: skip
+                     OFFER_BATCH | OFFER_COMPACT | OFFER_RESUME | OFFER_COMMIT,
+                     ).encode()  # fmt: skip
     part = max_part_size(frame_mtu, len(blob))
     offer = [OVERHEAD + 1 + 1 + int_size(i) + int_size(math.ceil(len(blob) / part))
              + bin_header_size(part) + min(part, len(blob) - i * part)
@@ -86,21 +90,22 @@ def plan(ota: bytes, args: argparse.Namespace) -> dict[str, Any]:
         data += [mtu] * (n - 1) + [length - (n - 1) * chunk + OVERHEAD]
         rounds = math.ceil(n / window)
         statuses += rounds + (math.ceil(rounds * loss / (1 - loss)) if loss else 0)
+    statuses -= 1  # the last segment's answer is DONE
     air = pacing.airtime
     resend = 1 / (1 - loss) if loss < 1 else math.inf
     gw_air = resend * (
-        2 * air(MSG1_SIZE) + 2 * air(QUERY_SIZE) + sum(map(air, offer)) + sum(map(air, data))
-        + air(SHORT) + air(CONFIRM_SIZE)
+        air(MSG1_SIZE) + air(QUERY_SIZE) + sum(map(air, offer)) + sum(map(air, data))
+        + air(CONFIRM_SIZE)
     )  # fmt: skip
-    hellos = _hello_frames(HELLO_INFO, mtu) + _hello_frames(HELLO_INFO + PENDING, mtu)
+    hellos = _hello_frames(HELLO_INFO, mtu)
     dev_air = resend * (
-        2 * air(MSG2_SIZE) + sum(map(air, hellos)) + air(ACCEPT_SIZE)
-        + statuses * air(STATUS_SIZE) + air(SHORT) + air(CONFIRMED_SIZE)
+        air(MSG2_SIZE) + sum(map(air, hellos)) + air(ACCEPT_SIZE)
+        + statuses * air(STATUS_SIZE) + air(SHORT) + air(RESUME_SIZE) + air(CONFIRMED_SIZE)
     )  # fmt: skip
     dc = pacing.duty_cycle
     wall = gw_air / dc + dev_air  # the gateway's off time covers the device's answers
-    sent = len(data) + len(offer) + 5
-    packets = math.ceil(resend * (sent + len(hellos) + statuses + 6))
+    sent = len(data) + len(offer) + 3  # MSG1, QUERY, CONFIRM
+    packets = math.ceil(resend * (sent + len(hellos) + statuses + 5))
     n = args.devices
     return {
         "region": plan_region.name,

@@ -45,7 +45,7 @@ import random
 import signal
 import sys
 import tty
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -450,6 +450,9 @@ class LoRaSim:
             duty_cycle=duty_cycle,
         )
         self.modems: list[_Modem] = []
+        # Told of every packet as it goes on the air: (address, packet, seconds on air);
+        # ``bench lora`` sorts the air time by frame kind with it.
+        self.on_air: Callable[[int, bytes, float], None] | None = None
         self._fds: list[int] = []
         self._links: list[Path] = []
         try:
@@ -535,6 +538,9 @@ class LoRaSim:
     def send(self, modem: _Modem, air: bytes, on_air_done: Any, meta: dict[str, Any]) -> None:
         now = self.loop.time()
         _, end = self.channel.begin(modem.station, len(air), now)
+        if self.on_air is not None:
+            station = modem.station
+            self.on_air(station.address, air, station.params.time_on_air(len(air)))
 
         def finish() -> None:
             for other in self.modems:

@@ -28,7 +28,15 @@ from typing import Any
 from ..protocol.errors import ClosedError, Reason, RemoteError
 from ..protocol.handshake import Handshake, handshake_rto
 from ..protocol.pacing import Pacing
-from ..protocol.secure import OVERHEAD, Initiator, RecordKind, SecureChannel, record_kind
+from ..protocol.secure import (
+    OVERHEAD,
+    Initiator,
+    RecordKind,
+    SecureChannel,
+    open_resume,
+    record_kind,
+    resumption_secret,
+)
 from ..protocol.x25519keys import LinkPrivateKey, LinkPublicKey
 from .link import Link, check_frame
 
@@ -66,6 +74,7 @@ class SecureLink(Link):
         # handshakes since a record last opened: a link that lives across many
         # device reboots must not run out of re-handshakes
         self._in_a_row = 0
+        self._resume_uid: bytes | None = None  # the update whose resumption may come
 
     @classmethod
     async def connect(
@@ -136,6 +145,32 @@ class SecureLink(Link):
         ``mtu``, as the short sealed record folds its first byte into the header."""
         return self.mtu + 1
 
+    resumes = True
+    """This link can resume its channel after the device's reboot (SPEC 9.11)."""
+
+    def expect_resume(self, update_id: bytes) -> None:
+        """The device accepted ``update_id`` in a session that asked for resumption
+        (SPEC 8.9): after its DONE and reboot it may send a RESUME record made from
+        the channel that carried that DONE. The secret is derived from the running
+        channel when the record comes, so a RESUME opens only on the channel it was
+        made from (not after a full handshake since) and only once (the resumed
+        channel has no resume key)."""
+        self._resume_uid = bytes(update_id)
+
+    def _open_resume(self, packet: bytes) -> bytes | None:
+        channel, uid = self.channel, self._resume_uid
+        opened = None
+        if channel is not None and channel.resume_key is not None and uid is not None:
+            opened = open_resume(resumption_secret(channel.resume_key, uid), packet)
+        if opened is None:
+            self.dropped_records += 1
+            return None
+        self.channel, body = opened
+        self._resume_uid = None
+        self._established_at = asyncio.get_running_loop().time()
+        self._in_a_row = 0
+        return body
+
     async def send(self, frame: bytes) -> None:
         check_frame(frame, self.compact_mtu if frame[:1] and frame[0] < 0x80 else self.mtu)
         await self._settle()
@@ -148,6 +183,11 @@ class SecureLink(Link):
             assert self.channel is not None
             packet = await self.inner.receive()
             kind = record_kind(packet)
+            if kind is RecordKind.RESUME:
+                body = self._open_resume(packet)
+                if body is not None:
+                    return body
+                continue
             if kind is RecordKind.REJECT:
                 code = packet[1] if len(packet) > 1 else -1
                 if code == Reason.BAD_STATE:

@@ -43,6 +43,7 @@ from ..protocol.lora import RegionPacing
 from ..protocol.manifest import PAYLOAD_DELTA
 from ..protocol.secure import decode_identity, encode_identify
 from ..protocol.session import (
+    Accepted,
     Completed,
     Confirmed,
     Event,
@@ -231,6 +232,7 @@ class Updater:
             batch=o.batch,
             query_interval=o.query_interval,
             reboot_wait=o.reboot_wait,
+            resume=bool(getattr(self.link, "resumes", False)),
         )
 
     async def events(
@@ -261,6 +263,8 @@ class Updater:
                         if event.reason == Reason.TIMEOUT:
                             raise TimeoutError_(event.message)
                         raise RemoteError(event.message, event.reason)
+                    if isinstance(event, Accepted) and sender.resume:
+                        link.expect_resume(sender.uid)  # type: ignore[attr-defined]
                     yield event
                     if isinstance(event, Confirmed) or (
                         isinstance(event, Completed) and not self.options.await_checkin

@@ -25,7 +25,10 @@ full image programmer-cortex-m4/0.9.0. Radio: EU868 868.1 MHz (1 % sub-band),
   bytes on the air, RAK3172: 2, counted in both);
 - ``wall_s``: virtual time from the first command to ``Confirmed``;
 - ``violations``: duty-cycle and dwell violations the emulator counted;
-- ``planned_air_s`` (``otaferry plan``) and ``plan_error``: planned / emulated - 1.
+- ``planned_air_s`` (``otaferry plan``) and ``plan_error``: planned / emulated - 1;
+- ``breakdown``: the air by phase (``setup`` up to the first DATA, ``data`` up to the
+  first COMMIT, ``check-in`` after it) and frame kind, as
+  ``{phase: {kind: [packets, air over the floor]}}`` (``--breakdown`` prints it).
 """
 
 from __future__ import annotations
@@ -43,9 +46,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ...device_fw import secure as device_secure
 from ...device_fw.device import Device
 from ...device_fw.loop import power_up
 from ...device_fw.lora import ModemLoop
+from ...protocol import secure as host_secure
 from ...protocol.artifact import build_delta, build_full
 from ...protocol.keys import SigningKey
 from ...protocol.lora import LoRaParams, RegionPacing, region
@@ -90,6 +95,80 @@ def cases(names: list[str], cache: Path | None = None) -> dict[str, tuple[bytes,
         out["full"] = (old, build_full(new, KEY, hw=[HW], chip=CHIP, version="0.9.0",
                                        security_counter=1))  # fmt: skip
     return out
+
+
+FRAME_KINDS = {1: "query", 2: "hello", 3: "offer", 4: "accept", 5: "reject", 6: "data",
+               7: "status", 8: "commit", 9: "done", 10: "abort", 11: "confirm",
+               12: "confirmed", 13: "poll", 14: "checkin"}  # fmt: skip
+RECORD_KINDS = {0xE1: "handshake", 0xE2: "handshake", 0xE3: "reject", 0xE4: "identify",
+                0xE5: "identify", 0xE6: "resume"}  # fmt: skip
+
+
+def frame_kind(body: bytes) -> str:
+    """The kind of a session frame body (SPEC 8.2), for the breakdown."""
+    if body[0] < 0x80:
+        return "data"  # compact DATA (SPEC 8.8)
+    code = body[1] if 0x90 <= body[0] <= 0x9F else body[3] if body[0] == 0xDC else -1
+    return FRAME_KINDS.get(code & ~0x20 if code in (0x23, 0x26) else code, "other")
+
+
+class _Breakdown:
+    """Air time by phase and frame kind. Both sides' sealing is watched (the
+    records are opaque on the air), so a packet is named by the frame it carries."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[bytes, str] = {}
+        self.phase = "setup"
+        self.air: dict[str, dict[str, list[float]]] = {}
+
+    @contextlib.contextmanager
+    def watching(self) -> Any:
+        host_seal = host_secure.SecureChannel.seal
+        device_seal = device_secure.SecureChannel.seal
+
+        def host(channel: host_secure.SecureChannel, body: bytes) -> bytes:
+            record = host_seal(channel, body)
+            self.kinds[record] = frame_kind(body)
+            return record
+
+        def device(channel: Any, body: bytes) -> bytes:
+            record: bytes = device_seal(channel, body)
+            self.kinds[record] = frame_kind(body)
+            return record
+
+        host_secure.SecureChannel.seal = host  # type: ignore[method-assign,assignment]
+        device_secure.SecureChannel.seal = device
+        try:
+            yield self
+        finally:
+            host_secure.SecureChannel.seal = host_seal  # type: ignore[method-assign]
+            device_secure.SecureChannel.seal = device_seal
+
+    def on_air(self, address: int, air: bytes, seconds: float) -> None:
+        kind = "other"
+        for skip in range(4):  # the modem's own bytes in front of the record (RAK: 2)
+            if air[skip:] in self.kinds:
+                kind = self.kinds.pop(air[skip:])
+                break
+            if air[skip : skip + 1] == b"\xe6" and air[skip + 9 :] in self.kinds:
+                kind = "resume+" + self.kinds.pop(air[skip + 9 :])  # SPEC 9.11
+                break
+        else:
+            for skip in range(4):
+                if air[skip : skip + 1] and air[skip] in RECORD_KINDS:
+                    kind = RECORD_KINDS[air[skip]]
+                    break
+        if kind == "data" and self.phase == "setup":
+            self.phase = "data"
+        elif kind in ("commit", "done"):
+            self.phase = "check-in"
+        cell = self.air.setdefault(self.phase, {}).setdefault(kind, [0, 0.0])
+        cell[0] += 1
+        cell[1] += seconds
+
+    def over(self, floor: float) -> dict[str, dict[str, list[float]]]:
+        return {phase: {kind: [int(n), round(s / floor, 4)] for kind, (n, s) in kinds.items()}
+                for phase, kinds in self.air.items()}  # fmt: skip
 
 
 class _UART:
@@ -159,6 +238,8 @@ async def emulate(
         device_pub = LinkPublicKey.from_raw(dev.link_public())
     sim = LoRaSim(modem, ["gw", "dev1"], params=params, plan=plan, loss=loss, seed=seed,
                   duty_cycle=duty_cycle)  # fmt: skip
+    tally = _Breakdown()
+    sim.on_air = tally.on_air
     feeds = sim.start_in_process(loop)
     codec = codec_for(modem)
     pacing = RegionPacing(params, plan, freq, wire_size=codec.wire_size, mtu=mtu,
@@ -170,22 +251,23 @@ async def emulate(
     inbox: asyncio.Queue[bytes] = asyncio.Queue()
     sim.modems[1].sink = inbox.put_nowait
     radio = (sf, bw * 1000, cr, 8, freq, region_name)
-    device = asyncio.ensure_future(_device(flash, modem, radio, mtu, inbox, feeds[1]))
-    start = loop.time()
-    try:
-        await hub.attach(_UART(feeds[0], hub), params, freq)
-        link = await SecureLink.connect(hub.link(1), GATEWAY, device_pub, retries=8)
-        options = over_the_air(PushOptions(max_retries=12), pacing, link.inner.mtu,
-                               checkin_timeout=CHECKIN_TIMEOUT + 600)  # fmt: skip
-        updater = Updater(link, options, clock=loop.time)
-        outcome = await updater.push(ota)
-        sender = updater.last_sender
-        await link.aclose()
-    finally:
-        device.cancel()
-        with contextlib.suppress(BaseException):
-            await device
-        await hub.aclose()
+    with tally.watching():
+        device = asyncio.ensure_future(_device(flash, modem, radio, mtu, inbox, feeds[1]))
+        start = loop.time()
+        try:
+            await hub.attach(_UART(feeds[0], hub), params, freq)
+            link = await SecureLink.connect(hub.link(1), GATEWAY, device_pub, retries=8)
+            options = over_the_air(PushOptions(max_retries=12), pacing, link.inner.mtu,
+                                   checkin_timeout=CHECKIN_TIMEOUT + 600)  # fmt: skip
+            updater = Updater(link, options, clock=loop.time)
+            outcome = await updater.push(ota)
+            sender = updater.last_sender
+            await link.aclose()
+        finally:
+            device.cancel()
+            with contextlib.suppress(BaseException):
+                await device
+            await hub.aclose()
     wall = loop.time() - start
     stats = sim.stats()["modems"]
     air = sum(m["air_time_s"] for m in stats.values())
@@ -211,6 +293,7 @@ async def emulate(
         "window": sender.window,
         "retransmits": sender.stats.retransmits,
         "timeouts": sender.stats.timeouts,
+        "breakdown": tally.over(floor),
     }
 
 
@@ -221,6 +304,17 @@ def planned(ota: bytes, *, modem: str, sf: int, bw: int, cr: int, mtu: int, loss
     args = argparse.Namespace(region=region_name, sf=sf, bw=bw, cr=cr, mtu=mtu, loss=loss,
                               modem=modem, freq=None, devices=1)  # fmt: skip
     return plan(ota, args)
+
+
+def format_breakdown(breakdown: dict[str, dict[str, list[float]]]) -> str:
+    """``phase: kind packets x air, ...`` lines, air over the floor."""
+    lines = []
+    for phase, kinds in breakdown.items():
+        total = sum(share for _, share in kinds.values())
+        parts = ", ".join(f"{kind} {n} {share:.3f}" for kind, (n, share)
+                          in sorted(kinds.items(), key=lambda kv: -kv[1][1]))  # fmt: skip
+        lines.append(f"    {phase:8} {total:.3f}: {parts}")
+    return "\n".join(lines)
 
 
 def _floats(text: str) -> list[float]:
@@ -240,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modem", default="rak3172", choices=("rak3172", "e22", "rylr998"))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", metavar="OUT", help="write every run's figures here")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="print each run's air by phase and frame kind")  # fmt: skip
     args = ap.parse_args(argv)
     names = [n for n in args.cases.split(",") if n]
     rows: list[dict[str, Any]] = []
@@ -268,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"[{row['outcome']}, chunk {row['chunk']}, window {row['window']}]",
                             flush=True,
                         )
+                        if args.breakdown:
+                            print(format_breakdown(row["breakdown"]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     bad = [r for r in rows if r["violations"] or r["outcome"] != "Confirmed"]
