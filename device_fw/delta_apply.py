@@ -96,11 +96,16 @@ def _fill(a, value):
 _TABLES = {}
 
 
-def _zeros(tc, n):
+def _array(tc, n):
+    """An array of ``n`` items of type ``tc``, contents unspecified (_tables
+    fills it). Allocated in place: MicroPython has no array * int, and
+    array(tc, bytes(...)) would need a temporary as large as the table, two
+    blocks of up to 17 KB at once in a fragmented heap; from a range (it has
+    a length) the array is allocated once and filled from the iterator."""
     try:
         return array(tc, [0]) * n  # CPython: no temporary
-    except TypeError:  # MicroPython has no array * int; the bytes go at once
-        return array(tc, bytes(n * (2 if tc == "H" else 4)))
+    except TypeError:
+        return array(tc, range(n))
 
 
 def _tables(codec):
@@ -110,11 +115,11 @@ def _tables(codec):
     if t is None:
         n = N_PROBS if codec == CODEC else N_PROBS2 if codec == CODEC2 else N_PROBS3
         _TABLES.clear()  # one codec's tables at a time
-        t = [_zeros("H", n), bytearray(n),
-             _zeros("I", 1 << WBITS), bytearray(1 << WBITS), bytearray(CHUNK)]  # fmt: skip
+        t = [_array("H", n), bytearray(n),
+             _array("I", 1 << WBITS), bytearray(1 << WBITS), bytearray(CHUNK)]  # fmt: skip
         if codec != CODEC:
-            t += [_zeros("i", 1 << EBITS), bytearray(1 << EBITS), bytearray(1 << EBITS),
-                  _zeros("i", 1 << PBITS), bytearray(1 << PBITS)]  # fmt: skip
+            t += [_array("i", 1 << EBITS), bytearray(1 << EBITS), bytearray(1 << EBITS),
+                  _array("i", 1 << PBITS), bytearray(1 << PBITS)]  # fmt: skip
         _TABLES[codec] = t
     _fill(t[0], 32768)
     for a in t[1:]:
