@@ -1,12 +1,16 @@
-"""Device-side applier for the ``fdelta1`` delta codec (format: protocol/SPEC.md section 7).
+"""Device-side applier for the ``fdelta1``, ``fdelta2`` and ``fdelta3`` delta
+codecs (format: protocol/SPEC.md section 7; 7.7 and 7.8 for the later two).
 
 One segment payload rebuilds ``out_size`` bytes of the new image. It reads the
 old image (the active slot) by random access through ``read_old`` and hands the
 new bytes, in order, to ``write`` in chunks of at most ``CHUNK`` bytes.
 
 The payload is one binary range-coded stream (LZMA-style coder, 16-bit
-probabilities with a per-entry adaptation count). All model state is allocated
-per segment, so segments decode independently and in any order.
+probabilities with a per-entry adaptation count). All model state is reset
+per segment, so segments decode independently and in any order. One segment
+driver serves the three codecs: fdelta2 adds a branch predictor in the add
+runs, fdelta3 adds matches in the literal runs; each part is switched on by
+the codec and, within a segment, by its header bits.
 
 Written in the subset of Python that MicroPython runs: no dataclasses, no
 typing, no f-strings; only ``array`` from the standard library.
@@ -19,7 +23,7 @@ from .reasons import DECODE_ERROR, DeviceError
 
 CODEC = "fdelta1"
 CODEC2 = "fdelta2"  # fdelta1 + a per-segment branch predictor (SPEC 7.7)
-CODEC3 = "fdelta3"  # fdelta2 + matches inside the segment (SPEC 7.8, delta3_apply.py)
+CODEC3 = "fdelta3"  # fdelta2 + matches in the literal runs (SPEC 7.8)
 CODECS = (CODEC, CODEC2, CODEC3)  # what this applier decodes (announced in the hello)
 CHUNK = 4096  # largest write() chunk
 OLD_CHUNK = 512  # bytes fetched from the old image per read_old() call
@@ -38,6 +42,15 @@ O_WORD = O_LIT + 16 * 256
 N_PROBS = O_WORD + 16
 O_BR = N_PROBS  # fdelta2: branch-prediction hit flags
 N_PROBS2 = O_BR + 16
+# fdelta3: three more number slots (4 match distance, 5 match length, 6 old
+# delta) and the match flags. Keep equal to protocol/delta3.py.
+O_NUM3 = N_PROBS2
+O_MFLAG = O_NUM3 + 3 * N_NUM
+O_MSRC = O_MFLAG + 4
+O_REP = O_MSRC + 4
+O_OSIGN = O_REP + 8
+N_PROBS3 = O_OSIGN + 1
+NEW_CHUNK = 256  # fdelta3: bytes read back per read_new() call
 # Word-relocation predictor: 2^WBITS entries of (last 32-bit delta, state).
 WBITS = 11
 WMASK = (1 << WBITS) - 1
@@ -83,24 +96,31 @@ def _fill(a, value):
 _TABLES = {}
 
 
-def _zeros(tc, n):
+def _array(tc, n):
+    """An array of ``n`` items of type ``tc``, contents unspecified (_tables
+    fills it). Allocated in place: MicroPython has no array * int, and
+    array(tc, bytes(...)) would need a temporary as large as the table, two
+    blocks of up to 17 KB at once in a fragmented heap; from a range (it has
+    a length) the array is allocated once and filled from the iterator."""
     try:
         return array(tc, [0]) * n  # CPython: no temporary
-    except TypeError:  # MicroPython has no array * int; the bytes go at once
-        return array(tc, bytes(n * (2 if tc == "H" else 4)))
+    except TypeError:
+        return array(tc, range(n))
 
 
-def _tables(v2):
-    t = _TABLES.get(v2)
+def _tables(codec):
+    """The model tables for ``codec``, reset: probabilities, counts, word
+    predictor, output chunk; for fdelta2 and fdelta3 the branch predictor's."""
+    t = _TABLES.get(codec)
     if t is None:
-        n = N_PROBS2 if v2 else N_PROBS
-        _TABLES.clear()
-        t = [_zeros("H", n), bytearray(n),
-             _zeros("I", 1 << WBITS), bytearray(1 << WBITS), bytearray(CHUNK)]  # fmt: skip
-        if v2:
-            t += [_zeros("i", 1 << EBITS), bytearray(1 << EBITS), bytearray(1 << EBITS),
-                  _zeros("i", 1 << PBITS), bytearray(1 << PBITS)]  # fmt: skip
-        _TABLES[v2] = t  # one codec's tables at a time
+        n = N_PROBS if codec == CODEC else N_PROBS2 if codec == CODEC2 else N_PROBS3
+        _TABLES.clear()  # one codec's tables at a time
+        t = [_array("H", n), bytearray(n),
+             _array("I", 1 << WBITS), bytearray(1 << WBITS), bytearray(CHUNK)]  # fmt: skip
+        if codec != CODEC:
+            t += [_array("i", 1 << EBITS), bytearray(1 << EBITS), bytearray(1 << EBITS),
+                  _array("i", 1 << PBITS), bytearray(1 << PBITS)]  # fmt: skip
+        _TABLES[codec] = t
     _fill(t[0], 32768)
     for a in t[1:]:
         if a is not t[4]:
@@ -174,23 +194,27 @@ INTERPRETER = 6656
 INTERPRETER2 = 7168
 
 
+# fdelta3 adds the read-back path: measured 7,049 B, counted as 7,680.
+INTERPRETER3 = 7680
+
+
 def ram_budget(segment_payload_max, chunk=CHUNK, old_chunk=OLD_CHUNK, codec=CODEC):
-    """Peak device RAM in bytes to apply one segment (SPEC 7.6).
+    """Peak device RAM in bytes to apply one segment (SPEC 7.6, 7.7, 7.8).
 
     = the checked payload held in RAM + model tables (probabilities, counts,
-    word predictor; for fdelta2 also the branch predictor's tables) + one
-    output chunk (handed to write as a view, not copied) + one old-image read
-    chunk + the interpreter's own share (INTERPRETER).
+    word predictor; for fdelta2 and fdelta3 also the branch predictor's
+    tables) + one output chunk (handed to write as a view, not copied) + one
+    old-image read chunk (fdelta3: and one read-back chunk) + the
+    interpreter's own share (INTERPRETER*).
     """
-    if codec == CODEC3:
-        from .delta3_apply import ram_budget3
-
-        return ram_budget3(segment_payload_max, chunk, old_chunk)
+    if codec == CODEC:
+        models = 3 * N_PROBS + 5 * (1 << WBITS)
+        return segment_payload_max + models + chunk + old_chunk + INTERPRETER
+    branch = 5 * (1 << WBITS) + 6 * (1 << EBITS) + 5 * (1 << PBITS)
     if codec == CODEC2:
-        models = 3 * N_PROBS2 + 5 * (1 << WBITS) + 6 * (1 << EBITS) + 5 * (1 << PBITS)
-        return segment_payload_max + models + chunk + old_chunk + INTERPRETER2
-    models = 3 * N_PROBS + 5 * (1 << WBITS)
-    return segment_payload_max + models + chunk + old_chunk + INTERPRETER
+        return segment_payload_max + 3 * N_PROBS2 + branch + chunk + old_chunk + INTERPRETER2
+    return (segment_payload_max + 3 * N_PROBS3 + branch + chunk + old_chunk + NEW_CHUNK
+            + INTERPRETER3)  # fmt: skip
 
 
 def _sext(v, bits):
@@ -278,22 +302,21 @@ def wkey(w):
 def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC, read_new=None):
     """Rebuild ``out_size`` new-image bytes from one segment ``payload``.
 
-    ``codec``: the manifest's, fdelta1 or fdelta2. (fdelta2's branch predictor
+    ``codec``: the manifest's, fdelta1, fdelta2 or fdelta3. (fdelta2's branch predictor
     needs no image offset: it only learns and applies differences of targets,
     and segments start at multiples of 4096, so the offset within the segment
     has the alignment of the image offset.) Raises DeviceError(DECODE_ERROR) on any inconsistency;
     never writes more than ``out_size`` bytes in total (it may have written a
     prefix when it raises: the caller discards the segment).
-    """
-    if codec == CODEC3:
-        # read_new(offset, length): bytes this segment already wrote (SPEC 7.8)
-        from .delta3_apply import apply_segment3
 
-        if read_new is None:
-            raise _err("fdelta3 needs read_new")
-        return apply_segment3(payload, read_old, old_size, out_size, write, read_new)
-    if codec != CODEC and codec != CODEC2:
+    fdelta3 also takes ``read_new(offset, length)``: bytes this segment has
+    already handed to ``write``, ``offset`` counted from the segment's first
+    byte (the installer reads them back from the passive slot it is filling).
+    """
+    if codec != CODEC and codec != CODEC2 and codec != CODEC3:
         raise _err("unknown delta codec %s" % (codec,))
+    if codec == CODEC3 and read_new is None:
+        raise _err("fdelta3 needs read_new")
     if not isinstance(old_size, int) or old_size < 0:
         raise _err("bad old_size")
     if not isinstance(out_size, int) or out_size < 1 or out_size > MAX_OUT:
@@ -302,8 +325,8 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC, rea
     if n_in < 1:
         raise _err("empty segment payload")
 
-    v2 = codec == CODEC2
-    tables = _tables(v2)
+    v2 = codec != CODEC  # the branch predictor's header bits and tables
+    tables = _tables(codec)
     P = tables[0]
     C = tables[1]
     wt = tables[2]
@@ -389,7 +412,7 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC, rea
             return v
 
     def number(slot):
-        base = O_NUM + slot * N_NUM
+        base = O_NUM + slot * N_NUM if slot < 4 else O_NUM3 + (slot - 4) * N_NUM
         m = 1
         while m < 64:
             m = (m << 1) | bit(base + m)
@@ -418,6 +441,7 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC, rea
     ostart = 0
 
     arch = direct(2) if v2 else 0
+    lz = direct(1) if codec == CODEC3 else 0  # literal runs may copy (SPEC 7.8)
     bl = BR_LEN[arch]
     if arch:
         # et: exact target's last move (tag etag, state es); pt: target page's
@@ -470,6 +494,9 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC, rea
     p1 = 0  # diff byte before it
     wlast = 0  # last word prediction hit
     prev = 0  # last output byte
+    rep = 0  # fdelta3: distance of the last match in this segment
+    orep = 0  # and old delta of the last match in the old image
+    last = 0  # last literal-run token: 0 literal, 1 match in this segment, 2 in the old image
     while True:
         # ---- add: new = old + diff ----
         n = n_add = number(SLOT_ADD)
@@ -602,6 +629,91 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC, rea
         if n > out_size - done - on:
             raise _err("extra run past segment end", length=n)
         while n:
+            if lz and bit(O_MFLAG + last):
+                if bit(O_MSRC + last):
+                    # a match in the old image, at old pointer + run offset + delta
+                    if bit(O_REP + 4 + last):
+                        neg = bit(O_OSIGN)
+                        orep = number(6)
+                        if neg:
+                            orep = -orep
+                    last = 2
+                    m = number(5) + 1
+                    if m > n:
+                        raise _err("match past the literal run", length=m)
+                    src = opos + (n_extra - n) + orep
+                    if src < 0 or src + m > old_size:
+                        raise _err("match reads outside old image", offset=src, length=m)
+                    n -= m
+                    ob = b""  # one old-image buffer at a time (the add re-reads)
+                    ostart = 0
+                    rd = read_old
+                else:
+                    # a match in this segment: copy bytes it has already produced
+                    if bit(O_REP + last):
+                        rep = number(4) + 1
+                    elif not rep:
+                        raise _err("match at the last distance before any match")
+                    last = 1
+                    m = number(5) + 1
+                    if m > n:
+                        raise _err("match past the literal run", length=m)
+                    if rep > done + on:
+                        raise _err("match before the segment start", distance=rep)
+                    n -= m
+                    src = done + on - rep  # segment offset of the first byte to copy
+                    while m and src >= done:  # still in the output chunk
+                        prev = obuf[src - done]
+                        obuf[on] = prev
+                        on += 1
+                        src += 1
+                        m -= 1
+                        if on == CHUNK:
+                            write(view)
+                            done += CHUNK
+                            on = 0
+                    rd = read_new
+                while m:  # the rest from flash: old image, or what this segment wrote
+                    k = m if m < OLD_CHUNK else OLD_CHUNK
+                    if rd is read_new:
+                        if k > NEW_CHUNK:
+                            k = NEW_CHUNK
+                        if k > done - src:  # at most up to the output chunk
+                            k = done - src
+                    if k < 1:  # caught up with the output chunk: copy from RAM
+                        prev = obuf[src - done]
+                        obuf[on] = prev
+                        on += 1
+                        src += 1
+                        m -= 1
+                    else:
+                        try:
+                            nb = rd(src, k)
+                        except DeviceError:
+                            raise
+                        except Exception as e:  # a failing flash read fails this segment
+                            raise _err("flash read failed: %r" % (e,), offset=src) from e
+                        if len(nb) != k:
+                            raise _err("flash short read", offset=src, length=k)
+                        for j in range(k):
+                            prev = nb[j]
+                            obuf[on] = prev
+                            on += 1
+                            if on == CHUNK:
+                                write(view)
+                                done += CHUNK
+                                on = 0
+                        nb = b""
+                        src += k
+                        m -= k
+                        continue
+                    if on == CHUNK:
+                        write(view)
+                        done += CHUNK
+                        on = 0
+                continue
+            if lz:
+                last = 0
             prev = tree8(O_LIT + ((((prev >> 5) << 1) | (on & 1)) << 8))
             obuf[on] = prev
             on += 1

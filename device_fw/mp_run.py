@@ -5,8 +5,9 @@
     micropython -m device_fw.mp_run install FLASH OTA [--hwm]   an offline install
     micropython -m device_fw.mp_run deflate VECTORS.json        the deflate golden vectors
 
-(with ``MICROPYPATH`` naming the folder that holds ``device_fw``; ``otaferry
-device run --runtime micropython`` and the tests set it). Every command ends
+(started through tools/mp_boot.py, which sets the one import path or mounts
+a ROMFS image: ``otaferry device run --runtime micropython --code ...`` and the
+tests do). Every command ends
 with one line of JSON on stdout: what happened, the device's own reason code
 on an error, and the heap figures: ``gc.mem_alloc()`` sampled at every flash
 operation (``heap_peak``; the high-water mark a device sees when it writes,
@@ -120,7 +121,7 @@ def _report(result):
     gc.collect()
     _sample()
     result["heap_peak"] = _PEAK[0]
-    result["heap_code"] = _BASE[0]  # imported modules (compiled from source here)
+    result["heap_code"] = _BASE[0]  # imported modules (all of them, or what ROMFS leaves)
     if hasattr(gc, "mem_free"):
         result["heap_size"] = gc.mem_alloc() + gc.mem_free()
     result["runtime"] = sys.implementation.name
@@ -278,7 +279,7 @@ def cmd_serve(flash_path, port_path, mtu=1024, lifecycle=True, checkin_timeout=1
 
 def main(argv):
     if not argv:
-        print(__doc__)
+        print(globals().get("__doc__") or "commands: serve replay install deflate")  # .mpy: no doc
         return 2
     cmd = argv[0]
     flags = [a for a in argv[1:] if a.startswith("--")]

@@ -8,8 +8,8 @@ it wrote itself (its output chunk, or the passive slot it is filling, within
 this segment only), so segments stay independent and the old image is still
 read only within the running image.
 
-The decoder is ``otaferry.device_fw.delta3_apply``; both sides keep identical
-models (tests/test_delta.py, tests/vectors/delta/fdelta3.json).
+The decoder is ``otaferry.device_fw.delta_apply`` (one driver for the three
+codecs); both sides keep identical models (tests/test_delta.py, tests/vectors/delta/fdelta3.json).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def ram_budget3(segment_payload_max: int) -> int:
 
 
 class _Coder3(D._SegmentCoder):
-    """fdelta2's models plus the literal-run matcher (mirror of delta3_apply)."""
+    """fdelta2's models plus the literal-run matcher (mirror of device_fw.delta_apply)."""
 
     def __init__(
         self,

@@ -29,8 +29,8 @@ NEW = image(32, b"new")[:12000] + OLD[12000:]
 HEAP = 512 * 1024  # the modules compiled from source take ~165 KB of it (frozen on a board)
 
 
-def mp(*args: str, heap: int = HEAP) -> dict:
-    done = run_mp(list(args), heap=heap, timeout=120)
+def mp(*args: str, heap: int = HEAP, code: str = "source") -> dict:
+    done = run_mp(list(args), heap=heap, timeout=120, code=code)
     assert done.stdout.strip(), done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -50,12 +50,13 @@ def flash(tmp_path: Path, secure: bool) -> str:
     return path
 
 
-@pytest.mark.parametrize(("kind", "secure"), [("deflate", False), ("delta", True)])
-def test_recorded_session_replays_byte_for_byte(tmp_path, kind, secure):
+@pytest.mark.parametrize(("kind", "secure", "code"),
+                         [("deflate", False, "source"), ("delta", True, "romfs")])  # fmt: skip
+def test_recorded_session_replays_byte_for_byte(tmp_path, kind, secure, code):
     path = flash(tmp_path, secure)
     rec = asyncio.run(record(path, artifact(kind), secure, tmp_path))
     out = tmp_path / "out.bin"
-    result = mp("replay", rec["before"], rec["fed"], str(out), SEED)
+    result = mp("replay", rec["before"], rec["fed"], str(out), SEED, code=code)
     assert result["ok"] and result["phase"] == "done", result
     assert parse_records(out.read_bytes()) == rec["replies"]  # every reply, in order
     same_flash(rec["before"], path)
@@ -106,6 +107,21 @@ def test_deflate_vectors_decode_alike_under_both_interpreters():
         assert results[: len(want)] == want
         bad = results[len(want) :]
         assert len(bad) == len(v["bad"]) and all(r.startswith("error") for r in bad)
+
+
+def test_romfs_code_runs_in_place_outside_the_heap(tmp_path):
+    """The same install with device_fw from .mpy files (loaded into the heap)
+    and from a ROMFS image (imported in place): the ROMFS leaves in the heap
+    only what import creates (module dicts, functions, qstrs), not bytecode."""
+    ota = tmp_path / "d.ota"
+    ota.write_bytes(artifact("delta"))
+    code = {}
+    for mode in ("mpy", "romfs"):
+        path = flash(tmp_path, secure=True)
+        r = mp("install", path, str(ota), code=mode)
+        assert r["ok"] and r["decoded"] > 0, r
+        code[mode] = r["heap_code"]
+    assert code["romfs"] < 0.7 * code["mpy"], code
 
 
 def _otaferry(*args: str, **kw) -> subprocess.Popen:

@@ -448,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="--runtime micropython: its heap (-X heapsize; default 1 MiB)",
     )
+    d.add_argument(
+        "--code",
+        choices=("source", "mpy", "romfs"),
+        default="source",
+        help="--runtime micropython: device_fw as .py source, as mpy-cross .mpy files, or as "
+        ".mpy in a ROMFS image imported in place, outside the heap, as from a board's romfs "
+        "partition (default source)",
+    )
     d.set_defaults(func=_lazy("linkcli", "device_run"))
     d = dsub.add_parser(
         "provision", help="the device's link identity: X25519 key, accepted gateways, policy"

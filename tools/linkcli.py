@@ -340,9 +340,9 @@ def _device_run_micropython(args: argparse.Namespace) -> int:
     if args.no_reboot:
         flags.append("--no-reboot")
     argv = mp_argv(["serve", args.flash, args.port, str(args.mtu or 1024), *flags],
-                   args.heap or DEFAULT_HEAP)  # fmt: skip
+                   args.heap or DEFAULT_HEAP, args.code)  # fmt: skip
     out = subprocess.DEVNULL if args.quiet else sys.stderr
-    child = subprocess.Popen(argv, env=mp_env(), stdout=out, stderr=out)
+    child = subprocess.Popen(argv, env=mp_env(args.code), stdout=out, stderr=out)
 
     def _pass_on(signum: int, _frame: object) -> None:
         child.send_signal(signum)

