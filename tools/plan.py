@@ -12,7 +12,9 @@ artifact's own segment table, the medium's MTU and the region's rules:
   the RESUME record with its CHECKIN (SPEC 9.11: no second handshake, no second
   HELLO) and CONFIRMED;
 - loss ``p``: every frame goes 1 / (1 - p) times, and each segment's holes
-  cost about one more STATUS round per ``p`` of its windows.
+  cost about one more STATUS round per ``p`` of its windows; a round whose poll or
+  STATUS is lost ends in a timeout (a POLL and a STATUS more); the HELLO is sent
+  whole for every QUERY until each part has come once.
 
 ``air_time_s`` is both sides' time on air, ``wall_time_s`` the duty-cycle-bound
 time (the gateway's off time; the device's answers fit in it). ``otaferry bench
@@ -47,6 +49,7 @@ from .files import read_file
 HELLO_INFO = 150  # bytes of a device's HelloInfo (id, hw, chip, version, hash, limits)
 STATUS_SIZE = 10 + OVERHEAD  # a STATUS with its echo and a short bitmap, sealed
 QUERY_SIZE = 8 + OVERHEAD
+POLL_SIZE = 6 + OVERHEAD
 ACCEPT_SIZE = 6 + OVERHEAD
 SHORT = 2 + OVERHEAD  # DONE
 CONFIRM_SIZE = 30 + OVERHEAD
@@ -59,6 +62,19 @@ def _hello_frames(size: int, mtu: int) -> list[int]:
     part = mtu - OVERHEAD - (2 + 5 + 1 + 1 + 2)
     count = math.ceil(size / part)
     return [min(part, size - i * part) + mtu - part for i in range(count)]
+
+
+def _tries(parts: int, loss: float) -> float:
+    """Expected rounds until each of ``parts`` frames, each lost with ``loss``, came once."""
+    if loss <= 0:
+        return 1.0
+    total, j = 0.0, 0
+    while True:
+        term = 1 - (1 - loss**j) ** parts
+        total += term
+        j += 1
+        if term < 1e-6 or j > 1000:
+            return total
 
 
 def plan(ota: bytes, args: argparse.Namespace) -> dict[str, Any]:
@@ -93,19 +109,28 @@ def plan(ota: bytes, args: argparse.Namespace) -> dict[str, Any]:
     statuses -= 1  # the last segment's answer is DONE
     air = pacing.airtime
     resend = 1 / (1 - loss) if loss < 1 else math.inf
-    gw_air = resend * (
-        air(MSG1_SIZE) + air(QUERY_SIZE) + sum(map(air, offer)) + sum(map(air, data))
-        + air(CONFIRM_SIZE)
-    )  # fmt: skip
+    # A round whose poll or STATUS is lost ends in a timeout: a POLL and a STATUS more.
+    lost_round = 1 - (1 - loss) ** 2
+    timeouts = statuses * lost_round / (1 - lost_round) if loss < 1 else math.inf
     hellos = _hello_frames(HELLO_INFO, mtu)
-    dev_air = resend * (
-        air(MSG2_SIZE) + sum(map(air, hellos)) + air(ACCEPT_SIZE)
-        + statuses * air(STATUS_SIZE) + air(SHORT) + air(RESUME_SIZE) + air(CONFIRMED_SIZE)
+    # The device sends its whole HELLO for every QUERY; the sender keeps the parts it
+    # got, so it asks until each part has come once: E[max of k geometric tries].
+    tries = _tries(len(hellos), loss)
+    gw_air = (
+        resend * (air(MSG1_SIZE) + sum(map(air, offer)) + sum(map(air, data)) + air(CONFIRM_SIZE))
+        + tries * resend * air(QUERY_SIZE) + timeouts * air(POLL_SIZE)
+    )  # fmt: skip
+    dev_air = (
+        resend * (air(MSG2_SIZE) + air(ACCEPT_SIZE) + air(SHORT) + air(RESUME_SIZE)
+                  + air(CONFIRMED_SIZE))
+        + tries * sum(map(air, hellos)) + (statuses + timeouts) * air(STATUS_SIZE)
     )  # fmt: skip
     dc = pacing.duty_cycle
     wall = gw_air / dc + dev_air  # the gateway's off time covers the device's answers
-    sent = len(data) + len(offer) + 3  # MSG1, QUERY, CONFIRM
-    packets = math.ceil(resend * (sent + len(hellos) + statuses + 5))
+    sent = len(data) + len(offer) + 2  # MSG1, CONFIRM
+    answers = 5  # MSG2, ACCEPT, DONE, RESUME, CONFIRMED
+    packets = math.ceil(resend * (sent + answers + tries) + tries * len(hellos)
+                        + statuses + 2 * timeouts)  # fmt: skip
     n = args.devices
     return {
         "region": plan_region.name,
