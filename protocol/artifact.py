@@ -182,6 +182,26 @@ def build_full(
     return assemble(manifest, segments, key)
 
 
+def delta_codecs(codecs: Sequence[str] | None) -> tuple[str, ...]:
+    """The delta codecs a build may use: ``codecs`` checked (known names,
+    fdelta1 among them), or all of them."""
+    from .delta import DELTA_CODEC, DELTA_CODEC2
+    from .delta3 import DELTA_CODEC3
+
+    known = (DELTA_CODEC, DELTA_CODEC2, DELTA_CODEC3)
+    if codecs is None:
+        return known
+    bad = [c for c in codecs if c not in known]
+    if bad:
+        raise OtaferryError(f"unknown delta codec {', '.join(bad)} (known: {', '.join(known)})",
+                            Reason.UNSUPPORTED_CODEC)  # fmt: skip
+    if DELTA_CODEC not in codecs:
+        raise OtaferryError(f"delta codecs {', '.join(codecs)}: {DELTA_CODEC}, the fallback of "
+                            "every delta build, must be among them",
+                            Reason.UNSUPPORTED_CODEC)  # fmt: skip
+    return tuple(codecs)
+
+
 def build_delta(
     base: bytes,
     image: bytes,
@@ -195,6 +215,7 @@ def build_delta(
     segment_size: int | None = None,
     device_ram: int | None = None,
     encoded: DeltaResult | None = None,
+    codecs: Sequence[str] | None = None,
 ) -> bytes:
     """Build a delta (``fdelta1``) ``.ota`` file that rebuilds *image* from *base*.
 
@@ -205,16 +226,21 @@ def build_delta(
     OtaferryError(RESOURCE_LIMIT) is raised rather than an artifact the
     device would refuse. ``encoded``: the result of encode_delta_for_device
     for these images, to sign without encoding again (the benchmark).
+    ``codecs``: the delta codecs the device decodes (default all); the builder
+    weighs only those (fdelta1, which every delta device decodes, always).
     """
-    from .delta import DEFAULT_DEVICE_RAM, encode_delta_for_device
+    from .delta import DEFAULT_DEVICE_RAM, DELTA_CODEC2, encode_delta_for_device
+    from .delta3 import DELTA_CODEC3
 
     image = bytes(image)
     base = bytes(base)
     if not image:
         raise DecodeError("cannot build an artifact for an empty image")
+    allowed = delta_codecs(codecs)
     result = encoded or encode_delta_for_device(
-        base, image, device_ram or DEFAULT_DEVICE_RAM, segment_size=segment_size
-    )
+        base, image, device_ram or DEFAULT_DEVICE_RAM, segment_size=segment_size,
+        archs=None if DELTA_CODEC2 in allowed else (), lz=DELTA_CODEC3 in allowed,
+    )  # fmt: skip
     manifest = _manifest(
         image, key, hw, chip, version, security_counter, project,
         payload_kind=PAYLOAD_DELTA, codec=result.codec, window_log=result.window_log,

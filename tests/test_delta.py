@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from otaferry.device_fw import reasons
@@ -476,3 +477,30 @@ def test_fdelta3_ram_budget_formula() -> None:
     assert MODEL_BYTES3 == MODEL_BYTES2 + 3 * (N_PROBS3 - 7505)
     assert ram_budget(10_000, DELTA_CODEC3) == device_ram_budget(10_000, codec=DELTA_CODEC3)
     assert ram_budget(10_000, DELTA_CODEC3) == want3
+
+
+def test_build_limited_to_the_codecs_a_device_decodes(tmp_path: Path) -> None:
+    """`build --delta-codecs`: a device without fdelta3 gets a delta it decodes,
+    not one it must refuse with UNSUPPORTED_CODEC; fdelta1 must be allowed."""
+    from otaferry.protocol.artifact import build_delta, delta_codecs, inspect_artifact
+    from otaferry.protocol.errors import OtaferryError, Reason
+    from otaferry.protocol.keys import SigningKey
+
+    a, b, orng, nrng = AT_NEW_CODE
+    old = (FW / a).read_bytes()[orng[0] : orng[1]]
+    new = (FW / b).read_bytes()[nrng[0] : nrng[0] + 8192]
+    key = SigningKey.from_seed(bytes(32))
+
+    def codec_of(codecs: tuple[str, ...] | None) -> str:
+        ota = tmp_path / "d.ota"
+        ota.write_bytes(build_delta(old, new, key, hw=["hw"], chip="c", version="v",
+                                    codecs=codecs))  # fmt: skip
+        return str(inspect_artifact(ota)["codec"])
+
+    assert codec_of(None) == DELTA_CODEC3
+    assert codec_of((DELTA_CODEC, DELTA_CODEC2)) in (DELTA_CODEC, DELTA_CODEC2)
+    assert codec_of((DELTA_CODEC,)) == DELTA_CODEC
+    for bad in ((DELTA_CODEC2,), (DELTA_CODEC, "fdelta9")):
+        with pytest.raises(OtaferryError) as exc:
+            delta_codecs(bad)
+        assert exc.value.reason == Reason.UNSUPPORTED_CODEC

@@ -142,6 +142,9 @@ def build_from_args(args: argparse.Namespace) -> str:
     level = getattr(args, "level", None)
     if codec == "deflate" and level is not None and level > 9:
         raise UsageError(f"--level {level}: deflate levels are 1..9")
+    delta_codecs = getattr(args, "delta_codecs", None)
+    if delta_codecs and not args.base:
+        raise UsageError("--delta-codecs needs --base: a full image has no delta codec")
     if args.base and codec != "zstd":
         raise UsageError("--codec names a full-image codec; a delta (--base) has its own")
     if args.base:
@@ -152,6 +155,7 @@ def build_from_args(args: argparse.Namespace) -> str:
             key,
             segment_size=args.segment_size,
             device_ram=args.device_ram,
+            codecs=delta_codecs.split(",") if delta_codecs else None,
             **common,
         )
         kind = f"delta against {args.base} (sha256 {hashlib.sha256(base).hexdigest()[:16]}…)"

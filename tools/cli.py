@@ -300,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
         "check (SPEC 7.6) passes, or the build is refused (default 65536)",
     )
     s.add_argument(
+        "--delta-codecs",
+        metavar="LIST",
+        help="delta only: the delta codecs the target device decodes, comma-separated "
+        "(fdelta1 among them; default fdelta1,fdelta2,fdelta3): the builder weighs only "
+        "those, for a device whose hello does not announce them all",
+    )
+    s.add_argument(
         "--codec",
         choices=("zstd", "deflate"),
         default="zstd",

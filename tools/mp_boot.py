@@ -1,3 +1,4 @@
+# mypy: ignore-errors
 """Run under ``micropython``: device_fw.mp_run with device_fw's code from one place.
 
     micropython mp_boot.py source|mpy FOLDER MP_RUN-ARGS...
@@ -55,6 +56,7 @@ if sys.argv[1] == "romfs":
     mount(sys.argv[2])
 else:
     sys.path[:] = [sys.argv[2]]
-from device_fw import mp_run  # noqa: E402 - from the path just set
-
+# imported by name: from the path just set (and not followed by mypy: it is
+# the device's top-level package here, not otaferry.device_fw)
+mp_run = __import__("device_fw.mp_run", None, None, ["main"])
 sys.exit(mp_run.main(sys.argv[3:]))

@@ -47,9 +47,10 @@ def _install(flash: Path, ota: Path, work: Path, heap: int, hwm: bool = False,
     args = ["install", str(trial), str(ota)] + (["--hwm"] if hwm else [])
     done = run_mp(args, heap=heap, timeout=900, code=code)
     lines = done.stdout.strip().splitlines()
-    if not lines:
-        return {"ok": False, "error": done.stderr.strip().splitlines()[-1:]}
-    return dict(json.loads(lines[-1]))
+    try:
+        return dict(json.loads(lines[-1]))
+    except (IndexError, ValueError):  # it died before its report: too small a heap
+        return {"ok": False, "error": (done.stdout + done.stderr).strip().splitlines()[-1:]}
 
 
 def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 65536,
