@@ -197,19 +197,6 @@ def test_the_checkin_deadline_is_sized_to_the_air_alike_on_both_sides(
     assert scaled.checkin_timeout(mtu, floor=0) == pytest.approx((host - 120) * 0.01)
 
 
-def test_a_resumption_record_of_no_pending_image_is_erased_unused(tmp_path: Path) -> None:
-    """The secret is for the reboot into its update only: a device that is not
-    pending verify for that update erases it without using it, for good."""
-    path = str(tmp_path / "s.bin")
-    make_flash(path, image(8)).close()
-    with Device(path) as dev:
-        dev.save_resume(bytes(16), bytes(32), bytes(range(32)))
-        assert dev.state["resume"]["uid"] == bytes(16)
-        assert dev.take_resume() is None and dev.state.get("resume") is None
-    with Device(path) as dev:
-        assert dev.state.get("resume") is None  # erased in the store, not only in RAM
-
-
 def _small_update() -> tuple[bytes, bytes]:
     rng = random.Random(5)
     old, new = rng.randbytes(3000), rng.randbytes(3000)
