@@ -54,7 +54,7 @@ ACCEPT reports it, so a reconnect does not resend chunks the device holds.
 from . import codecs as C
 from . import frames as F
 from . import reasons as R
-from .installer import Installer
+from .installer import Installer, payload_buffer
 from .reasons import DeviceError
 
 IDLE = "idle"
@@ -433,7 +433,7 @@ class Receiver:
             return
         length = inst.manifest["segments"][index][0]
         if self._buf is None or len(self._buf) < length:
-            self._buf = bytearray(max(length, self.device.limits()["max_segment_payload"]))
+            self._buf = payload_buffer(max(length, self.device.limits()["max_segment_payload"]))
         self._tag = tag
         self._seg_len = length
         self._bits = _Bits((length + self._chunk_size - 1) // self._chunk_size)
