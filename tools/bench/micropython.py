@@ -2,7 +2,7 @@
 real ``micropython`` command (the unix port).
 
     otaferry bench micropython [--pairs PAIRS.txt] [--only N] [--json OUT.json] [--step BYTES]
-                               [--device-ram BYTES]
+                               [--device-ram BYTES] [--code source|mpy|romfs]
 
 Per pair: the delta artifact as ``otaferry build --base`` makes it (``--device-ram``,
 default 65,536: the device budget its segments are sized for), a simulated
@@ -13,9 +13,11 @@ verify from device_fw/mpcrypto, the fdelta applier):
   the whole install completes, by bisection;
 - ``live_peak``: ``gc.mem_alloc()`` after a collection at every flash write and
   erase, in a 1 MiB heap: the live high-water mark, and ``code`` the part of it
-  the imported modules take (bytecode compiled from source: on a board with
-  device_fw frozen into the firmware that stays in flash); ``install_peak`` =
-  live_peak - code is what the install itself holds;
+  the imported modules take (``--code source`` and ``mpy``: the bytecode too;
+  ``romfs``: only what import creates, module dicts, functions, qstrs, the
+  bytecode staying in the image); ``install_peak`` = live_peak - code is what
+  the install itself holds (the applier's tables and payload buffer, reserved
+  when the device opens, among it);
 - ``seconds``: the install's time in the 1 MiB heap (64-bit unix port);
 
 and once, the deflate full-image codec's bytes against zstd -19 over the
