@@ -51,7 +51,8 @@ def flash(tmp_path: Path, secure: bool) -> str:
 
 
 @pytest.mark.parametrize(("kind", "secure", "code"),
-                         [("deflate", False, "source"), ("delta", True, "romfs")])  # fmt: skip
+                         [("deflate", False, "source"), ("delta", True, "romfs"),
+                          ("delta", False, "mpy"), ("deflate", True, "romfs")])  # fmt: skip
 def test_recorded_session_replays_byte_for_byte(tmp_path, kind, secure, code):
     path = flash(tmp_path, secure)
     rec = asyncio.run(record(path, artifact(kind), secure, tmp_path))
