@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ...device_fw.device import Device
+from ...device_fw.device import DEFAULT_LIMITS, Device
 from ...protocol.artifact import build_delta
 from ...protocol.keys import SigningKey
 from ..mpy import CODE_MODES, run_mp
@@ -62,8 +62,11 @@ def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 655
     csv = ("nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000, 0x2000,\n"
            f"ota_0, app, ota_0, 0x10000, {size // 2 - 0x10000:#x},\n"
            f"ota_1, app, ota_1, {size // 2:#x}, {size // 2 - 0x10000:#x},\n")  # fmt: skip
+    # provisioned with the budget the delta is built for (the device reserves its payload
+    # buffer from it: device_fw/mp_run.heap_payload)
     Device.create(str(flash), hw="hw", chip="chip", trusted_keys=[KEY.public.raw], image=old,
-                  version="old", partitions_csv=csv, size=size).close()  # fmt: skip
+                  version="old", partitions_csv=csv, size=size,
+                  limits=dict(DEFAULT_LIMITS, ram_budget=device_ram)).close()  # fmt: skip
     ota = work / "delta.ota"
     ota.write_bytes(build_delta(old, new, KEY, hw=["hw"], chip="chip", version="new",
                                 device_ram=device_ram))  # fmt: skip
