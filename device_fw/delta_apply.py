@@ -108,12 +108,25 @@ def _array(tc, n):
         return array(tc, range(n))
 
 
+def reserve(codec=CODEC3):
+    """Allocate the tables now, sized for ``codec`` (every codec before it in
+    CODECS uses them too: its probabilities are a prefix). A MicroPython port
+    calls this when the device opens, before the session's long-lived objects
+    (device_fw/mp_run.py); the RAM formula (ram_budget) stays per codec, as
+    without it."""
+    _tables(codec)
+
+
 def _tables(codec):
     """The model tables for ``codec``, reset: probabilities, counts, word
     predictor, output chunk; for fdelta2 and fdelta3 the branch predictor's."""
+    n = N_PROBS if codec == CODEC else N_PROBS2 if codec == CODEC2 else N_PROBS3
     t = _TABLES.get(codec)
     if t is None:
-        n = N_PROBS if codec == CODEC else N_PROBS2 if codec == CODEC2 else N_PROBS3
+        for k in _TABLES:  # reserved for a larger codec: use them
+            if len(_TABLES[k][0]) >= n and (codec == CODEC or len(_TABLES[k]) > 5):
+                t = _TABLES[k]
+    if t is None:
         _TABLES.clear()  # one codec's tables at a time
         t = [_array("H", n), bytearray(n),
              _array("I", 1 << WBITS), bytearray(1 << WBITS), bytearray(CHUNK)]  # fmt: skip

@@ -206,6 +206,12 @@ class Flash:
         self._f.seek(addr)
         return self._f.read(n)
 
+    def readinto(self, addr, buf):
+        self._check("read", addr, len(buf))
+        self._f.seek(addr)
+        if self._f.readinto(buf) != len(buf):
+            raise FlashError("short read at 0x%x" % addr, addr=addr, length=len(buf))
+
     def write(self, addr, data):
         """Program bytes; only 1 -> 0 transitions are allowed.
 

@@ -319,8 +319,11 @@ class Installer:
             raise DeviceError(R.BAD_STATE, "not all segments are written")
         h = port.sha256()
         size = m["target_size"]
+        view = memoryview(_chunk())  # the full decoder's buffer: idle now
         for pos in range(0, size, WRITE_CHUNK):
-            h.update(self.slot.read(pos, min(WRITE_CHUNK, size - pos)))
+            k = min(WRITE_CHUNK, size - pos)
+            self.slot.readinto(pos, view[:k])
+            h.update(view[:k])
         digest = h.digest()
         if digest != bytes(m["target_sha256"]):
             # Start over next time: the bytes in the slot are not the signed image.
@@ -345,6 +348,26 @@ BLOCKING_FAILURES = (R.SELF_TEST_FAILED, R.CHECKIN_TIMEOUT)
 
 
 _CHUNK = []
+_PAYLOAD = []
+
+
+def payload_buffer(n):
+    """A segment-payload buffer of at least ``n`` bytes: the one reserved by
+    reserve_payload if it is large enough, else a new one."""
+    if _PAYLOAD and len(_PAYLOAD[0]) >= n:
+        return _PAYLOAD[0]
+    return bytearray(n)
+
+
+def reserve_payload(n):
+    """Reserve the payload buffer now, shared by every later install: for a
+    port with a small heap and one device per interpreter (device_fw/mp_run.py),
+    where a large block asked for later may not exist any more (by then the
+    free heap is in pieces). A process serving several simulated devices must
+    not call it: they would share the buffer."""
+    _PAYLOAD[:] = []  # the old one goes first
+    _PAYLOAD.append(bytearray(n))
+    _chunk()  # and the output / hash-check chunk
 
 
 def _chunk():
@@ -386,8 +409,7 @@ def install_stream(device, stream, decode_hook=None):
     decoded = 0
     # One payload buffer for the whole install, filled with readinto: a fresh
     # bytes object per segment fragments a small heap (MicroPython).
-    buf = bytearray(inst.manifest["segments"].largest())
-    view = memoryview(buf)
+    view = memoryview(payload_buffer(inst.manifest["segments"].largest()))
     for index, (length, _check) in enumerate(inst.manifest["segments"]):
         _read_into(stream, view[:length], "payload (segment %d)" % index)
         if index < start:

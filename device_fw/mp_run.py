@@ -39,6 +39,7 @@ except ImportError:  # pragma: no cover
 _PEAK = [0]
 _COLLECT = [False]  # --hwm: collect before each sample (live bytes, not garbage)
 _BASE = [0]  # live heap once the modules are imported, before the device opens
+_FREE = [0, 0]  # free heap once the device is open (its tables reserved), and its budget
 
 
 def _sample(write=True):
@@ -63,6 +64,10 @@ class Sampled:
     def read(self, addr, n):
         _sample(False)
         return self.region.read(addr, n)
+
+    def readinto(self, addr, buf):
+        _sample(False)
+        return self.region.readinto(addr, buf)
 
     def write(self, addr, data):
         _sample()
@@ -107,6 +112,10 @@ def open_device(flash_path, sampled=True):
     gc.collect()
     if hasattr(gc, "mem_alloc"):
         _BASE[0] = gc.mem_alloc()
+    # The applier's tables (40 KB for the largest codec) now, before the
+    # session's objects: allocated at the first segment, after the manifest
+    # check, they found the free heap in pieces (77 KB free, no block over 11 KB).
+    delta_apply.reserve()
 
     platform = SimPlatform(flash_path)
     if sampled:
@@ -114,7 +123,31 @@ def open_device(flash_path, sampled=True):
         for slot in platform.slots:
             slot.region = region
         platform.store.flash = region
-    return Device(platform=platform)
+    dev = Device(platform=platform)
+    if hasattr(gc, "mem_free"):
+        limits = dict(dev.limits())
+        payload = heap_payload(limits)
+        installer.reserve_payload(payload)
+        limits["ram_budget"] = _FREE[1] = delta_apply.ram_budget(payload, codec=delta_apply.CODEC3)
+        dev.limits = lambda: limits  # what this heap allows, never above what was provisioned
+    return dev
+
+
+def heap_payload(limits):
+    """The largest segment payload this heap allows once the code is imported
+    and the applier's tables reserved: a third of the free heap (the rest for
+    the session's objects, the flash buffers and the slack of a non-moving
+    collector), never more than the provisioned budget allows the codec with
+    the largest fixed share, whose tables these are. The device then checks
+    deltas against that (SPEC 7.6), and the payload buffer is reserved at once."""
+    from . import delta_apply
+
+    gc.collect()
+    _FREE[0] = gc.mem_free()
+    most = limits.get("ram_budget", 65536) - delta_apply.ram_budget(0, codec=delta_apply.CODEC3)
+    p = _FREE[0] // 3
+    p = p if p < most else most
+    return p if p > 4096 else 4096
 
 
 def _report(result):
@@ -122,6 +155,8 @@ def _report(result):
     _sample()
     result["heap_peak"] = _PEAK[0]
     result["heap_code"] = _BASE[0]  # imported modules (all of them, or what ROMFS leaves)
+    result["heap_free_open"] = _FREE[0]
+    result["ram_budget"] = _FREE[1]  # what the device checked deltas against
     if hasattr(gc, "mem_free"):
         result["heap_size"] = gc.mem_alloc() + gc.mem_free()
     result["runtime"] = sys.implementation.name

@@ -72,6 +72,16 @@ class Slot:
         self._range("read", offset, n)
         return self.region.read(self.base + offset, n)
 
+    def readinto(self, offset, buf):
+        """Fill ``buf`` from ``offset``: no new object per read (a region
+        without readinto is read and copied)."""
+        n = len(buf)
+        self._range("read", offset, n)
+        if hasattr(self.region, "readinto"):
+            self.region.readinto(self.base + offset, buf)
+        else:
+            buf[:] = self.region.read(self.base + offset, n)
+
     def write(self, offset, data):
         self._writable("program", offset)
         self._range("program", offset, len(data))

@@ -55,7 +55,7 @@ from . import bootrec
 from . import codecs as C
 from . import frames as F
 from . import reasons as R
-from .installer import Installer
+from .installer import Installer, payload_buffer
 from .reasons import DeviceError
 
 IDLE = "idle"
@@ -447,7 +447,7 @@ class Receiver:
             return
         length = inst.manifest["segments"][index][0]
         if self._buf is None or len(self._buf) < length:
-            self._buf = bytearray(max(length, self.device.limits()["max_segment_payload"]))
+            self._buf = payload_buffer(max(length, self.device.limits()["max_segment_payload"]))
         self._tag = tag
         self._seg_len = length
         self._bits = _Bits((length + self._chunk_size - 1) // self._chunk_size)

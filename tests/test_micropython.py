@@ -51,7 +51,8 @@ def flash(tmp_path: Path, secure: bool) -> str:
 
 
 @pytest.mark.parametrize(("kind", "secure", "code"),
-                         [("deflate", False, "source"), ("delta", True, "romfs")])  # fmt: skip
+                         [("deflate", False, "source"), ("delta", True, "romfs"),
+                          ("delta", False, "mpy"), ("deflate", True, "romfs")])  # fmt: skip
 def test_recorded_session_replays_byte_for_byte(tmp_path, kind, secure, code):
     path = flash(tmp_path, secure)
     rec = asyncio.run(record(path, artifact(kind), secure, tmp_path))
@@ -122,6 +123,30 @@ def test_romfs_code_runs_in_place_outside_the_heap(tmp_path):
         assert r["ok"] and r["decoded"] > 0, r
         code[mode] = r["heap_code"]
     assert code["romfs"] < 0.7 * code["mpy"], code
+
+
+def test_the_delta_budget_follows_the_heap(tmp_path):
+    """The MicroPython device checks deltas against what its heap allows (a
+    third of the free heap once open, for the payload: SPEC 7.6's terms for
+    fdelta3), never above what was provisioned."""
+    from otaferry.device_fw.delta_apply import CODEC3, ram_budget
+    from otaferry.device_fw.device import DEFAULT_LIMITS
+
+    ota = tmp_path / "d.ota"
+    ota.write_bytes(artifact("delta"))
+    seen = {}
+    for heap, provisioned in ((256, 1 << 20), (512, 1 << 20), (512, 65536)):
+        path = str(tmp_path / "f.bin")
+        Device.create(path, hw="hw", chip="chip", trusted_keys=[KEY.public.raw], image=OLD,
+                      version="old", gateways=[GATEWAY.public.raw],
+                      limits=dict(DEFAULT_LIMITS, ram_budget=provisioned)).close()  # fmt: skip
+        r = mp("install", path, str(ota), heap=heap * 1024, code="romfs")
+        assert r["ok"], r
+        assert r["ram_budget"] == min(ram_budget(r["heap_free_open"] // 3, codec=CODEC3),
+                                      provisioned), r  # fmt: skip
+        seen[heap, provisioned] = r["ram_budget"]
+    assert seen[256, 1 << 20] < seen[512, 1 << 20] < 1 << 20
+    assert seen[512, 65536] == 65536
 
 
 def _otaferry(*args: str, **kw) -> subprocess.Popen:

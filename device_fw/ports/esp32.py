@@ -52,9 +52,12 @@ class PartitionRegion:
 
     def read(self, addr, n):
         buf = bytearray(n)
-        if n:
-            self.part.readblocks(addr // self.block, buf, addr % self.block)
+        self.readinto(addr, buf)
         return buf
+
+    def readinto(self, addr, buf):
+        if len(buf):
+            self.part.readblocks(addr // self.block, buf, addr % self.block)
 
     def write(self, addr, data):
         if len(data):

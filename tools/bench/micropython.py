@@ -2,7 +2,7 @@
 real ``micropython`` command (the unix port).
 
     otaferry bench micropython [--pairs PAIRS.txt] [--only N] [--json OUT.json] [--step BYTES]
-                               [--device-ram BYTES]
+                               [--device-ram BYTES] [--code source|mpy|romfs]
 
 Per pair: the delta artifact as ``otaferry build --base`` makes it (``--device-ram``,
 default 65,536: the device budget its segments are sized for), a simulated
@@ -13,9 +13,11 @@ verify from device_fw/mpcrypto, the fdelta applier):
   the whole install completes, by bisection;
 - ``live_peak``: ``gc.mem_alloc()`` after a collection at every flash write and
   erase, in a 1 MiB heap: the live high-water mark, and ``code`` the part of it
-  the imported modules take (bytecode compiled from source: on a board with
-  device_fw frozen into the firmware that stays in flash); ``install_peak`` =
-  live_peak - code is what the install itself holds;
+  the imported modules take (``--code source`` and ``mpy``: the bytecode too;
+  ``romfs``: only what import creates, module dicts, functions, qstrs, the
+  bytecode staying in the image); ``install_peak`` = live_peak - code is what
+  the install itself holds (the applier's tables and payload buffer, reserved
+  when the device opens, among it);
 - ``seconds``: the install's time in the 1 MiB heap (64-bit unix port);
 
 and once, the deflate full-image codec's bytes against zstd -19 over the
@@ -31,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ...device_fw.device import Device
+from ...device_fw.device import DEFAULT_LIMITS, Device
 from ...protocol.artifact import build_delta
 from ...protocol.keys import SigningKey
 from ..mpy import CODE_MODES, run_mp
@@ -60,8 +62,11 @@ def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 655
     csv = ("nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000, 0x2000,\n"
            f"ota_0, app, ota_0, 0x10000, {size // 2 - 0x10000:#x},\n"
            f"ota_1, app, ota_1, {size // 2:#x}, {size // 2 - 0x10000:#x},\n")  # fmt: skip
+    # provisioned with the budget the delta is built for (the device reserves its payload
+    # buffer from it: device_fw/mp_run.heap_payload)
     Device.create(str(flash), hw="hw", chip="chip", trusted_keys=[KEY.public.raw], image=old,
-                  version="old", partitions_csv=csv, size=size).close()  # fmt: skip
+                  version="old", partitions_csv=csv, size=size,
+                  limits=dict(DEFAULT_LIMITS, ram_budget=device_ram)).close()  # fmt: skip
     ota = work / "delta.ota"
     ota.write_bytes(build_delta(old, new, KEY, hw=["hw"], chip="chip", version="new",
                                 device_ram=device_ram))  # fmt: skip
