@@ -117,6 +117,19 @@ def reserve(codec=CODEC3):
     _tables(codec)
 
 
+def reserved_chunk():
+    """The output chunk of the reserved tables (CHUNK bytes), or None: idle
+    between segments, so a full-image decoder may share it."""
+    for t in _TABLES.values():
+        return t[4]
+    return None
+
+
+def release():
+    """Drop the reserved tables (a heap too small to hold them all)."""
+    _TABLES.clear()
+
+
 def _tables(codec):
     """The model tables for ``codec``, reset: probabilities, counts, word
     predictor, output chunk; for fdelta2 and fdelta3 the branch predictor's."""

@@ -359,14 +359,23 @@ def payload_buffer(n):
     return bytearray(n)
 
 
-def reserve_payload(n):
+def reserved_payload():
+    """The buffer reserve_payload holds, or None."""
+    return _PAYLOAD[0] if _PAYLOAD else None
+
+
+def reserve_payload(n, buf=None, chunk=None):
     """Reserve the payload buffer now, shared by every later install: for a
     port with a small heap and one device per interpreter (device_fw/mp_run.py),
     where a large block asked for later may not exist any more (by then the
     free heap is in pieces). A process serving several simulated devices must
-    not call it: they would share the buffer."""
+    not call it: they would share the buffer. ``buf``: a buffer of ``n`` bytes
+    reserved earlier; ``chunk``: a WRITE_CHUNK buffer to use as the output /
+    hash-check chunk (the delta applier's, idle whenever this one is used)."""
     _PAYLOAD[:] = []  # the old one goes first
-    _PAYLOAD.append(bytearray(n))
+    _PAYLOAD.append(bytearray(n) if buf is None else buf)
+    if chunk is not None and not _CHUNK and len(chunk) >= WRITE_CHUNK:
+        _CHUNK.append(chunk)
     _chunk()  # and the output / hash-check chunk
 
 

@@ -19,7 +19,6 @@ from . import frames as F
 from . import framing
 from . import reasons as R
 from .receiver import DONE, Receiver
-from .secure import OVERHEAD, SecureEndpoint, resumption_secret
 
 # Bound into every handshake transcript; equal to transport/secure_link.PROLOGUE.
 LINK_PROLOGUE = b"otaferry/link/v1"
@@ -41,6 +40,10 @@ class DeviceLoop:
         self.packet_mtu = mtu
         self.endpoint = None
         if device.link_key() is not None:
+            # imported only by a device with a link key: a plaintext-only device
+            # never holds the channel's code (device_fw/mpcrypto's curve, AES, CCM)
+            from .secure import OVERHEAD, SecureEndpoint
+
             self.endpoint = SecureEndpoint(
                 device.link_key(), device.gateways(), device.require_secure(), LINK_PROLOGUE
             )
@@ -90,6 +93,8 @@ class DeviceLoop:
             or receiver.update_id is None
         ):
             return
+        from .secure import resumption_secret
+
         uid = receiver.update_id
         secret = resumption_secret(endpoint.channel.resume_key, uid)
         self.device.save_resume(uid, secret, endpoint.gateway)

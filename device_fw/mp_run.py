@@ -29,7 +29,7 @@ import gc
 import sys
 
 from . import port
-from .reasons import DeviceError, name
+from .reasons import RESOURCE_LIMIT, DeviceError, name
 
 try:
     import json
@@ -104,19 +104,47 @@ def seed_random(seed_hex):
     port.random_bytes = drbg(bytes.fromhex(seed_hex))
 
 
+# What a session holds beyond the reserved buffers at its peak (the receiver,
+# the parsed manifest, frames, flash reads): ~15 KB live on the 64-bit unix
+# port, with room for the garbage and the holes of a non-moving collector.
+WORK = 24 * 1024
+# The payload buffer reserved before the rest of device_fw is imported: what the
+# default budget (65,536) leaves fdelta3's payload (SPEC 7.6).
+EARLY_PAYLOAD = 65536 - 52014
+_EARLY = []  # [payload buffer, bytes the early reservation took]
+
+
+def reserve_early():
+    """The applier's tables (43 KB for fdelta3, the largest codec) and a
+    payload buffer, first: after the imports the free heap is in pieces (at
+    200 KiB, 45 KB free held no 13.5 KB block). MemoryError: the heap cannot
+    hold an install at all (RESOURCE_LIMIT)."""
+    if _EARLY or not hasattr(gc, "mem_alloc"):
+        return
+    from . import delta_apply
+
+    gc.collect()
+    before = gc.mem_alloc()
+    try:
+        delta_apply.reserve()
+        buf = bytearray(EARLY_PAYLOAD)
+    except MemoryError:
+        delta_apply.release()
+        gc.collect()
+        raise DeviceError(RESOURCE_LIMIT, "heap too small for an install: %d B free, the "
+                          "applier's tables and a payload take %d B" % (
+                              gc.mem_free(), delta_apply.ram_budget(EARLY_PAYLOAD,
+                                                                    codec=delta_apply.CODEC3)))
+    _EARLY[:] = [buf, gc.mem_alloc() - before]
+
+
 def open_device(flash_path, sampled=True):
-    from . import delta_apply, installer, loop  # noqa: F401 - imported before the baseline
+    reserve_early()
     from .device import Device
     from .ports.sim import SimPlatform
 
-    gc.collect()
-    if hasattr(gc, "mem_alloc"):
-        _BASE[0] = gc.mem_alloc()
-    # The applier's tables (40 KB for the largest codec) now, before the
-    # session's objects: allocated at the first segment, after the manifest
-    # check, they found the free heap in pieces (77 KB free, no block over 11 KB).
-    delta_apply.reserve()
-
+    # opened before the session's code is imported: its 3-4 KB reads of the
+    # partition table and the store find a block more easily
     platform = SimPlatform(flash_path)
     if sampled:
         region = Sampled(platform.flash)
@@ -124,30 +152,59 @@ def open_device(flash_path, sampled=True):
             slot.region = region
         platform.store.flash = region
     dev = Device(platform=platform)
+    from . import delta_apply, installer, loop  # noqa: F401 - imported before the baseline
+
+    gc.collect()
+    if hasattr(gc, "mem_alloc"):
+        _BASE[0] = gc.mem_alloc() - (_EARLY[1] if _EARLY else 0)  # with the open device's
     if hasattr(gc, "mem_free"):
         limits = dict(dev.limits())
         payload = heap_payload(limits)
-        installer.reserve_payload(payload)
         limits["ram_budget"] = _FREE[1] = delta_apply.ram_budget(payload, codec=delta_apply.CODEC3)
         dev.limits = lambda: limits  # what this heap allows, never above what was provisioned
     return dev
 
 
 def heap_payload(limits):
-    """The largest segment payload this heap allows once the code is imported
-    and the applier's tables reserved: a third of the free heap (the rest for
-    the session's objects, the flash buffers and the slack of a non-moving
-    collector), never more than the provisioned budget allows the codec with
-    the largest fixed share, whose tables these are. The device then checks
-    deltas against that (SPEC 7.6), and the payload buffer is reserved at once."""
-    from . import delta_apply
+    """The largest segment payload this heap allows, the buffer reserved for it
+    (installer.reserve_payload). Of ``avail`` (the free heap once the device is
+    open, counting the early payload buffer as free): a third in a large heap;
+    in a small one what leaves WORK for the session, up to the early buffer.
+    Never more than the provisioned budget allows fdelta3 (the codec with the
+    largest fixed share, whose tables are reserved); under 4 KiB it refuses
+    (RESOURCE_LIMIT). The device then checks deltas against that (SPEC 7.6)."""
+    from . import delta_apply, installer
 
     gc.collect()
-    _FREE[0] = gc.mem_free()
+    held = installer.reserved_payload()
+    if _EARLY and _EARLY[0] is not None:
+        held = _EARLY[0]
+    avail = _FREE[0] = gc.mem_free() + (len(held) if held is not None else 0)
     most = limits.get("ram_budget", 65536) - delta_apply.ram_budget(0, codec=delta_apply.CODEC3)
-    p = _FREE[0] // 3
+    small = avail - WORK
+    if held is not None and small > len(held):
+        small = len(held)
+    p = avail // 3 if avail // 3 > small else small
     p = p if p < most else most
-    return p if p > 4096 else 4096
+    if p < 4096:
+        raise DeviceError(RESOURCE_LIMIT, "heap too small for an install: %d B free once open, "
+                          "a session needs %d B and a 4 KiB payload" % (avail, WORK))
+    if _EARLY:
+        _EARLY[0] = None  # from now on the installer holds it (or its replacement)
+    chunk = delta_apply.reserved_chunk()
+    if held is not None and len(held) < p:
+        try:  # larger, while the early one is held: the free heap may be in pieces
+            buf = bytearray(p)
+        except MemoryError:
+            p = len(held)
+        else:
+            held = buf
+    if held is not None and len(held) == p:
+        installer.reserve_payload(p, held, chunk)
+    else:
+        held = None  # a smaller one: the old buffer goes first, its hole takes the new one
+        installer.reserve_payload(p, None, chunk)
+    return p
 
 
 def _report(result):
@@ -312,6 +369,26 @@ def cmd_serve(flash_path, port_path, mtu=1024, lifecycle=True, checkin_timeout=1
     return {"ok": True}
 
 
+def _run(cmd, args, flags):
+    if cmd == "install":
+        return cmd_install(args[0], args[1])
+    if cmd == "replay":
+        if len(args) > 3:
+            seed_random(args[3])
+        return cmd_replay(args[0], args[1], args[2])
+    if cmd == "deflate":
+        return cmd_deflate(args[0])
+    if cmd == "serve":
+        mtu = int(args[2]) if len(args) > 2 else 1024
+        lifecycle = "--no-reboot" not in flags
+        timeout = 120.0
+        for a in flags:
+            if a.startswith("--checkin-timeout="):
+                timeout = float(a.split("=", 1)[1])
+        return cmd_serve(args[0], args[1], mtu, lifecycle, timeout)
+    return None
+
+
 def main(argv):
     if not argv:
         print(globals().get("__doc__") or "commands: serve replay install deflate")  # .mpy: no doc
@@ -320,23 +397,15 @@ def main(argv):
     flags = [a for a in argv[1:] if a.startswith("--")]
     args = [a for a in argv[1:] if not a.startswith("--")]
     _COLLECT[0] = "--hwm" in flags
-    if cmd == "install":
-        result = cmd_install(args[0], args[1])
-    elif cmd == "replay":
-        if len(args) > 3:
-            seed_random(args[3])
-        result = cmd_replay(args[0], args[1], args[2])
-    elif cmd == "deflate":
-        result = cmd_deflate(args[0])
-    elif cmd == "serve":
-        mtu = int(args[2]) if len(args) > 2 else 1024
-        lifecycle = "--no-reboot" not in flags
-        timeout = 120.0
-        for a in flags:
-            if a.startswith("--checkin-timeout="):
-                timeout = float(a.split("=", 1)[1])
-        result = cmd_serve(args[0], args[1], mtu, lifecycle, timeout)
-    else:
+    try:
+        result = _run(cmd, args, flags)
+    except DeviceError as exc:  # the device could not open (a heap too small for it)
+        result = _error(exc)
+    except MemoryError as exc:  # one line with a reason; where, on stderr
+        if hasattr(sys, "print_exception"):
+            sys.print_exception(exc, sys.stderr)
+        result = _error(DeviceError(RESOURCE_LIMIT, "out of memory: %s" % (exc,)))
+    if result is None:
         print("unknown command %s" % cmd)
         return 2
     _report(result)

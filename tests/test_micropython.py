@@ -126,26 +126,39 @@ def test_romfs_code_runs_in_place_outside_the_heap(tmp_path):
 
 
 def test_the_delta_budget_follows_the_heap(tmp_path):
-    """The MicroPython device checks deltas against what its heap allows (a
-    third of the free heap once open, for the payload: SPEC 7.6's terms for
-    fdelta3), never above what was provisioned."""
+    """The MicroPython device checks deltas against what its heap allows,
+    never above what was provisioned (SPEC 7.6's terms for fdelta3): in a large
+    heap a third of the free heap once open goes to the payload; in a small one
+    what leaves the session its working memory, up to the buffer reserved before
+    the imports; a heap that cannot hold an install refuses with the device's
+    reason, one line, the flash untouched."""
     from otaferry.device_fw.delta_apply import CODEC3, ram_budget
     from otaferry.device_fw.device import DEFAULT_LIMITS
+    from otaferry.device_fw.mp_run import EARLY_PAYLOAD
 
     ota = tmp_path / "d.ota"
     ota.write_bytes(artifact("delta"))
-    seen = {}
-    for heap, provisioned in ((256, 1 << 20), (512, 1 << 20), (512, 65536)):
+    seen, free = {}, {}
+    for heap, provisioned in ((192, 65536), (256, 1 << 20), (512, 1 << 20), (512, 65536),
+                              (128, 65536)):  # fmt: skip
         path = str(tmp_path / "f.bin")
         Device.create(path, hw="hw", chip="chip", trusted_keys=[KEY.public.raw], image=OLD,
                       version="old", gateways=[GATEWAY.public.raw],
                       limits=dict(DEFAULT_LIMITS, ram_budget=provisioned)).close()  # fmt: skip
+        before = Path(path).read_bytes()
         r = mp("install", path, str(ota), heap=heap * 1024, code="romfs")
-        assert r["ok"], r
-        assert r["ram_budget"] == min(ram_budget(r["heap_free_open"] // 3, codec=CODEC3),
-                                      provisioned), r  # fmt: skip
         seen[heap, provisioned] = r["ram_budget"]
-    assert seen[256, 1 << 20] < seen[512, 1 << 20] < 1 << 20
+        free[heap, provisioned] = r["heap_free_open"]
+        if heap == 128:
+            assert (r["ok"], r["reason_name"]) == (False, "RESOURCE_LIMIT"), r
+            assert Path(path).read_bytes() == before
+            continue
+        assert r["ok"], r
+        third = ram_budget(r["heap_free_open"] // 3, codec=CODEC3)
+        assert r["ram_budget"] <= min(max(third, ram_budget(EARLY_PAYLOAD, codec=CODEC3)),
+                                      provisioned), r  # fmt: skip
+    assert seen[512, 1 << 20] == ram_budget(free[512, 1 << 20] // 3, codec=CODEC3)  # it grew
+    assert seen[192, 65536] <= 65536 <= seen[256, 1 << 20] < seen[512, 1 << 20] < 1 << 20
     assert seen[512, 65536] == 65536
 
 

@@ -16,34 +16,45 @@ AES stand in for what MicroPython lacks), where the tests hold it against
   tag; decrypt raises ValueError when the tag does not verify (port.py's
   wrapper turns that into its None);
 - ``sha512.new(data)``: a hashlib-style SHA-512 object (hashlib's where it exists).
+
+Each primitive's module is imported at its first call: a device that only
+verifies signatures (no secure channel) never holds the curve, AES or CCM code
+(about 8 KB of a MicroPython heap even when the code runs in place from ROMFS).
 """
 
-from . import ccm as _ccm
-from . import curve25519 as _curve25519
-from . import ed25519 as _ed25519
 from . import sha512  # noqa: F401 - mpcrypto.sha512.new for callers
 
 
 def ed25519_verify(public_raw, signature, message):
     """True if ``signature`` is a valid Ed25519 signature of ``message``."""
-    return _ed25519.verify(public_raw, signature, message)
+    from . import ed25519
+
+    return ed25519.verify(public_raw, signature, message)
 
 
 def x25519(private_raw, public_raw):
     """X25519 (RFC 7748); ValueError when the result is all zero."""
-    return _curve25519.x25519(private_raw, public_raw)
+    from . import curve25519
+
+    return curve25519.x25519(private_raw, public_raw)
 
 
 def x25519_public(private_raw):
     """The 32-byte public key of a 32-byte X25519 private key."""
-    return _curve25519.x25519_public(private_raw)
+    from . import curve25519
+
+    return curve25519.x25519_public(private_raw)
 
 
 def aes_ccm8_encrypt(key, nonce, plaintext, ad):
     """AES-128-CCM with an 8-byte tag: ciphertext || tag."""
-    return _ccm.encrypt(key, nonce, plaintext, ad)
+    from . import ccm
+
+    return ccm.encrypt(key, nonce, plaintext, ad)
 
 
 def aes_ccm8_decrypt(key, nonce, data, ad):
     """The plaintext of ``ciphertext || tag``; ValueError if the tag does not verify."""
-    return _ccm.decrypt(key, nonce, data, ad)
+    from . import ccm
+
+    return ccm.decrypt(key, nonce, data, ad)
