@@ -9,7 +9,7 @@ default 65,536: the device budget its segments are sized for), a simulated
 flash holding the old image, then ``device_fw.mp_run install`` (real Ed25519
 verify from device_fw/mpcrypto, the fdelta applier):
 
-- ``min_heap``: the smallest ``-X heapsize`` (to ``--step``, default 16 KiB) in which
+- ``min_heap``: the smallest ``-X heapsize`` (to ``--step``, default 4 KiB) in which
   the whole install completes, by bisection;
 - ``live_peak``: ``gc.mem_alloc()`` after a collection at every flash write and
   erase, in a 1 MiB heap: the live high-water mark, and ``code`` the part of it
@@ -19,6 +19,9 @@ verify from device_fw/mpcrypto, the fdelta applier):
   the install itself holds (the applier's tables and payload buffer, reserved
   when the device opens, among it);
 - ``seconds``: the install's time in the 1 MiB heap (64-bit unix port);
+- ``below``: how it fails one step under ``min_heap`` (the device's reason, and
+  whether it had written flash: refused at open, or out of memory mid-install),
+  ``failed_after_writing``: how many of the failed probes had written flash;
 
 and once, the deflate full-image codec's bytes against zstd -19 over the
 firmware images under tests/firmware.
@@ -27,6 +30,7 @@ firmware images under tests/firmware.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import shutil
 import tempfile
@@ -50,9 +54,12 @@ def _install(flash: Path, ota: Path, work: Path, heap: int, hwm: bool = False,
     done = run_mp(args, heap=heap, timeout=900, code=code)
     lines = done.stdout.strip().splitlines()
     try:
-        return dict(json.loads(lines[-1]))
-    except (IndexError, ValueError):  # it died before its report: too small a heap
-        return {"ok": False, "error": (done.stdout + done.stderr).strip().splitlines()[-1:]}
+        r = dict(json.loads(lines[-1]))
+    except (IndexError, ValueError):  # it died before its report
+        r = {"ok": False, "error": (done.stdout + done.stderr).strip().splitlines()[-1:]}
+    if not r.get("ok"):  # refused at open (nothing written) or ran out mid-install?
+        r["wrote"] = not filecmp.cmp(flash, trial, shallow=False)
+    return r
 
 
 def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 65536,
@@ -75,13 +82,21 @@ def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 655
     if not (full.get("ok") and timed.get("ok")):
         return {"ok": False, "error": full.get("error") or full.get("message")}
     lo, hi = 0, 1 << 20  # lo fails, hi works
+    below: dict[str, Any] = {}
+    failed = []
     while hi - lo > step:
         mid = (lo + hi) // 2 // step * step
-        if _install(flash, ota, work, mid, code=code).get("ok"):
+        r = _install(flash, ota, work, mid, code=code)
+        if r.get("ok"):
             hi = mid
         else:
-            lo = mid
+            lo, below = mid, r
+            failed.append(r)
     return {"ok": True, "artifact": ota.stat().st_size, "min_heap": hi,
+            "below": {"heap": lo, "reason": below.get("reason_name"),
+                      "message": below.get("message") or below.get("error"),
+                      "wrote": below.get("wrote")},
+            "failed_after_writing": sum(1 for r in failed if r.get("wrote")),
             "live_peak": full["heap_peak"], "code": full["heap_code"],
             "install_peak": full["heap_peak"] - full["heap_code"],
             "seconds": timed["ms"] / 1000}  # fmt: skip
@@ -103,7 +118,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="otaferry bench micropython")
     ap.add_argument("--pairs", type=Path, default=DEFAULT_PAIRS)
     ap.add_argument("--only", type=int, help="the first N pairs only")
-    ap.add_argument("--step", type=int, default=16384, help="heap bisection step (16 KiB)")
+    ap.add_argument("--step", type=int, default=4096, help="heap bisection step (4 KiB)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--device-ram", type=int, default=65536, help="build --device-ram (65536)")
     ap.add_argument("--code", choices=CODE_MODES, default="source",
@@ -122,7 +137,10 @@ def main(argv: list[str]) -> int:
             if r["ok"]:
                 print(f"{r['pair']}: min heap {r['min_heap'] // 1024} KiB, live peak "
                       f"{r['live_peak']} B (modules {r['code']} B, install {r['install_peak']} B), "
-                      f"{r['seconds']:.1f} s", flush=True)  # fmt: skip
+                      f"{r['seconds']:.1f} s; at {r['below']['heap'] // 1024} KiB: "
+                      f"{r['below']['reason']}"
+                      f"{', after writing' if r['below']['wrote'] else ', nothing written'}",
+                      flush=True)  # fmt: skip
             else:
                 print(f"{r['pair']}: FAILED {r.get('error')}", flush=True)
     ratio = deflate_vs_zstd(args.pairs.parent)
