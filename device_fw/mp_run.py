@@ -154,6 +154,13 @@ def open_device(flash_path, sampled=True):
     dev = Device(platform=platform)
     from . import delta_apply, installer, loop  # noqa: F401 - imported before the baseline
 
+    if dev.link_key() is not None:
+        # a device with a link key: the channel's code now, not at the first
+        # handshake, so that it counts in the baseline and its objects are not
+        # made mid-session (on a port without native crypto: the curve, AES, CCM)
+        from . import secure  # noqa: F401
+        from .mpcrypto import ccm, curve25519  # noqa: F401
+
     gc.collect()
     if hasattr(gc, "mem_alloc"):
         _BASE[0] = gc.mem_alloc() - (_EARLY[1] if _EARLY else 0)  # with the open device's

@@ -40,10 +40,12 @@ from typing import Any
 from ...device_fw.device import DEFAULT_LIMITS, Device
 from ...protocol.artifact import build_delta
 from ...protocol.keys import SigningKey
+from ...protocol.x25519keys import LinkPrivateKey
 from ..mpy import CODE_MODES, run_mp
 from .delta import DEFAULT_PAIRS, read_pairs
 
 KEY = SigningKey.from_seed(bytes(range(32)))
+GATEWAY = LinkPrivateKey.from_raw(bytes(range(32, 64)))
 
 
 def _install(flash: Path, ota: Path, work: Path, heap: int, hwm: bool = False,
@@ -63,7 +65,7 @@ def _install(flash: Path, ota: Path, work: Path, heap: int, hwm: bool = False,
 
 
 def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 65536,
-            code: str = "source") -> dict[str, Any]:  # fmt: skip
+            code: str = "source", secure: bool = False) -> dict[str, Any]:  # fmt: skip
     flash = work / "flash.bin"
     size = max(4 << 20, 1 << (2 * len(old) + 0x20000).bit_length())
     csv = ("nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000, 0x2000,\n"
@@ -73,6 +75,7 @@ def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 655
     # buffer from it: device_fw/mp_run.heap_payload)
     Device.create(str(flash), hw="hw", chip="chip", trusted_keys=[KEY.public.raw], image=old,
                   version="old", partitions_csv=csv, size=size,
+                  gateways=[GATEWAY.public.raw] if secure else None,
                   limits=dict(DEFAULT_LIMITS, ram_budget=device_ram)).close()  # fmt: skip
     ota = work / "delta.ota"
     ota.write_bytes(build_delta(old, new, KEY, hw=["hw"], chip="chip", version="new",
@@ -124,6 +127,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--code", choices=CODE_MODES, default="source",
                     help="device_fw as .py source, mpy-cross .mpy files, or .mpy in a ROMFS image "
                          "imported in place (tools/mpy.py)")  # fmt: skip
+    ap.add_argument("--secure", action="store_true",
+                    help="a device with a link key (a gateway provisioned): it holds the secure "
+                         "channel's code too")  # fmt: skip
     args = ap.parse_args(argv)
     pairs = read_pairs(args.pairs)[: args.only]
     rows = []
@@ -131,7 +137,7 @@ def main(argv: list[str]) -> int:
         for old_name, new_name in pairs:
             old = (args.pairs.parent / old_name).read_bytes()
             new = (args.pairs.parent / new_name).read_bytes()
-            r = measure(old, new, Path(tmp), args.step, args.device_ram, args.code)
+            r = measure(old, new, Path(tmp), args.step, args.device_ram, args.code, args.secure)
             r["pair"] = f"{old_name} -> {new_name}"
             rows.append(r)
             if r["ok"]:
