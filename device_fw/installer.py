@@ -351,12 +351,13 @@ _CHUNK = []
 _PAYLOAD = []
 
 
-def payload_buffer(n):
+def payload_buffer(n, prefer=0):
     """A segment-payload buffer of at least ``n`` bytes: the one reserved by
-    reserve_payload if it is large enough, else a new one."""
+    reserve_payload if it is large enough, else a new one of ``prefer`` bytes
+    if that is more (one buffer for every later segment)."""
     if _PAYLOAD and len(_PAYLOAD[0]) >= n:
         return _PAYLOAD[0]
-    return bytearray(n)
+    return bytearray(n if n > prefer else prefer)
 
 
 def reserved_payload():

@@ -104,10 +104,13 @@ def seed_random(seed_hex):
     port.random_bytes = drbg(bytes.fromhex(seed_hex))
 
 
-# What a session holds beyond the reserved buffers at its peak (the receiver,
-# the parsed manifest, frames, flash reads): ~15 KB live on the 64-bit unix
-# port, with room for the garbage and the holes of a non-moving collector.
+# What a session holds beyond the reserved buffers at its peak, with room for
+# the garbage and the holes of a non-moving collector, on the 64-bit unix
+# port: an offline install (the parsed manifest, flash reads: ~15 KB live),
+# and the main loop on a UART (frames, the offer, the receiver's state).
 WORK = 24 * 1024
+SERVE_WORK = 40 * 1024
+_WORK = [WORK]
 # The payload buffer reserved before the rest of device_fw is imported: what the
 # default budget (65,536) leaves fdelta3's payload (SPEC 7.6).
 EARLY_PAYLOAD = 65536 - 52014
@@ -168,6 +171,8 @@ def open_device(flash_path, sampled=True):
         limits = dict(dev.limits())
         payload = heap_payload(limits)
         limits["ram_budget"] = _FREE[1] = delta_apply.ram_budget(payload, codec=delta_apply.CODEC3)
+        if payload < limits["max_segment_payload"]:  # full-image segments use that buffer too
+            limits["max_segment_payload"] = payload
         dev.limits = lambda: limits  # what this heap allows, never above what was provisioned
     return dev
 
@@ -176,7 +181,8 @@ def heap_payload(limits):
     """The largest segment payload this heap allows, the buffer reserved for it
     (installer.reserve_payload). Of ``avail`` (the free heap once the device is
     open, counting the early payload buffer as free): a third in a large heap;
-    in a small one what leaves WORK for the session, up to the early buffer.
+    in a small one what leaves the session its working memory (WORK, SERVE_WORK
+    for the main loop), up to the early buffer.
     Never more than the provisioned budget allows fdelta3 (the codec with the
     largest fixed share, whose tables are reserved); under 4 KiB it refuses
     (RESOURCE_LIMIT). The device then checks deltas against that (SPEC 7.6)."""
@@ -188,14 +194,16 @@ def heap_payload(limits):
         held = _EARLY[0]
     avail = _FREE[0] = gc.mem_free() + (len(held) if held is not None else 0)
     most = limits.get("ram_budget", 65536) - delta_apply.ram_budget(0, codec=delta_apply.CODEC3)
-    small = avail - WORK
-    if held is not None and small > len(held):
-        small = len(held)
-    p = avail // 3 if avail // 3 > small else small
+    # min(max(a third, the early buffer), what leaves the session its memory, the budget's)
+    p = avail // 3
+    if held is not None and len(held) > p:
+        p = len(held)
+    if avail - _WORK[0] < p:
+        p = avail - _WORK[0]
     p = p if p < most else most
     if p < 4096:
         raise DeviceError(RESOURCE_LIMIT, "heap too small for an install: %d B free once open, "
-                          "a session needs %d B and a 4 KiB payload" % (avail, WORK))
+                          "a session needs %d B and a 4 KiB payload" % (avail, _WORK[0]))
     if _EARLY:
         _EARLY[0] = None  # from now on the installer holds it (or its replacement)
     chunk = delta_apply.reserved_chunk()
@@ -371,6 +379,7 @@ def cmd_serve(flash_path, port_path, mtu=1024, lifecycle=True, checkin_timeout=1
                 gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0))  # fmt: skip
 
     port_obj = TtyPort(port_path)
+    _WORK[0] = SERVE_WORK
     serve(flash_path, port_obj, mtu=mtu, on_event=on_event, lifecycle=lifecycle,
           checkin_timeout=checkin_timeout, open_device=lambda: open_device(flash_path))  # fmt: skip
     return {"ok": True}

@@ -447,7 +447,7 @@ class Receiver:
             return
         length = inst.manifest["segments"][index][0]
         if self._buf is None or len(self._buf) < length:
-            self._buf = payload_buffer(max(length, self.device.limits()["max_segment_payload"]))
+            self._buf = payload_buffer(length, self.device.limits()["max_segment_payload"])
         self._tag = tag
         self._seg_len = length
         self._bits = _Bits((length + self._chunk_size - 1) // self._chunk_size)

@@ -34,11 +34,13 @@ import filecmp
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from ...device_fw.device import DEFAULT_LIMITS, Device
 from ...protocol.artifact import build_delta
+from ...protocol.errors import Reason
 from ...protocol.keys import SigningKey
 from ...protocol.x25519keys import LinkPrivateKey
 from ..mpy import CODE_MODES, run_mp
@@ -64,8 +66,86 @@ def _install(flash: Path, ota: Path, work: Path, heap: int, hwm: bool = False,
     return r
 
 
+def _session(flash: Path, ota: Path, work: Path, heap: int, code: str = "source",
+             secure: bool = False) -> dict[str, Any]:  # fmt: skip
+    """One push of ``ota`` over a real pty pair (``otaferry linesim`` at 2 Mbaud)
+    to device_fw's main loop under ``micropython`` (``mp_run serve
+    --no-reboot``) in ``heap``: ok when the push ends with the update
+    installed; else the push's last line, or the device's when it died."""
+    import subprocess
+    import sys
+    import time
+
+    from ...device_fw.device import Device as Dev
+    from ...protocol.x25519keys import LinkPublicKey
+    from ..mpy import mp_argv, mp_env
+
+    trial = work / "trial.bin"
+    shutil.copy(flash, trial)
+    host, dev = work / "host.tty", work / "dev.tty"
+    for path in (host, dev):
+        path.unlink(missing_ok=True)
+    cli = [sys.executable, "-m", "otaferry"]
+    line = subprocess.Popen([*cli, "linesim", "--baud", "2000000", str(host), str(dev)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    procs = [line]
+    try:
+        deadline = time.monotonic() + 20
+        while not (host.exists() and dev.exists()):
+            if time.monotonic() > deadline or line.poll() is not None:
+                return {"ok": False, "error": "linesim did not start"}
+            time.sleep(0.05)
+        serve = ["serve", str(trial), str(dev), "1024", "--no-reboot"]
+        device = subprocess.Popen(mp_argv(serve, heap, code), env=mp_env(code), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+        procs.append(device)
+        if secure:
+            (work / "gw.key").write_bytes(GATEWAY.to_pem())
+            with Dev(str(flash), read_only=True) as d:
+                pub = LinkPublicKey.from_raw(d.link_public()).to_pem()
+            (work / "dev.pub").write_bytes(pub)
+            keys = ["--link-key", str(work / "gw.key"), "--device-pub", str(work / "dev.pub")]
+        else:
+            keys = ["--insecure-plaintext"]
+        push = subprocess.Popen([*cli, "push", "--port", str(host), "--baud", "2000000",
+                                 "--no-await-checkin", "--timeout", "60", *keys, str(ota)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)  # fmt: skip
+        procs.append(push)
+        while push.poll() is None:
+            if device.poll() is not None:  # the device died: its JSON line says why
+                push.kill()
+                break
+            time.sleep(0.05)
+        out = (push.communicate()[0] or "").strip().splitlines()
+        r: dict[str, Any] = {"ok": push.returncode == 0, "push": out[-1:] if out else []}
+        if device.poll() is not None:
+            lines = (device.communicate()[0] or "").strip().splitlines()
+            try:
+                r.update(json.loads(lines[-1]), ok=False)
+            except (IndexError, ValueError):
+                r["error"] = lines[-1:]
+        if not r["ok"]:
+            r.setdefault("message", " ".join(out[-3:]))
+            if "reason_name" not in r:  # the device refused and lived: the push names why
+                named = [x.name for x in Reason if x.name in r["message"]]
+                r["reason_name"] = named[0] if named else None
+            r["wrote"] = not filecmp.cmp(flash, trial, shallow=False)
+        return r
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
 def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 65536,
-            code: str = "source", secure: bool = False) -> dict[str, Any]:  # fmt: skip
+            code: str = "source", secure: bool = False,
+            session: bool = False) -> dict[str, Any]:  # fmt: skip
     flash = work / "flash.bin"
     size = max(4 << 20, 1 << (2 * len(old) + 0x20000).bit_length())
     csv = ("nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000, 0x2000,\n"
@@ -73,15 +153,25 @@ def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 655
            f"ota_1, app, ota_1, {size // 2:#x}, {size // 2 - 0x10000:#x},\n")  # fmt: skip
     # provisioned with the budget the delta is built for (the device reserves its payload
     # buffer from it: device_fw/mp_run.heap_payload)
-    Device.create(str(flash), hw="hw", chip="chip", trusted_keys=[KEY.public.raw], image=old,
-                  version="old", partitions_csv=csv, size=size,
-                  gateways=[GATEWAY.public.raw] if secure else None,
-                  limits=dict(DEFAULT_LIMITS, ram_budget=device_ram)).close()  # fmt: skip
+    with Device.create(str(flash), hw="hw", chip="chip", trusted_keys=[KEY.public.raw],
+                       image=old, version="old", partitions_csv=csv, size=size,
+                       gateways=[GATEWAY.public.raw] if secure else None,
+                       limits=dict(DEFAULT_LIMITS, ram_budget=device_ram)) as dev:  # fmt: skip
+        if not secure:
+            dev.provision(require_secure=False)
     ota = work / "delta.ota"
     ota.write_bytes(build_delta(old, new, KEY, hw=["hw"], chip="chip", version="new",
                                 device_ram=device_ram))  # fmt: skip
-    full = _install(flash, ota, work, 1 << 20, hwm=True, code=code)
-    timed = _install(flash, ota, work, 1 << 20, code=code)
+
+    def probe(heap: int, hwm: bool = False) -> dict[str, Any]:
+        if session:
+            return _session(flash, ota, work, heap, code, secure)
+        return _install(flash, ota, work, heap, hwm=hwm, code=code)
+
+    t0 = time.monotonic()
+    full = probe(1 << 20, hwm=True)
+    wall = time.monotonic() - t0
+    timed = full if session else probe(1 << 20)
     if not (full.get("ok") and timed.get("ok")):
         return {"ok": False, "error": full.get("error") or full.get("message")}
     lo, hi = 0, 1 << 20  # lo fails, hi works
@@ -89,18 +179,20 @@ def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 655
     failed = []
     while hi - lo > step:
         mid = (lo + hi) // 2 // step * step
-        r = _install(flash, ota, work, mid, code=code)
+        r = probe(mid)
         if r.get("ok"):
             hi = mid
         else:
             lo, below = mid, r
             failed.append(r)
-    return {"ok": True, "artifact": ota.stat().st_size, "min_heap": hi,
-            "below": {"heap": lo, "reason": below.get("reason_name"),
-                      "message": below.get("message") or below.get("error"),
-                      "wrote": below.get("wrote")},
-            "failed_after_writing": sum(1 for r in failed if r.get("wrote")),
-            "live_peak": full["heap_peak"], "code": full["heap_code"],
+    out = {"ok": True, "artifact": ota.stat().st_size, "min_heap": hi,
+           "below": {"heap": lo, "reason": below.get("reason_name"),
+                     "message": below.get("message") or below.get("error"),
+                     "wrote": below.get("wrote")},
+           "failed_after_writing": sum(1 for r in failed if r.get("wrote"))}  # fmt: skip
+    if session:  # the device's heap figures end with it (SIGTERM): the push's wall time only
+        return {**out, "seconds": wall}
+    return {**out, "live_peak": full["heap_peak"], "code": full["heap_code"],
             "install_peak": full["heap_peak"] - full["heap_code"],
             "seconds": timed["ms"] / 1000}  # fmt: skip
 
@@ -130,6 +222,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--secure", action="store_true",
                     help="a device with a link key (a gateway provisioned): it holds the secure "
                          "channel's code too")  # fmt: skip
+    ap.add_argument("--session", action="store_true",
+                    help="a push over a real pty pair to the device's main loop (mp_run serve) "
+                         "instead of the offline install")  # fmt: skip
     args = ap.parse_args(argv)
     pairs = read_pairs(args.pairs)[: args.only]
     rows = []
@@ -137,14 +232,16 @@ def main(argv: list[str]) -> int:
         for old_name, new_name in pairs:
             old = (args.pairs.parent / old_name).read_bytes()
             new = (args.pairs.parent / new_name).read_bytes()
-            r = measure(old, new, Path(tmp), args.step, args.device_ram, args.code, args.secure)
+            r = measure(old, new, Path(tmp), args.step, args.device_ram, args.code, args.secure,
+                        args.session)  # fmt: skip
             r["pair"] = f"{old_name} -> {new_name}"
             rows.append(r)
             if r["ok"]:
-                print(f"{r['pair']}: min heap {r['min_heap'] // 1024} KiB, live peak "
-                      f"{r['live_peak']} B (modules {r['code']} B, install {r['install_peak']} B), "
-                      f"{r['seconds']:.1f} s; at {r['below']['heap'] // 1024} KiB: "
-                      f"{r['below']['reason']}"
+                what = (f"live peak {r['live_peak']} B (modules {r['code']} B, install "
+                        f"{r['install_peak']} B), {r['seconds']:.1f} s" if "live_peak" in r
+                        else f"push {r['seconds']:.1f} s in 1 MiB")  # fmt: skip
+                print(f"{r['pair']}: min heap {r['min_heap'] // 1024} KiB, {what}; at "
+                      f"{r['below']['heap'] // 1024} KiB: {r['below']['reason']}"
                       f"{', after writing' if r['below']['wrote'] else ', nothing written'}",
                       flush=True)  # fmt: skip
             else:
