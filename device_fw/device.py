@@ -251,7 +251,9 @@ class Device:
         """Factory-flash a device: table, state and ``image``, as ESP-IDF's flashing
         does: into the factory app with otadata left blank if the table has one
         (the bootloader boots it), else into ota_0, selected VALID."""
-        parts = P.parse_csv(partitions_csv or P.DEFAULT_CSV, flash_size=size)
+        from . import partition_csv as PC  # factory flashing only: a device never reads a CSV
+
+        parts = PC.parse_csv(partitions_csv or PC.DEFAULT_CSV, flash_size=size)
         _otadata, slots = P.ota_layout(parts)
         factory = P.factory_of(parts)
         first = factory if factory is not None else slots[0]
@@ -266,7 +268,7 @@ class Device:
                 raise DeviceError(R.BAD_KEY, "trusted keys must be raw 32-byte Ed25519 keys")
         flash = Flash.create(path, size)  # locked before it clears the file
         try:
-            P.write_table(flash, parts)
+            PC.write_table(flash, parts)
             flash.erase_range(first.offset, (len(image) + 4095) // 4096 * 4096)
             for pos in range(0, len(image), HASH_CHUNK):
                 flash.write(first.offset + pos, image[pos : pos + HASH_CHUNK])

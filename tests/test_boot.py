@@ -4,6 +4,7 @@ import shutil
 import pytest
 from otaferry.device_fw import boot as bt
 from otaferry.device_fw import otadata as od
+from otaferry.device_fw import partition_csv as pc
 from otaferry.device_fw import partitions as pt
 from otaferry.device_fw.flash import SECTOR_SIZE, Flash, PowerCut
 from otaferry.device_fw.reasons import BAD_STATE, NO_OTA_SLOT, DeviceError
@@ -17,7 +18,7 @@ ota_0,    app,  ota_0,   0x10000, 64K,
 ota_1,    app,  ota_1,   0x20000, 64K,
 """
 FLASH_SIZE = 0x30000
-PARTS = pt.parse_csv(CSV, flash_size=FLASH_SIZE)
+PARTS = pc.parse_csv(CSV, flash_size=FLASH_SIZE)
 SLOTS = pt.ota_layout(PARTS)[1]
 IMG_A = bytes(range(256)) * 24  # 6 KiB: the factory-flashed image in ota_0
 IMG_B = bytes(255 - b for b in IMG_A) + b"new"  # the update
@@ -51,7 +52,7 @@ def factory(tmp_path):
     """A freshly flashed device: table, ota_0 = IMG_A, blank otadata."""
     path = str(tmp_path / "factory.bin")
     f = Flash.create(path, FLASH_SIZE)
-    pt.write_table(f, PARTS)
+    pc.write_table(f, PARTS)
     f.write(SLOTS[0].offset, IMG_A)
     f.close()
     return path
@@ -164,7 +165,7 @@ def test_seed_table_cannot_boot_ota(tmp_path):
            "factory, app, factory, 0x10000, 1M,\n"
     f = Flash.create(str(tmp_path / "s.bin"), 0x200000)
     with pytest.raises(DeviceError) as ei:
-        bt.boot(f, pt.parse_csv(seed))
+        bt.boot(f, pc.parse_csv(seed))
     assert ei.value.reason == NO_OTA_SLOT
     f.close()
 

@@ -16,7 +16,7 @@ from otaferry.device_fw import reasons as R
 from otaferry.device_fw.device import Device
 from otaferry.device_fw.flash import PowerCut
 from otaferry.device_fw.installer import install_stream
-from otaferry.device_fw.partitions import parse_csv
+from otaferry.device_fw.partition_csv import parse_csv
 from otaferry.device_fw.reasons import DeviceError
 from otaferry.protocol.artifact import HEADER_SIZE, build_full
 from otaferry.protocol.keys import SigningKey

@@ -1,6 +1,7 @@
 import hashlib
 
 import pytest
+from otaferry.device_fw import partition_csv as pc
 from otaferry.device_fw import partitions as pt
 from otaferry.device_fw.flash import Flash
 from otaferry.device_fw.reasons import NO_OTA_SLOT, PARTITION_TABLE, DeviceError
@@ -31,7 +32,7 @@ def reason(exc_info):
 
 
 def test_seed_table_parses_but_cannot_do_ota():
-    parts = pt.parse_csv(SEED_CSV)
+    parts = pc.parse_csv(SEED_CSV)
     assert [(p.label, p.type, p.subtype, p.offset, p.size) for p in parts] == [
         ("nvs", 1, 2, 0x9000, 0x6000),
         ("phy_init", 1, 1, 0xF000, 0x1000),
@@ -46,7 +47,7 @@ def test_seed_table_parses_but_cannot_do_ota():
 
 
 def test_default_table():
-    parts = pt.parse_csv(pt.DEFAULT_CSV, flash_size=pt.DEFAULT_FLASH_SIZE)
+    parts = pc.parse_csv(pc.DEFAULT_CSV, flash_size=pt.DEFAULT_FLASH_SIZE)
     otadata, slots = pt.ota_layout(parts)
     assert (otadata.offset, otadata.size) == (0xD000, 0x2000)
     assert [(s.label, s.offset, s.size) for s in slots] == [
@@ -56,11 +57,11 @@ def test_default_table():
 
 
 def test_two_ota_table_and_slot_order():
-    parts = pt.parse_csv(TWO_OTA_CSV)
+    parts = pc.parse_csv(TWO_OTA_CSV)
     _, slots = pt.ota_layout(parts)
     assert [s.ota_index for s in slots] == [0, 1]
     # slots listed out of subtype order still come back in subtype order
-    swapped = pt.parse_csv(TWO_OTA_CSV.replace("ota_0,    app,  ota_0", "x,    app,  ota_1")
+    swapped = pc.parse_csv(TWO_OTA_CSV.replace("ota_0,    app,  ota_0", "x,    app,  ota_1")
                            .replace("ota_1,    app,  ota_1", "y,    app,  ota_0"))
     assert [s.label for s in pt.ota_layout(swapped)[1]] == ["y", "x"]
 
@@ -76,7 +77,7 @@ def test_auto_offsets_suffixes_spaces_and_flags():
     storage, Data, 0x99, , 1M, encrypted:readonly
     custom, 0x40, 7, , 4096, readonly
     """
-    parts = pt.parse_csv(csv)
+    parts = pc.parse_csv(csv)
     got = [(p.label, p.type, p.subtype, p.offset, p.size, p.flags) for p in parts]
     assert got == [
         ("nvs", 1, 2, 0x9000, 0x6000, 0),
@@ -89,14 +90,14 @@ def test_auto_offsets_suffixes_spaces_and_flags():
 
 
 def test_auto_offset_alignment():
-    parts = pt.parse_csv("a, data, nvs, , 0x3000\nb, data, phy, , 0x10\nc, data, phy, , 0x10\n"
+    parts = pc.parse_csv("a, data, nvs, , 0x3000\nb, data, phy, , 0x10\nc, data, phy, , 0x10\n"
                          "app0, app, ota_0, , 64K\n")
     assert [p.offset for p in parts] == [0x9000, 0xC000, 0xD000, 0x10000]
 
 
 def test_subtype_names_and_numbers():
     csv = "".join(f"o{i}, app, ota_{i}, , 64K\n" for i in range(16))
-    parts = pt.parse_csv(csv + "t, app, test, , 64K\nd, data, , , 4K\n")
+    parts = pc.parse_csv(csv + "t, app, test, , 64K\nd, data, , , 4K\n")
     assert [p.subtype for p in parts[:16]] == list(range(0x10, 0x20))
     assert parts[16].subtype == 0x20
     assert parts[17].subtype == 0x06  # empty data subtype -> undefined
@@ -104,7 +105,7 @@ def test_subtype_names_and_numbers():
              "undefined": 6, "fat": 0x81, "spiffs": 0x82}
     for name, value in names.items():
         size = "0x2000" if name == "ota" else "0x3000"
-        assert pt.parse_csv(f"x, data, {name}, , {size}\n")[0].subtype == value
+        assert pc.parse_csv(f"x, data, {name}, , {size}\n")[0].subtype == value
 
 
 @pytest.mark.parametrize(
@@ -130,21 +131,21 @@ def test_subtype_names_and_numbers():
 )
 def test_csv_errors(csv, words):
     with pytest.raises(DeviceError) as ei:
-        pt.parse_csv(csv)
+        pc.parse_csv(csv)
     assert reason(ei) == PARTITION_TABLE
     assert words in ei.value.message
 
 
 def test_flash_size_check():
     with pytest.raises(DeviceError) as ei:
-        pt.parse_csv(TWO_OTA_CSV, flash_size=2 * 1024 * 1024)
+        pc.parse_csv(TWO_OTA_CSV, flash_size=2 * 1024 * 1024)
     assert "beyond" in ei.value.message
 
 
 def test_binary_layout_and_round_trip():
-    parts = pt.parse_csv(pt.DEFAULT_CSV)
+    parts = pc.parse_csv(pc.DEFAULT_CSV)
     parts[0].flags = pt.FLAG_ENCRYPTED
-    data = pt.to_binary(parts)
+    data = pc.to_binary(parts)
     assert len(data) == 0xC00
     first = data[:32]
     assert first[:2] == b"\xaa\x50" and first[2:4] == b"\x01\x02"
@@ -161,16 +162,16 @@ def test_binary_layout_and_round_trip():
 
 def test_binary_known_answer_two_ota():
     # Entry bytes for "ota_0, app, ota_0, 0x110000, 1M" as gen_esp32part.py packs them.
-    parts = pt.parse_csv(TWO_OTA_CSV)
-    data = pt.to_binary(parts)
+    parts = pc.parse_csv(TWO_OTA_CSV)
+    data = pc.to_binary(parts)
     expected = (b"\xaa\x50\x00\x10" + b"\x00\x00\x11\x00" + b"\x00\x00\x10\x00"
                 + b"ota_0" + b"\x00" * 11 + b"\x00" * 4)
     assert data[4 * 32 : 5 * 32] == expected
 
 
 def test_binary_errors():
-    parts = pt.parse_csv(pt.DEFAULT_CSV)
-    data = bytearray(pt.to_binary(parts))
+    parts = pc.parse_csv(pc.DEFAULT_CSV)
+    data = bytearray(pc.to_binary(parts))
     bad_md5 = bytearray(data)
     bad_md5[5 * 32 + 20] ^= 1
     bad_entry = bytearray(data)
@@ -189,32 +190,32 @@ def test_binary_with_valid_md5_still_checked():
     a = pt.Partition("a", 1, 2, 0x9000, 0x4000)
     b = pt.Partition("b", 1, 1, 0xA000, 0x1000)
     with pytest.raises(DeviceError) as ei:
-        pt.from_binary(pt.to_binary([a, b]))
+        pt.from_binary(pc.to_binary([a, b]))
     assert "overlaps" in ei.value.message
 
 
 def test_too_many_entries():
     # as gen_esp32part.py: entries + MD5 row must stay below 0xC00 (room for the end marker)
     parts = [pt.Partition(f"p{i}", 1, 0x81, 0x9000 + i * 0x1000, 0x1000) for i in range(94)]
-    assert pt.from_binary(pt.to_binary(parts)) == parts
+    assert pt.from_binary(pc.to_binary(parts)) == parts
     with pytest.raises(DeviceError):
-        pt.to_binary([*parts, pt.Partition("x", 1, 0x81, 0x100000, 0x1000)])
+        pc.to_binary([*parts, pt.Partition("x", 1, 0x81, 0x100000, 0x1000)])
 
 
 def test_ota_layout_needs_contiguous_slots():
     csv = "otadata, data, ota, , 0x2000\na, app, ota_0, , 64K\nb, app, ota_2, , 64K\n"
     with pytest.raises(DeviceError) as ei:
-        pt.ota_layout(pt.parse_csv(csv))
+        pt.ota_layout(pc.parse_csv(csv))
     assert reason(ei) == NO_OTA_SLOT
     one = "otadata, data, ota, , 0x2000\na, app, ota_0, , 64K\n"
     with pytest.raises(DeviceError) as ei:
-        pt.ota_layout(pt.parse_csv(one))
+        pt.ota_layout(pc.parse_csv(one))
     assert "fewer than two" in ei.value.message and "no otadata" not in ei.value.message
 
 
 def test_table_on_flash(tmp_path):
     f = Flash.create(str(tmp_path / "f.bin"), pt.DEFAULT_FLASH_SIZE)
-    parts = pt.parse_csv(pt.DEFAULT_CSV)
-    pt.write_table(f, parts)
+    parts = pc.parse_csv(pc.DEFAULT_CSV)
+    pc.write_table(f, parts)
     assert pt.read_table(f) == parts
     f.close()
