@@ -208,3 +208,27 @@ def test_push_to_device_run_under_micropython_over_a_pty(tmp_path):
         assert running["version"] == "newer" and running["state"] == "VALID"
         slot = d.active_slot()
         assert bytes(d.flash.read(slot.offset, len(newer))) == newer
+
+
+def test_device_run_in_too_small_a_heap_says_why_in_one_line(tmp_path):
+    """``device run --runtime micropython`` in a heap that cannot hold an
+    install stops at power-on with the CLI's one error line and the device's
+    reason, its flash untouched."""
+    path = flash(tmp_path, secure=True)
+    before = Path(path).read_bytes()
+    host_name, dev_name = str(tmp_path / "gw"), str(tmp_path / "dev")
+    line = _otaferry("linesim", host_name, dev_name,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "otaferry", "device", "run", "--runtime", "micropython",
+             "--code", "romfs", "--heap", str(100 * 1024), "--port", dev_name, "--flash", path],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        line.terminate()
+        line.wait(10)
+    assert run.returncode == 1, run.stdout + run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("otaferry: error[RESOURCE_LIMIT]: "), run.stderr
+    assert Path(path).read_bytes() == before

@@ -342,15 +342,34 @@ def _device_run_micropython(args: argparse.Namespace) -> int:
     argv = mp_argv(["serve", args.flash, args.port, str(args.mtu or 1024), *flags],
                    args.heap or DEFAULT_HEAP, args.code)  # fmt: skip
     out = subprocess.DEVNULL if args.quiet else sys.stderr
-    child = subprocess.Popen(argv, env=mp_env(args.code), stdout=out, stderr=out)
+    # stdout: the one JSON line mp_run ends with (the device's reason when it stops)
+    child = subprocess.Popen(argv, env=mp_env(args.code), stdout=subprocess.PIPE, stderr=out,
+                             text=True)  # fmt: skip
 
     def _pass_on(signum: int, _frame: object) -> None:
         child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, _pass_on)
     signal.signal(signal.SIGINT, _pass_on)
-    code = child.wait()
-    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else 1
+    said = child.communicate()[0] or ""
+    code = child.returncode
+    if code in (0, -signal.SIGTERM, -signal.SIGINT):
+        return 0
+    import json
+
+    for line in reversed(said.strip().splitlines()):
+        try:
+            end = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(end, dict) and not end.get("ok", True):
+            name = str(end.get("reason_name", ""))
+            reason = Reason[name] if name in Reason.__members__ else Reason.IO_ERROR
+            raise OtaferryError(f"the device under micropython stopped: {end.get('message')}",
+                                reason)  # fmt: skip
+        break
+    raise OtaferryError(f"micropython exited with status {code}: {said.strip()[-200:]}",
+                        Reason.IO_ERROR)  # fmt: skip
 
 
 PORT_APPEAR_S = 10.0  # a path that is not there yet (a line simulator starting): wait this long
