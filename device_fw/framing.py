@@ -73,6 +73,11 @@ class FrameDecoder:
         self.discarding = False
         self.bad_frames = 0
 
+    def reset(self):
+        """Drop the frame being read (bytes up to the next delimiter are discarded)."""
+        self.buf = bytearray()
+        self.discarding = True
+
     def feed(self, data):
         bodies = []
         for b in bytes(data):

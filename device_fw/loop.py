@@ -126,7 +126,13 @@ class DeviceLoop:
         endpoint = self.endpoint
         if endpoint is not None:
             handshakes = endpoint.stats["handshakes"]
-            reply, body = endpoint.receive(packet, now)
+            try:
+                reply, body = endpoint.receive(packet, now)
+            except MemoryError:  # this packet is lost (the sender repeats it)
+                import gc
+
+                gc.collect()
+                return out
             if reply is not None:
                 out.append(reply)
             if (
@@ -190,7 +196,12 @@ class StreamLoop:
     def feed(self, data, now):
         """Bytes from the port in; bytes for the port out (b"" for none)."""
         out = []
-        for packet in self.decoder.feed(data):
+        try:
+            packets = self.decoder.feed(data)
+        except MemoryError:  # the frame being read is lost (the sender repeats it)
+            self.decoder.reset()
+            return b""
+        for packet in packets:
             out.extend(self.loop.receive(packet, now))
         return self._wire(out)
 

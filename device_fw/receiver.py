@@ -179,9 +179,21 @@ class Receiver:
             out = self._dispatch(code, poll, f)
         except DeviceError as exc:
             # e.g. a flash or store error outside the installer's own checks:
-            # the session cannot go on; say why and forget it.
+            # the session cannot go on; say why and forget it (and the segment
+            # being assembled: its chunks may be what it failed on).
             self._drop_session()
+            self._tag = self._bits = None
             out = [F.abort(exc.reason, F.truncate_message(exc.message, self.mtu - 8))]
+        except MemoryError:
+            # a heap too small or too split for this session (a MicroPython
+            # port): the same, and the device lives on; what is in flash is
+            # what a power cut would leave (the progress record resumes it)
+            self._drop_session()
+            self._tag = self._bits = None
+            import gc
+
+            gc.collect()
+            out = [F.abort(R.RESOURCE_LIMIT, "out of memory")]
         self.stats["replies"] += len(out)
         return out
 

@@ -503,6 +503,38 @@ def test_interrupted_session_resumes_without_resending_finished_segments(
     assert passive_bytes(flash, len(new)) == new
 
 
+def test_out_of_memory_mid_update_aborts_the_session_and_the_device_lives_on(
+    tmp_path: Path, simba: Firmware
+) -> None:
+    """A MemoryError inside the device's session (a MicroPython heap too split
+    for a decoder's window) is an ABORT with RESOURCE_LIMIT, not a crash: the
+    same Receiver answers the next session, which resumes from the progress
+    record and completes."""
+    old, new, art = simba
+    flash = make_flash(tmp_path / "f.bin", old)
+    decoded: list[int] = []
+
+    def hook(index: int) -> None:
+        if index == 4 and not decoded.count(-1):
+            decoded.append(-1)
+            raise MemoryError("memory allocation failed, allocating 8192 bytes")
+        decoded.append(index)
+
+    up, down = lines()
+    with Device(str(flash)) as dev:
+        rx = RX.Receiver(dev, decode_hook=hook)
+        sim1 = Sim(sender_for(art), rx, up, down)
+        sim1.run()
+        assert sim1.of(Failed) == [Failed(Reason.RESOURCE_LIMIT, "device aborted: out of memory")]
+        assert rx.phase == RX.IDLE
+        assert dev.progress()["next"] == 4  # what was verified before stays
+        sim2 = Sim(sender_for(art, session_id=0xC0FFEE), rx, *lines())
+        sim2.run()
+    assert sim2.of(Accepted) == [Accepted(4)]
+    assert sim2.of(Completed) and decoded[:5] == [0, 1, 2, 3, -1] and decoded[5] == 4
+    assert passive_bytes(flash, len(new)) == new
+
+
 def test_a_different_update_starts_over(tmp_path: Path, simba: Firmware) -> None:
     old, new, art = simba
     flash = make_flash(tmp_path / "f.bin", old)
