@@ -73,8 +73,15 @@ def _deflate_zlib(payload, out_size, window_log, write, buf):
         raise ValueError("deflate: %s" % exc)
 
 
-class _Reader:
-    """A stream over a buffer (no copy of the payload), for DeflateIO."""
+try:
+    from io import IOBase as _Stream  # a Python stream C code can read (MicroPython too)
+except ImportError:  # pragma: no cover
+    _Stream = object
+
+
+class _Reader(_Stream):
+    """A stream over a buffer (no copy of the payload), for DeflateIO: a
+    BytesIO copies the segment into a new 8 KB block each time."""
 
     def __init__(self, data):
         self.data = memoryview(data)
@@ -87,15 +94,29 @@ class _Reader:
         return n
 
 
+LEND = []  # callables that free memory idle during a full install (device_fw/mp_run.py)
+SPARE = []  # [the block that keeps the window's place between segments]
+DEFLATE_STATE = 2048  # DeflateIO's state besides its window (~1.7 KB measured)
+
+
 def _deflate_mpy(payload, out_size, window_log, write, buf):
-    import io
+    import gc
 
     _check_wbits(window_log)
-    try:
-        src = io.BytesIO(payload)
-    except TypeError:  # pragma: no cover
-        src = _Reader(payload)
-    d = _deflate.DeflateIO(src, _deflate.RAW, window_log)
+    # DeflateIO allocates 2**window_log bytes of window and ~1.7 KB of state for
+    # every segment. In a heap that small objects have split, a fresh 8 KB block
+    # soon does not exist (a full install died for an 8 KB window with 83 KB
+    # free), so LEND frees what is idle now (the delta applier's tables: a full
+    # install and a delta are never applied at once), and after each segment a
+    # SPARE block takes the window's place at once, before the session's small
+    # objects can split it (they did, by the 35th segment); it goes just before
+    # the next window is made.
+    spare = len(SPARE[0]) if SPARE else (1 << window_log) + DEFLATE_STATE
+    for free in LEND:
+        free()
+    SPARE[:] = []
+    gc.collect()
+    d = _deflate.DeflateIO(_Reader(payload), _deflate.RAW, window_log)
     view = memoryview(buf)
     done = 0
     try:
@@ -112,6 +133,13 @@ def _deflate_mpy(payload, out_size, window_log, write, buf):
         raise ValueError("deflate: %r" % (exc,))
     finally:
         d.close()
+        if LEND:  # a port that budgets its heap (the others need no spare)
+            d = None
+            gc.collect()
+            try:
+                SPARE.append(bytearray(spare))
+            except MemoryError:  # pragma: no cover - the next segment looks for its own
+                pass
 
 
 FULL = {}

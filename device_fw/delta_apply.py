@@ -19,7 +19,7 @@ typing, no f-strings; only ``array`` from the standard library.
 import sys
 from array import array
 
-from .reasons import DECODE_ERROR, DeviceError
+from .reasons import DECODE_ERROR, RESOURCE_LIMIT, DeviceError
 
 CODEC = "fdelta1"
 CODEC2 = "fdelta2"  # fdelta1 + a per-segment branch predictor (SPEC 7.7)
@@ -123,6 +123,22 @@ def reserved_chunk():
     for t in _TABLES.values():
         return t[4]
     return None
+
+
+def reserved():
+    """True while tables are held (reserve, or an earlier segment)."""
+    return bool(_TABLES)
+
+
+def ensure(codec):
+    """The tables for ``codec`` now, before anything is erased: a heap that
+    cannot hold them refuses the delta (RESOURCE_LIMIT) instead of running out
+    at its first segment."""
+    try:
+        _tables(codec)
+    except MemoryError:
+        release()
+        raise DeviceError(RESOURCE_LIMIT, "no room in the heap for the %s tables" % codec)
 
 
 def release():

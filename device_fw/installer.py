@@ -205,6 +205,9 @@ class Installer:
                     "delta needs %d bytes of RAM, this device allows %d"
                     % (need, limits.get("ram_budget", DEFAULT_RAM_BUDGET)),
                 )
+            from .delta_apply import ensure
+
+            ensure(m["codec"])  # its tables held before anything is erased
             return
         if (
             biggest > limits["max_segment_payload"]

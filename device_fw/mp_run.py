@@ -128,10 +128,14 @@ def reserve_early():
 
     gc.collect()
     before = gc.mem_alloc()
+    from . import codecs, platform
+
     try:
         delta_apply.reserve()
         buf = bytearray(EARLY_PAYLOAD)
+        platform.SCRATCH.append(bytearray(4096))  # the power-on reads: store, partition table
     except MemoryError:
+        platform.SCRATCH[:] = []
         delta_apply.release()
         gc.collect()
         raise DeviceError(RESOURCE_LIMIT, "heap too small for an install: %d B free, the "
@@ -139,10 +143,22 @@ def reserve_early():
                               gc.mem_free(), delta_apply.ram_budget(EARLY_PAYLOAD,
                                                                     codec=delta_apply.CODEC3)))
     _EARLY[:] = [buf, gc.mem_alloc() - before]
+    codecs.LEND.append(delta_apply.release)  # idle while a full image is decoded
 
 
 def open_device(flash_path, sampled=True):
     reserve_early()
+    from . import delta_apply
+
+    if not delta_apply.reserved():  # lent to a full install before this reset
+        from . import codecs
+
+        codecs.SPARE[:] = []
+        gc.collect()
+        try:
+            delta_apply.reserve()
+        except MemoryError:  # a delta's accept tries again, and refuses if it must
+            delta_apply.release()
     from .device import Device
     from .ports.sim import SimPlatform
 
@@ -374,6 +390,7 @@ def cmd_serve(flash_path, port_path, mtu=1024, lifecycle=True, checkin_timeout=1
         elif kind == "port":
             say("port %s failed (%s)" % (port_path, detail["error"]))
         else:
+            gc.collect()
             say("%s (frames %d, bad %d, segments %d, heap %d)" % (
                 kind, detail["frames"], detail["bad_frames"], detail["segments"],
                 gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0))  # fmt: skip
@@ -414,6 +431,8 @@ def main(argv):
     args = [a for a in argv[1:] if not a.startswith("--")]
     _COLLECT[0] = "--hwm" in flags
     try:
+        if cmd in ("install", "replay", "serve"):
+            reserve_early()  # before the command's own imports
         result = _run(cmd, args, flags)
     except DeviceError as exc:  # the device could not open (a heap too small for it)
         result = _error(exc)

@@ -87,7 +87,7 @@ def md5(data):
     """The MD5 digest of ``data``: hashlib's where it has one, else ours."""
     if hasattr(hashlib, "md5"):
         return hashlib.md5(data).digest()
-    return _md5_pure(data)
+    return _md5_pure(bytes(data))
 
 
 class Partition:
@@ -177,14 +177,14 @@ def check(parts, table_offset=TABLE_OFFSET, flash_size=None):
 
 def from_binary(data, table_offset=TABLE_OFFSET):
     """Parse and check a binary table; the MD5 row is required."""
-    data = bytes(data[:TABLE_MAX_LEN])
+    data = memoryview(data)[:TABLE_MAX_LEN]  # rows copied one at a time, not the table
     parts = []
     for pos in range(0, len(data) - ENTRY_SIZE + 1, ENTRY_SIZE):
-        row = data[pos : pos + ENTRY_SIZE]
+        row = bytes(data[pos : pos + ENTRY_SIZE])
         if row[:2] == MD5_MAGIC[:2]:
             if row[:16] != MD5_MAGIC or row[16:] != md5(data[:pos]):
                 raise _err("partition table MD5 does not match (row at 0x%x)" % pos, offset=pos)
-            end = data[pos + ENTRY_SIZE : pos + 2 * ENTRY_SIZE]
+            end = bytes(data[pos + ENTRY_SIZE : pos + 2 * ENTRY_SIZE])
             if end and end != b"\xff" * len(end):
                 raise _err("data after the MD5 row at 0x%x" % pos, offset=pos)
             check(parts, table_offset)
@@ -257,4 +257,10 @@ def factory_of(parts):
 
 
 def read_table(flash, offset=TABLE_OFFSET):
+    from .platform import SCRATCH
+
+    if SCRATCH and len(SCRATCH[0]) >= TABLE_MAX_LEN:  # read into, not a 3 KB allocation
+        data = memoryview(SCRATCH[0])[:TABLE_MAX_LEN]
+        flash.readinto(offset, data)
+        return from_binary(data, offset)
     return from_binary(flash.read(offset, TABLE_MAX_LEN), offset)

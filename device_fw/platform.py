@@ -32,6 +32,12 @@ once locked (the running image), any write or erase at all.
 
 from .reasons import FlashError
 
+# [a buffer of at least 4 KiB] that a port with one device per interpreter and a
+# small heap lends for the sector-sized reads at power-on (the store's scan, the
+# partition table), read into instead of allocated: device_fw/mp_run.py. Empty:
+# each read allocates (several devices in one process must not share one).
+SCRATCH = []
+
 
 class Slot:
     """One OTA slot over a ``region`` (read / write / erase_sector by address).

@@ -20,6 +20,7 @@ import struct
 
 from . import mpack
 from .flash import SECTOR_SIZE
+from .platform import SCRATCH
 from .reasons import RESOURCE_LIMIT, DeviceError
 
 MAGIC = b"ST"
@@ -84,8 +85,13 @@ class Store:
         best = None  # (seq, sector, body)
         top = 0  # highest seq of any record, valid or not: new records go above it
         frees = []
+        buf = SCRATCH[0] if SCRATCH and len(SCRATCH[0]) == SECTOR_SIZE else None
         for i in range(self.sectors):
-            data = self.flash.read(self.offset + i * SECTOR_SIZE, SECTOR_SIZE)
+            if buf is None:
+                data = self.flash.read(self.offset + i * SECTOR_SIZE, SECTOR_SIZE)
+            else:
+                self.flash.readinto(self.offset + i * SECTOR_SIZE, buf)
+                data = buf
             records, free = scan_sector(data)
             frees.append(free)
             for seq, body in records:

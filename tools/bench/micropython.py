@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ...device_fw.device import DEFAULT_LIMITS, Device
-from ...protocol.artifact import build_delta
+from ...protocol.artifact import build_delta, build_full
 from ...protocol.errors import Reason
 from ...protocol.keys import SigningKey
 from ...protocol.x25519keys import LinkPrivateKey
@@ -88,7 +88,7 @@ def _session(flash: Path, ota: Path, work: Path, heap: int, code: str = "source"
     cli = [sys.executable, "-m", "otaferry"]
     line = subprocess.Popen([*cli, "linesim", "--baud", "2000000", str(host), str(dev)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    procs = [line]
+    procs: list[subprocess.Popen[Any]] = [line]
     try:
         deadline = time.monotonic() + 20
         while not (host.exists() and dev.exists()):
@@ -145,7 +145,7 @@ def _session(flash: Path, ota: Path, work: Path, heap: int, code: str = "source"
 
 def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 65536,
             code: str = "source", secure: bool = False,
-            session: bool = False) -> dict[str, Any]:  # fmt: skip
+            session: bool = False, full_image: bool = False) -> dict[str, Any]:  # fmt: skip
     flash = work / "flash.bin"
     size = max(4 << 20, 1 << (2 * len(old) + 0x20000).bit_length())
     csv = ("nvs, data, nvs, 0x9000, 0x4000,\notadata, data, ota, 0xd000, 0x2000,\n"
@@ -159,9 +159,13 @@ def measure(old: bytes, new: bytes, work: Path, step: int, device_ram: int = 655
                        limits=dict(DEFAULT_LIMITS, ram_budget=device_ram)) as dev:  # fmt: skip
         if not secure:
             dev.provision(require_secure=False)
-    ota = work / "delta.ota"
-    ota.write_bytes(build_delta(old, new, KEY, hw=["hw"], chip="chip", version="new",
-                                device_ram=device_ram))  # fmt: skip
+    ota = work / "update.ota"
+    if full_image:  # the new image whole, in the codec MicroPython decodes
+        ota.write_bytes(build_full(new, KEY, hw=["hw"], chip="chip", version="new",
+                                   codec="deflate"))  # fmt: skip
+    else:
+        ota.write_bytes(build_delta(old, new, KEY, hw=["hw"], chip="chip", version="new",
+                                    device_ram=device_ram))  # fmt: skip
 
     def probe(heap: int, hwm: bool = False) -> dict[str, Any]:
         if session:
@@ -225,6 +229,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--session", action="store_true",
                     help="a push over a real pty pair to the device's main loop (mp_run serve) "
                          "instead of the offline install")  # fmt: skip
+    ap.add_argument("--full", action="store_true",
+                    help="the new image as a full deflate artifact instead of the delta")
     args = ap.parse_args(argv)
     pairs = read_pairs(args.pairs)[: args.only]
     rows = []
@@ -233,7 +239,7 @@ def main(argv: list[str]) -> int:
             old = (args.pairs.parent / old_name).read_bytes()
             new = (args.pairs.parent / new_name).read_bytes()
             r = measure(old, new, Path(tmp), args.step, args.device_ram, args.code, args.secure,
-                        args.session)  # fmt: skip
+                        args.session, args.full)  # fmt: skip
             r["pair"] = f"{old_name} -> {new_name}"
             rows.append(r)
             if r["ok"]:
