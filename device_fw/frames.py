@@ -42,6 +42,9 @@ FEATURE_COMPACT = 2  # takes compact DATA frames (and the short sealed record)
 FEATURE_COMMIT = 8  # commits by itself once the last segment is written (SPEC 8.9)
 FEATURES = FEATURE_BATCH | FEATURE_COMPACT | FEATURE_COMMIT
 FEATURE_RESUME = 4  # resumes the secure channel after the reboot (SPEC 8.9): a link-key device
+# HELLO field 18 (SPEC 8.3): the delta RAM budget (SPEC 7.6), sent only when not this
+# default (installer.DEFAULT_RAM_BUDGET, device.DEFAULT_LIMITS["ram_budget"]).
+DEFAULT_RAM_BUDGET = 65536
 # OfferBlob field 4 (SPEC 8.8): what the sender uses in this session.
 OFFER_BATCH = 1
 OFFER_COMPACT = 2
@@ -264,9 +267,14 @@ def encode_hello_info(info):
     # SHA-256, check-in nonce] while the running image awaits its check-in;
     # failed = [update id, reason] of the last update that rolled back.
     # Field 17 (SPEC 8.8): the features bitmask, sent only when not 0 (nil for
-    # 15 and 16 then if they are not set).
+    # 15 and 16 then if they are not set). Field 18 (SPEC 8.3): the delta RAM
+    # budget, sent only when not DEFAULT_RAM_BUDGET (17 is then 0 if unset: a
+    # reader of 17 takes an int there).
     tail = []
-    if info.get("features"):
+    ram = info.get("ram_budget", DEFAULT_RAM_BUDGET)
+    if ram != DEFAULT_RAM_BUDGET:
+        tail = [None, None, info.get("features") or 0, ram]
+    elif info.get("features"):
         tail = [None, None, info["features"]]
     if info.get("failed_uid") is not None:
         tail = [None, [info["failed_uid"], info["failed_reason"]]] + tail[2:]
@@ -310,6 +318,7 @@ def decode_hello_info(blob):
     pending = items[14] if len(items) > 14 else None
     failed = items[15] if len(items) > 15 else None
     features = _int("features", items[16], 0, U32) if len(items) > 16 else 0
+    ram = _int("ram_budget", items[17], 0, U32) if len(items) > 17 else DEFAULT_RAM_BUDGET
     if pending is not None and (not isinstance(pending, list) or len(pending) != 3):
         raise _bad("hello pending must be nil or [uid, sha256, nonce]")
     if failed is not None and (not isinstance(failed, list) or len(failed) != 2):
@@ -336,6 +345,7 @@ def decode_hello_info(blob):
         "failed_uid": None if failed is None else _bin("failed uid", failed[0], 16, 16),
         "failed_reason": None if failed is None else _int("failed reason", failed[1], 0, 255),
         "features": features,
+        "ram_budget": ram,
     }
 
 

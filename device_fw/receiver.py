@@ -305,6 +305,9 @@ class Receiver:
             "resume_uid": progress.get("uid"),
             "resume_next": progress.get("next"),
             "features": F.FEATURES | self.extra_features,
+            # what the installer checks a delta against (SPEC 7.6), so the host can
+            # refuse before the offer; on the wire only when not the default
+            "ram_budget": limits.get("ram_budget", F.DEFAULT_RAM_BUDGET),
         }
         pending = dev.pending_checkin()
         if pending is not None:

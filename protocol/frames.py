@@ -51,6 +51,9 @@ FEATURE_BATCH = 1  # it acknowledges DATA per poll and per segment, not per gap
 FEATURE_COMPACT = 2  # it takes compact DATA frames and the short sealed record
 FEATURE_RESUME = 4  # it resumes the secure channel after the reboot (SPEC 8.9, 9.11)
 FEATURE_COMMIT = 8  # it commits by itself once the last segment is written (SPEC 8.9)
+# SPEC 8.3: HELLO field 18, the delta RAM budget (SPEC 7.6) a device announces only
+# when it is not this default (protocol.delta.DEFAULT_DEVICE_RAM, what builds target).
+DEFAULT_RAM_BUDGET = 65536
 # ... and OfferBlob field 4, what the sender uses in this session.
 OFFER_BATCH = 1
 OFFER_COMPACT = 2
@@ -522,9 +525,10 @@ class HelloInfo:
 
     Encoded as the msgpack array ``[version, device_id, hw, chip, running_version,
     running_sha256, security_counter, slot_size, max_frame, codecs, max_window_log,
-    max_segment_payload, max_offer, resume]`` where ``resume`` is nil or
-    ``[update_id, next_segment]``. Later versions may append fields; a reader
-    ignores elements past the ones it knows.
+    max_segment_payload, max_offer, resume (, pending (, failed (, features
+    (, ram_budget))))]`` where ``resume`` is nil or ``[update_id, next_segment]``.
+    Later versions may append fields; a reader ignores elements past the ones it
+    knows.
     """
 
     device_id: bytes
@@ -549,6 +553,7 @@ class HelloInfo:
     failed_uid: bytes | None = None  # the last update that rolled back ...
     failed_reason: int | None = None  # ... and why (SELF_TEST_FAILED, CHECKIN_TIMEOUT, ...)
     features: int = 0  # field 17 (SPEC 8.8): FEATURE_BATCH | FEATURE_COMPACT
+    ram_budget: int = DEFAULT_RAM_BUDGET  # field 18 (SPEC 8.3): the delta RAM budget (7.6)
 
     FIELDS = 14
 
@@ -585,6 +590,7 @@ class HelloInfo:
             _bytes("failed uid", self.failed_uid, UID_SIZE, UID_SIZE)
             _int("failed reason", self.failed_reason, 0, 255)
         _int("features", self.features, 0, U32_MAX)
+        _int("ram_budget", self.ram_budget, 0, U32_MAX)
 
     def encode(self) -> bytes:
         resume = None if self.resume_uid is None else [self.resume_uid, self.resume_next]
@@ -609,7 +615,15 @@ class HelloInfo:
         )
 
     def _tail(self) -> list[Any]:
-        tail: list[Any] = [None, None, self.features] if self.features else []
+        # Each optional field is on the wire only when it differs from its default,
+        # so a hello without them is what a version-1 device sends; an earlier one
+        # is filled in (nil for 15-16, 0 for 17, which a reader of 17 takes as an
+        # int) only when a later one is there.
+        tail: list[Any] = []
+        if self.ram_budget != DEFAULT_RAM_BUDGET:
+            tail = [None, None, self.features, self.ram_budget]
+        elif self.features:
+            tail = [None, None, self.features]
         if self.failed_uid is not None:
             tail = [None, [self.failed_uid, self.failed_reason], *tail[2:]]
         if self.pending_uid is not None:
@@ -630,6 +644,7 @@ class HelloInfo:
         pending = items[14] if len(items) > 14 else None
         failed = items[15] if len(items) > 15 else None
         features = items[16] if len(items) > 16 else 0
+        ram_budget = items[17] if len(items) > 17 else DEFAULT_RAM_BUDGET
         if pending is not None and (not isinstance(pending, list) or len(pending) != 3):
             raise _bad("hello pending must be nil or [update_id, sha256, nonce]")
         if failed is not None and (not isinstance(failed, list) or len(failed) != 2):
@@ -657,6 +672,7 @@ class HelloInfo:
                 failed_uid=None if failed is None else _bytes("failed uid", failed[0]),
                 failed_reason=None if failed is None else failed[1],
                 features=features,
+                ram_budget=ram_budget,
             )
         except TypeError as exc:
             raise _bad(str(exc)) from None

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeAlias
 
-from .artifact import ArtifactReader
+from .artifact import ArtifactReader, device_ram_bytes
 from .errors import DecodeError, ProtocolError, Reason
 from .frames import (
     FEATURE_BATCH,
@@ -338,8 +338,17 @@ def precheck(manifest: Manifest, info: HelloInfo) -> tuple[Reason, str] | None:
         )
     biggest = max(e.length for e in manifest.segments)
     # The hello's buffer size is for full-image segments (SPEC section 4); a
-    # delta's RAM need (section 7.6) is checked by the device from the signed
-    # segment table, so it is not pre-judged here.
+    # delta's RAM need (section 7.6) is held to the budget in HELLO field 18
+    # (65,536 when a device does not send it). The device checks it again from the
+    # signed segment table: it is the authority, this only saves the offer's air.
+    if manifest.payload_kind == PAYLOAD_DELTA:
+        need = device_ram_bytes(manifest)
+        if need > info.ram_budget:
+            return (
+                Reason.RESOURCE_LIMIT,
+                f"delta needs {need} bytes of RAM, the device allows {info.ram_budget}: "
+                f"rebuild it with otaferry build --base ... --device-ram {info.ram_budget}",
+            )
     if manifest.payload_kind == PAYLOAD_FULL and max(biggest, manifest.segment_size) > (
         info.max_segment_payload
     ):

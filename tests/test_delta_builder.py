@@ -6,6 +6,7 @@ several times, and the real corpus belongs to ``otaferry bench delta``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from otaferry.device_fw.delta_apply import apply_segment
 from otaferry.device_fw.delta_apply import ram_budget as device_ram_budget
-from otaferry.protocol.artifact import build_delta, build_full
+from otaferry.protocol.artifact import build_delta, build_full, device_ram_bytes
 from otaferry.protocol.delta import (
     DEFAULT_DEVICE_RAM,
     encode_delta_for_device,
@@ -117,6 +118,33 @@ def test_the_sender_picks_the_smaller_of_delta_and_full() -> None:
     small = build_delta(old, bytes(near), KEY, hw=["hw"], chip="c", version="3")
     big_full = build_full(bytes(near), KEY, hw=["hw"], chip="c", version="3")
     assert choose_artifact([big_full, small], info) is small
+
+
+def test_the_sender_skips_a_delta_above_the_devices_ram_budget() -> None:
+    """HELLO field 18 (SPEC 8.3): a device that allows less RAM than a delta needs
+    gets the full image (or a delta built for its budget), and with full images not
+    allowed the refusal says how to rebuild, not that no delta matched."""
+    rng = random.Random(7)
+    old = rng.randbytes(32 * 1024)
+    new = rng.randbytes(20 * 1024) + old[20 * 1024 :]  # no compression: big payloads
+    wide = build_delta(old, new, KEY, hw=["hw"], chip="c", version="2", codecs=["fdelta1"])
+    need = device_ram_bytes(Artifact.parse(wide).manifest)
+    assert 60_000 < need <= 65_536
+    fitted = build_delta(old, new, KEY, hw=["hw"], chip="c", version="2", codecs=["fdelta1"],
+                         device_ram=60_000)  # fmt: skip
+    full = build_full(new, KEY, hw=["hw"], chip="c", version="2")
+    assert len(wide) < len(fitted) < len(full)
+    default, small = _hello(old), dataclasses.replace(_hello(old), ram_budget=60_000)
+    assert choose_artifact([full, wide], default) is wide
+    assert choose_artifact([full, wide], small) is full
+    assert choose_artifact([full, wide, fitted], small) is fitted
+    with pytest.raises(RemoteError) as exc:
+        choose_artifact([full, wide], small, allow_full=False)
+    assert exc.value.reason == Reason.RESOURCE_LIMIT
+    assert exc.value.message == (
+        f"the delta needs {need} bytes of RAM, the device allows 60000: "
+        "rebuild it with otaferry build --base ... --device-ram 60000"
+    )
 
 
 def test_cli_build_warns_when_the_delta_is_not_smaller(

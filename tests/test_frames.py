@@ -100,7 +100,7 @@ HELLO_DEVICE = {
     "slot_size": 0x100000, "max_frame": 1024, "codecs": ["zstd", "lzrc"], "max_window_log": 13,
     "max_segment_payload": 8256, "max_offer": 16384, "resume_uid": bytes(range(16, 32)),
     "resume_next": 7, "pending_uid": None, "pending_sha256": None, "pending_nonce": None,
-    "failed_uid": None, "failed_reason": None, "features": 0,
+    "failed_uid": None, "failed_reason": None, "features": 0, "ram_budget": 65536,
 }
 # A pending image awaiting its check-in, on a device whose previous update rolled back.
 CHECKIN_INFO = dataclasses.replace(
@@ -119,6 +119,10 @@ OFFER_BLOB = OfferBlob(1017, b"\x8f\x01\x01", SIG)
 FEATURES_INFO = dataclasses.replace(HELLO_INFO, features=3)
 FEATURES_DEVICE = dict(HELLO_DEVICE, features=3)
 OFFER_BLOB_FLAGS = OfferBlob(40, b"\x8f\x01\x01", SIG, flags=3)
+# SPEC 8.3: a device whose delta RAM budget is not the default 65,536 says so in field 18
+# (nil for 15-16 and 0 for 17 when those are unset).
+RAM_INFO = dataclasses.replace(HELLO_INFO, ram_budget=60000)
+RAM_DEVICE = dict(HELLO_DEVICE, ram_budget=60000)
 
 # name, host value, device encoder, device decoder (result compared with `expected`)
 BLOB_VECTORS: list[tuple[str, HelloInfo | OfferBlob, Any, Any]] = [
@@ -130,6 +134,8 @@ BLOB_VECTORS: list[tuple[str, HelloInfo | OfferBlob, Any, Any]] = [
      lambda b: D.decode_offer_blob(b) == (1017, b"\x8f\x01\x01", SIG, 0)),
     ("hello_info_features", FEATURES_INFO, lambda: D.encode_hello_info(FEATURES_DEVICE),
      lambda b: D.decode_hello_info(b) == FEATURES_DEVICE),
+    ("hello_info_ram", RAM_INFO, lambda: D.encode_hello_info(RAM_DEVICE),
+     lambda b: D.decode_hello_info(b) == RAM_DEVICE),
     ("offer_blob_flags", OFFER_BLOB_FLAGS,
      lambda: D.encode_offer_blob(40, b"\x8f\x01\x01", SIG, 3),
      lambda b: D.decode_offer_blob(b) == (40, b"\x8f\x01\x01", SIG, 3)),
@@ -310,6 +316,7 @@ def test_round_trip_every_frame_both_codecs(frame: Frame) -> None:
         security_counter=u32, slot_size=u32, max_frame=st.integers(1, 0xFFFF_FFFF),
         codecs=st.lists(text, max_size=4).map(tuple),
         max_window_log=st.integers(0, 63), max_segment_payload=u32, max_offer=u32,
+        features=st.just(0) | u32, ram_budget=st.just(65536) | u32,
     )
 )
 def test_hello_info_round_trip(info: HelloInfo) -> None:
@@ -318,13 +325,57 @@ def test_hello_info_round_trip(info: HelloInfo) -> None:
     view = D.decode_hello_info(blob_bytes)
     assert view["hw"] == info.hw and view["codecs"] == list(info.codecs)
     assert view["resume_uid"] is None
+    assert (view["features"], view["ram_budget"]) == (info.features, info.ram_budget)
+    # the device's encoder gives the same bytes from the same fields
+    assert D.encode_hello_info(view) == blob_bytes
+
+
+def test_hello_ram_budget_is_field_18_only_when_not_the_default() -> None:
+    """SPEC 8.3: a default device's hello is unchanged (no field 18); another budget
+    goes after 17, which is then 0 (an int, so a reader of 17 takes it), and a reader
+    that stops at 17 sees the same hello with the default budget."""
+    assert len(msgpack.unpackb(HELLO_INFO.encode())) == 14
+    assert len(msgpack.unpackb(FEATURES_INFO.encode())) == 17
+    items = msgpack.unpackb(RAM_INFO.encode())
+    assert items[14:] == [None, None, 0, 60000]
+    assert msgpack.unpackb(dataclasses.replace(RAM_INFO, features=3).encode())[16:] == [3, 60000]
+    up_to_17 = msgpack.packb(items[:17], use_bin_type=True)
+    assert HelloInfo.decode(up_to_17) == HELLO_INFO
+    assert D.decode_hello_info(up_to_17) == HELLO_DEVICE
+
+
+def test_the_default_ram_budget_is_one_number() -> None:
+    """Field 18 is left off for the budget builds target and devices assume: the
+    host's and the device's codecs, the installer, the device's limits and the
+    builder must mean the same 65,536."""
+    from otaferry.device_fw import installer
+    from otaferry.device_fw.device import DEFAULT_LIMITS
+    from otaferry.protocol import frames as H
+    from otaferry.protocol.delta import DEFAULT_DEVICE_RAM
+
+    assert H.DEFAULT_RAM_BUDGET == D.DEFAULT_RAM_BUDGET == installer.DEFAULT_RAM_BUDGET
+    assert H.DEFAULT_RAM_BUDGET == DEFAULT_LIMITS["ram_budget"] == DEFAULT_DEVICE_RAM == 65536
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32, "60000", None, 1.5])
+def test_hello_ram_budget_out_of_range_is_a_bad_frame(bad: Any) -> None:
+    items = msgpack.unpackb(RAM_INFO.encode())
+    blob_bytes = msgpack.packb([*items[:17], bad], use_bin_type=True)
+    with pytest.raises(DecodeError) as host:
+        HelloInfo.decode(blob_bytes)
+    assert host.value.reason == Reason.BAD_FRAME
+    with pytest.raises(DeviceError) as dev:
+        D.decode_hello_info(blob_bytes)
+    assert dev.value.reason == R.BAD_FRAME
+    with pytest.raises(DecodeError):
+        dataclasses.replace(HELLO_INFO, ram_budget=bad)
 
 
 def test_hello_info_ignores_appended_fields() -> None:
     items = msgpack.unpackb(HELLO_INFO.encode())
-    # fields 15-16 (check-in) absent as nil, 17 (features, SPEC 8.8) 0, then one a later
-    # version may add
-    longer = msgpack.packb([*items, None, None, 0, "a later field"], use_bin_type=True)
+    # fields 15-16 (check-in) absent as nil, 17 (features, SPEC 8.8) 0, 18 (RAM budget,
+    # SPEC 8.3) the default, then one a later version may add
+    longer = msgpack.packb([*items, None, None, 0, 65536, "a later field"], use_bin_type=True)
     assert HelloInfo.decode(longer) == HELLO_INFO
     assert D.decode_hello_info(longer)["resume_next"] == 7
 

@@ -162,6 +162,54 @@ def test_the_delta_budget_follows_the_heap(tmp_path):
     assert seen[512, 65536] == 65536
 
 
+def test_the_hello_announces_the_budget_the_device_checks(tmp_path):
+    """HELLO field 18 (SPEC 8.3) from the real interpreter: a device provisioned
+    with a 60,000-byte delta budget announces at power-on the budget it then checks
+    deltas against; from that HELLO alone the host's precheck refuses a delta that
+    the device, sent it anyway, refuses with the same reason, the flash untouched."""
+    import random
+
+    from otaferry.device_fw.device import DEFAULT_LIMITS
+    from otaferry.protocol.artifact import device_ram_bytes
+    from otaferry.protocol.frames import HelloInfo, decode_frame
+    from otaferry.protocol.framing import FrameDecoder
+    from otaferry.protocol.manifest import Manifest
+    from otaferry.protocol.session import precheck, split_artifact
+
+    rng = random.Random(7)  # a change that does not compress: segments needing > 60,000 B
+    old = rng.randbytes(32 * 1024)
+    new = rng.randbytes(20 * 1024) + old[20 * 1024 :]
+    ota = build_delta(old, new, KEY, hw=["hw"], chip="chip", version="new", security_counter=1,
+                      codecs=["fdelta1"])  # fmt: skip
+    manifest = Manifest.decode(split_artifact(ota)[0])
+    assert 60_000 < device_ram_bytes(manifest) <= 65_536
+    (tmp_path / "d.ota").write_bytes(ota)
+    path = str(tmp_path / "f.bin")
+    Device.create(path, hw="hw", chip="chip", trusted_keys=[KEY.public.raw], image=old,
+                  version="old", gateways=[GATEWAY.public.raw],
+                  limits=dict(DEFAULT_LIMITS, ram_budget=60_000)).close()  # fmt: skip
+    with Device(path) as d:
+        d.provision(require_secure=False)  # plaintext: it says HELLO unasked at power-on
+    (tmp_path / "none.bin").write_bytes(b"")
+    out = tmp_path / "out.bin"
+    r = mp("replay", path, str(tmp_path / "none.bin"), str(out), SEED, code="romfs")
+    assert r["ok"] and r["ram_budget"] == 60_000, r
+    power_on = parse_records(out.read_bytes())[0]
+    parts = [decode_frame(body) for body in FrameDecoder().feed(power_on)]
+    info = HelloInfo.decode(b"".join(p.chunk for p in parts))
+    assert info.ram_budget == r["ram_budget"]
+    assert precheck(manifest, info) == (
+        Reason.RESOURCE_LIMIT,
+        f"delta needs {device_ram_bytes(manifest)} bytes of RAM, the device allows 60000: "
+        "rebuild it with otaferry build --base ... --device-ram 60000",
+    )
+    before = Path(path).read_bytes()
+    r = mp("install", path, str(tmp_path / "d.ota"), code="romfs")
+    assert (r["ok"], r["reason_name"], r["ram_budget"]) == (False, "RESOURCE_LIMIT", 60_000), r
+    assert "this device allows 60000" in r["message"]
+    assert Path(path).read_bytes() == before
+
+
 def _otaferry(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "otaferry", *args], **kw)
 

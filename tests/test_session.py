@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,11 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from otaferry.device_fw import receiver as RX
 from otaferry.device_fw.device import Device
 from otaferry.device_fw.flash import PowerCut
-from otaferry.protocol.artifact import HEADER_SIZE, assemble, build_full
+from otaferry.protocol.artifact import (
+    HEADER_SIZE,
+    assemble,
+    build_delta,
+    build_full,
+    device_ram_bytes,
+)
 from otaferry.protocol.errors import DecodeError, IntegrityError, Reason
 from otaferry.protocol.frames import (
     Abort,
     Data,
+    HelloInfo,
     Offer,
     OfferBlob,
     Query,
@@ -641,6 +649,71 @@ def test_every_hostile_artifact_is_rejected_before_any_data(
             assert sim.sent[Offer] == 0, name  # not even the manifest crossed
         with Device(str(flash)) as dev:
             assert dev.info()["next_boot_slot"] == 0, name
+
+
+# A device whose delta RAM budget is below the default 65,536 (a MicroPython heap may
+# allow less, device_fw/mp_run.py heap_payload): it says so in HELLO field 18.
+RAM_LIMITS = {"max_window_log": 13, "max_segment_payload": 8256, "ram_budget": 60_000}
+
+
+def _ram_pair() -> tuple[bytes, bytes]:
+    """Random bytes over the first 20 KiB of the new image: a change that does not
+    compress, so the default build's biggest delta segment needs more than 60,000 B."""
+    rng = random.Random(7)
+    old = rng.randbytes(32 * 1024)
+    return old, rng.randbytes(20 * 1024) + old[20 * 1024 :]
+
+
+def _ram_delta(old: bytes, new: bytes, **kw: Any) -> bytes:
+    return build_delta(old, new, KEY, hw=[HW], chip=CHIP, version="new", security_counter=1,
+                       codecs=["fdelta1"], **kw)  # fmt: skip
+
+
+def test_the_hello_carries_the_ram_budget_only_when_not_the_default(tmp_path: Path) -> None:
+    """SPEC 8.3 field 18: a default device's HELLO is what it was (17 fields, no
+    budget: the golden vectors and LoRa figures stand); a 60,000-byte device sends it."""
+    for limits, fields, budget in ((None, 17, 65536), (RAM_LIMITS, 18, 60_000)):
+        flash = make_flash(tmp_path / f"f{fields}.bin", TINY, limits=limits)
+        with Device(str(flash)) as dev:
+            replies = RX.Receiver(dev).receive_frame(Query(5).encode(), 0.0)
+        blob = b"".join(decode_frame(r).chunk for r in replies)  # type: ignore[union-attr]
+        assert len(msgpack.unpackb(blob)) == fields
+        assert HelloInfo.decode(blob).ram_budget == budget
+
+
+@pytest.mark.parametrize("precheck", [True, False])
+def test_a_delta_above_the_announced_ram_budget_is_refused_before_the_offer(
+    tmp_path: Path, precheck: bool
+) -> None:
+    """The sender holds a delta's RAM need (SPEC 7.6) to the HELLO's budget and
+    refuses it locally, before the manifest crosses, saying how to rebuild; without
+    the precheck the device refuses it itself (it is the authority), flash untouched.
+    Rebuilt for that budget, as the message says, the delta installs."""
+    old, new = _ram_pair()
+    art = _ram_delta(old, new)
+    need = device_ram_bytes(Manifest.decode(split_artifact(art)[0]))
+    assert 60_000 < need <= 65_536  # a default device would take it
+    flash = make_flash(tmp_path / "f.bin", old, limits=RAM_LIMITS)
+    before = passive_bytes(flash, len(new))
+    sim = transfer(flash, art, precheck=precheck)
+    assert [e.info.ram_budget for e in sim.of(DeviceInfo)] == [60_000]
+    (rejected,) = sim.of(Rejected)
+    assert (rejected.reason, rejected.local) == (Reason.RESOURCE_LIMIT, precheck)
+    assert sim.of(Completed) == [] and sum(sim.data_sent.values()) == 0
+    if precheck:
+        assert sim.sent[Offer] == 0  # not even the manifest crossed
+        assert rejected.message == (
+            f"delta needs {need} bytes of RAM, the device allows 60000: "
+            "rebuild it with otaferry build --base ... --device-ram 60000"
+        )
+    else:
+        assert f"delta needs {need} bytes of RAM, this device allows 60000" in rejected.message
+    assert passive_bytes(flash, len(new)) == before
+    rebuilt = _ram_delta(old, new, device_ram=60_000)
+    assert device_ram_bytes(Manifest.decode(split_artifact(rebuilt)[0])) <= 60_000
+    sim = transfer(flash, rebuilt, precheck=precheck)
+    assert sim.sender.phase is Phase.DONE and sim.of(Rejected) == []
+    assert passive_bytes(flash, len(new)) == new
 
 
 def test_device_refuses_chunks_its_frames_cannot_carry_before_touching_flash(

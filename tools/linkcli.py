@@ -450,6 +450,7 @@ async def _device_query(args: argparse.Namespace) -> int:
         "passive_slot_size": info.slot_size,
         "max_frame": info.max_frame,
         "codecs": list(info.codecs),
+        "delta_ram_budget": info.ram_budget,  # what a delta may need (SPEC 7.6, HELLO field 18)
         "update_in_progress": None if info.resume_uid is None else {
             "update_id": info.resume_uid.hex(), "next_segment": info.resume_next},
         "pending_checkin": None if info.pending_uid is None else {

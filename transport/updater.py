@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Self, TypeVar
 
-from ..protocol.artifact import HEADER_SIZE, ArtifactReader
+from ..protocol.artifact import HEADER_SIZE, ArtifactReader, device_ram_bytes
 from ..protocol.errors import (
     DecodeError,
     OtaferryError,
@@ -135,14 +135,17 @@ def choose_artifact(
     base, the full image can be, and on a slow link bytes are time. On a tie
     the delta goes.
 
-    Full images count only in a codec the device's hello announces.
+    Full images count only in a codec the device's hello announces, deltas only
+    within the RAM budget it announces (HELLO field 18, SPEC 7.6).
     Raises RemoteError(WRONG_BASE) when no delta fits and full images are not
-    allowed (metered links), UNSUPPORTED_CODEC when the only full images are in
-    codecs it does not decode, WRONG_HW when there is nothing for it at all.
+    allowed (metered links), RESOURCE_LIMIT when the only deltas that match need
+    more RAM than the device allows, UNSUPPORTED_CODEC when the only full images
+    are in codecs it does not decode, WRONG_HW when there is nothing for it at all.
     """
     deltas: list[tuple[int, bytes | Artifact]] = []
     fulls: list[tuple[int, bytes | Artifact]] = []
     undecodable: list[str] = []  # codecs of full images the device does not decode
+    too_big: list[int] = []  # RAM needs of matching deltas above the device's budget
     for ota in candidates:
         # size: what crosses the link, manifest + signature + payload, either way
         if isinstance(ota, Artifact):
@@ -154,7 +157,11 @@ def choose_artifact(
             continue
         if m.payload_kind == PAYLOAD_DELTA:
             if m.base_sha256 == info.running_sha256 and m.codec in info.codecs:
-                deltas.append((size, ota))
+                need = device_ram_bytes(m)
+                if need > info.ram_budget:
+                    too_big.append(need)
+                else:
+                    deltas.append((size, ota))
         elif m.codec in info.codecs:  # a full image only in a codec the device decodes
             fulls.append((size, ota))
         else:
@@ -162,6 +169,13 @@ def choose_artifact(
     if deltas or (fulls and allow_full):
         pool = deltas + (fulls if allow_full else [])
         return min(pool, key=lambda t: t[0])[1]  # min keeps the first: deltas win ties
+    if too_big:
+        raise RemoteError(
+            f"the delta needs {min(too_big)} bytes of RAM, the device allows "
+            f"{info.ram_budget}: rebuild it with otaferry build --base ... --device-ram "
+            f"{info.ram_budget}",
+            Reason.RESOURCE_LIMIT,
+        )
     if fulls:
         raise RemoteError(
             "no delta matches the device's running image and full images are not allowed "
