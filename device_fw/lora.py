@@ -442,6 +442,7 @@ def serve_modem(
     self_test=True,
     checkin=True,
     checkin_timeout="air",
+    open_device=None,
 ):
     """Serve one device behind its modem until ``stop()`` returns True.
 
@@ -450,18 +451,18 @@ def serve_modem(
     ``serve.serve`` (the device resets into an installed update, and a new
     image that sees no check-in answer in time rolls back); ``"air"`` (the
     default) derives the deadline from the radio settings and the duty cycle
-    (``checkin_timeout_for``).
+    (``checkin_timeout_for``). ``open_device()``: the Device at every
+    power-on, as for ``serve.serve`` (a MicroPython port's, device_fw/mp_run.py).
     """
     from .device import Device
     from .loop import power_up
+    from .serve import monotonic_clock
 
     if clock is None:
-        import time
-
-        clock = time.monotonic
+        clock = monotonic_clock()  # MicroPython has no time.monotonic
     loop = None
     while stop is None or not stop():
-        device = Device(flash_path)
+        device = Device(flash_path) if open_device is None else open_device()
         try:
             silent = power_up(device, lifecycle, self_test, checkin, on_event)
             loop = ModemLoop(device, kind, address, radio, mtu, on_event, time_scale, duty_cycle,

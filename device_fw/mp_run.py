@@ -1,6 +1,9 @@
 """device_fw's entry points under the MicroPython unix port (and CPython):
 
     micropython -m device_fw.mp_run serve FLASH PORT [MTU]      the device main loop on a tty
+    micropython -m device_fw.mp_run serve-lora FLASH PORT MODEM ADDRESS SF BW CR PREAMBLE FREQ
+                REGION [--mtu=N] [--time-scale=X] [--duty-cycle=X] [--checkin-timeout=S]
+                [--no-reboot]                                    behind a LoRa modem on a tty
     micropython -m device_fw.mp_run replay FLASH IN OUT [SEED]  a recorded session fed in
     micropython -m device_fw.mp_run install FLASH OTA [--hwm]   an offline install
     micropython -m device_fw.mp_run deflate VECTORS.json        the deflate golden vectors
@@ -419,7 +422,49 @@ def _run(cmd, args, flags):
             if a.startswith("--checkin-timeout="):
                 timeout = float(a.split("=", 1)[1])
         return cmd_serve(args[0], args[1], mtu, lifecycle, timeout)
+    if cmd == "serve-lora":
+        return cmd_serve_lora(args[0], args[1], args[2], args[3], args[4:10], flags)
     return None
+
+
+def cmd_serve_lora(flash_path, port_path, kind, address, radio, flags):
+    """The device behind a LoRa modem on the tty ``port_path`` (``lora.serve_modem``):
+    ``radio`` = sf, bw Hz, cr, preamble, freq Hz, region name."""
+    from .lora import serve_modem
+
+    opts = {}
+    for a in flags:
+        if "=" in a:
+            k, v = a[2:].split("=", 1)
+            opts[k] = v
+    sf, bw, cr, preamble, freq, region = radio
+    bw = float(bw)
+    bw = int(bw) if bw == int(bw) else bw
+    timeout = opts.get("checkin-timeout", "air")
+
+    def on_event(kind_, detail):
+        if kind_ == "ready":
+            sys.stderr.write("device: serving %s on %s via %s address %s (micropython)\n"
+                             % (flash_path, port_path, kind, address))
+        elif kind_ == "boot":
+            for line in detail["log"]:
+                sys.stderr.write("device: boot: %s\n" % line)
+        elif kind_ == "reset":
+            sys.stderr.write("device: reset (%s)\n" % detail["why"])
+        else:
+            sys.stderr.write("device: %s (frames %d, segments %d)\n"
+                             % (kind_, detail["frames"], detail["segments"]))
+
+    _WORK[0] = SERVE_WORK
+    serve_modem(flash_path, TtyPort(port_path), kind, int(address),
+                (int(sf), bw, int(cr), int(preamble), int(freq), region),
+                mtu=int(opts["mtu"]) if "mtu" in opts else None, on_event=on_event,
+                time_scale=float(opts.get("time-scale", "1")),
+                duty_cycle=float(opts["duty-cycle"]) if "duty-cycle" in opts else None,
+                lifecycle="--no-reboot" not in flags,
+                checkin_timeout=timeout if timeout == "air" else float(timeout),
+                open_device=lambda: open_device(flash_path))  # fmt: skip
+    return {"ok": True}
 
 
 def main(argv):
@@ -431,7 +476,7 @@ def main(argv):
     args = [a for a in argv[1:] if not a.startswith("--")]
     _COLLECT[0] = "--hwm" in flags
     try:
-        if cmd in ("install", "replay", "serve"):
+        if cmd in ("install", "replay", "serve", "serve-lora"):
             reserve_early()  # before the command's own imports
         result = _run(cmd, args, flags)
     except DeviceError as exc:  # the device could not open (a heap too small for it)

@@ -328,19 +328,27 @@ def _device_run_micropython(args: argparse.Namespace) -> int:
     from .args import UsageError
     from .mpy import DEFAULT_HEAP, mp_argv, mp_env
 
-    if args.lora_modem or args.fail_self_test or args.no_checkin:
-        raise UsageError("--runtime micropython serves a UART: no --lora-modem, "
-                         "--fail-self-test or --no-checkin")  # fmt: skip
+    if args.fail_self_test or args.no_checkin:
+        raise UsageError("--runtime micropython: no --fail-self-test or --no-checkin")
     deadline = time.monotonic() + PORT_APPEAR_S
     while not os.path.exists(args.port):
         if time.monotonic() > deadline:
             raise OtaferryError(f"no port {args.port}", Reason.IO_ERROR)
         time.sleep(0.1)
-    flags = [f"--checkin-timeout={args.checkin_timeout or 120.0}"]
+    flags = [f"--checkin-timeout={args.checkin_timeout or ('air' if args.lora_modem else 120.0)}"]
     if args.no_reboot:
         flags.append("--no-reboot")
-    argv = mp_argv(["serve", args.flash, args.port, str(args.mtu or 1024), *flags],
-                   args.heap or DEFAULT_HEAP, args.code)  # fmt: skip
+    if args.lora_modem:  # device_fw/lora.py behind the modem, under micropython
+        params, plan, freq = radio(args)
+        flags += [f"--time-scale={args.time_scale}"]
+        flags += [f"--mtu={args.mtu}"] if args.mtu else []
+        flags += [f"--duty-cycle={args.duty_cycle}"] if args.duty_cycle is not None else []
+        cmd = ["serve-lora", args.flash, args.port, args.lora_modem, str(args.address),
+               str(params.sf), str(params.bw), str(params.cr), str(params.preamble), str(freq),
+               plan.name, *flags]  # fmt: skip
+    else:
+        cmd = ["serve", args.flash, args.port, str(args.mtu or 1024), *flags]
+    argv = mp_argv(cmd, args.heap or DEFAULT_HEAP, args.code)
     out = subprocess.DEVNULL if args.quiet else sys.stderr
     # stdout: the one JSON line mp_run ends with (the device's reason when it stops)
     child = subprocess.Popen(argv, env=mp_env(args.code), stdout=subprocess.PIPE, stderr=out,
