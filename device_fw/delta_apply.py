@@ -136,13 +136,30 @@ def ensure(codec):
     at its first segment."""
     try:
         _tables(codec)
+        return
+    except MemoryError:
+        release()
+    import gc
+
+    from . import codecs  # the block a full install kept for its window: idle now
+
+    codecs.SPARE[:] = []
+    gc.collect()
+    try:
+        _tables(codec)
     except MemoryError:
         release()
         raise DeviceError(RESOURCE_LIMIT, "no room in the heap for the %s tables" % codec)
 
 
+_KEPT_CHUNK = []  # the output chunk of released tables: the installer may share it
+
+
 def release():
-    """Drop the reserved tables (a heap too small to hold them all)."""
+    """Drop the reserved tables (lent to a full install, or a heap too small to
+    hold them all); their output chunk is kept for the next ones."""
+    for t in _TABLES.values():
+        _KEPT_CHUNK[:] = [t[4]]
     _TABLES.clear()
 
 
@@ -157,8 +174,8 @@ def _tables(codec):
                 t = _TABLES[k]
     if t is None:
         _TABLES.clear()  # one codec's tables at a time
-        t = [_array("H", n), bytearray(n),
-             _array("I", 1 << WBITS), bytearray(1 << WBITS), bytearray(CHUNK)]  # fmt: skip
+        chunk = _KEPT_CHUNK.pop() if _KEPT_CHUNK else bytearray(CHUNK)
+        t = [_array("H", n), bytearray(n), _array("I", 1 << WBITS), bytearray(1 << WBITS), chunk]
         if codec != CODEC:
             t += [_array("i", 1 << EBITS), bytearray(1 << EBITS), bytearray(1 << EBITS),
                   _array("i", 1 << PBITS), bytearray(1 << PBITS)]  # fmt: skip

@@ -33,7 +33,7 @@ from . import otadata as OD
 from . import partitions as P
 from . import reasons as R
 from .flash import SECTOR_SIZE, Flash
-from .platform import Slot
+from .platform import SCRATCH, Slot
 from .reasons import DeviceError, FlashError
 from .store import Store
 
@@ -476,9 +476,15 @@ class Device:
         size = rec["size"]
         if size > slot.size:
             return False
+        # one buffer read into (a lent one on a small heap: 4 KB blocks are what
+        # a split MicroPython heap lacks first, at the boot after an install)
+        buf = SCRATCH[0] if SCRATCH and len(SCRATCH[0]) >= HASH_CHUNK else bytearray(HASH_CHUNK)
+        view = memoryview(buf)
         try:
             for pos in range(0, size, HASH_CHUNK):
-                h.update(slot.read(pos, min(HASH_CHUNK, size - pos)))
+                n = min(HASH_CHUNK, size - pos)
+                slot.readinto(pos, view[:n])
+                h.update(view[:n])
         except DeviceError:
             return False
         return h.digest() == bytes(rec["sha256"])

@@ -205,6 +205,16 @@ class Installer:
                     "delta needs %d bytes of RAM, this device allows %d"
                     % (need, limits.get("ram_budget", DEFAULT_RAM_BUDGET)),
                 )
+            held = reserved_payload()
+            if held is not None and biggest > len(held) and not (GROW and GROW[0](biggest)):
+                # the budget is stated for fdelta3 (the reserved tables'); a codec
+                # with a smaller fixed share fits it with larger segments than the
+                # buffer this heap can hold
+                raise DeviceError(
+                    R.RESOURCE_LIMIT,
+                    "delta segments of up to %d bytes, this device buffers %d"
+                    % (biggest, len(held)),
+                )
             from .delta_apply import ensure
 
             ensure(m["codec"])  # its tables held before anything is erased
@@ -352,6 +362,9 @@ BLOCKING_FAILURES = (R.SELF_TEST_FAILED, R.CHECKIN_TIMEOUT)
 
 _CHUNK = []
 _PAYLOAD = []
+# [grow(n) -> bool]: a port that reserved the payload buffer makes it n bytes
+# if its heap allows, before anything is erased (device_fw/mp_run.py)
+GROW = []
 
 
 def payload_buffer(n, prefer=0):
@@ -410,6 +423,27 @@ def _read_into(stream, view, what):
         got += k
 
 
+def _check_length(stream, segments):
+    """A file shorter than its signed segment table is refused before anything
+    is written (TRUNCATED): it used to be found short only at the segment it
+    ends in, the ones before already written. A stream that cannot seek is
+    read as it comes."""
+    try:
+        here = stream.tell()
+        end = stream.seek(0, 2)
+        stream.seek(here)
+    except (AttributeError, OSError, ValueError):
+        return
+    if end is None:  # pragma: no cover - a seek that returns nothing
+        return
+    need = 0
+    for length, _check in segments:
+        need += length
+    if end - here < need:
+        raise DeviceError(R.TRUNCATED, "artifact ends %d bytes short of its %d segments"
+                          % (need - (end - here), len(segments)))  # fmt: skip
+
+
 def install_stream(device, stream, decode_hook=None):
     """Install an .ota artifact read sequentially from ``stream`` (offline install).
 
@@ -418,7 +452,9 @@ def install_stream(device, stream, decode_hook=None):
     """
     manifest_bytes, signature = M.read_header(stream, max_manifest(device))
     inst = Installer(device, decode_hook)
-    start = inst.begin(manifest_bytes, signature)
+    inst.check(manifest_bytes, signature)
+    _check_length(stream, inst.manifest["segments"])
+    start = inst.start()
     decoded = 0
     # One payload buffer for the whole install, filled with readinto: a fresh
     # bytes object per segment fragments a small heap (MicroPython).

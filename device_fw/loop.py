@@ -120,19 +120,26 @@ class DeviceLoop:
         return []
 
     def receive(self, packet, now):
-        """Feed one packet; return the packets to send back, in order."""
+        """Feed one packet; return the packets to send back, in order.
+
+        Out of memory (a MicroPython heap too split for this packet's objects)
+        loses the packet or its replies, as a lossy medium would: the sender
+        repeats. Inside a session the receiver makes it an ABORT first."""
         out = []
+        try:
+            self._receive(packet, now, out)
+        except MemoryError:
+            import gc
+
+            gc.collect()
+        return out
+
+    def _receive(self, packet, now, out):
         body = packet
         endpoint = self.endpoint
         if endpoint is not None:
             handshakes = endpoint.stats["handshakes"]
-            try:
-                reply, body = endpoint.receive(packet, now)
-            except MemoryError:  # this packet is lost (the sender repeats it)
-                import gc
-
-                gc.collect()
-                return out
+            reply, body = endpoint.receive(packet, now)
             if reply is not None:
                 out.append(reply)
             if (
@@ -154,7 +161,7 @@ class DeviceLoop:
                 for hello in self.receiver.announce():
                     out.append(endpoint.pending.seal(hello))
             if body is None:
-                return out
+                return
         for r in self.receiver.receive_frame(body, now):
             out.append(endpoint.seal(r) if endpoint is not None else r)
         if self.receiver.confirmed:
@@ -166,7 +173,6 @@ class DeviceLoop:
         if self.on_event is not None and self.receiver.phase != self._phase:
             self._phase = self.receiver.phase
             self.on_event(self._phase, dict(self.receiver.stats))
-        return out
 
 
 class StreamLoop:
@@ -206,7 +212,13 @@ class StreamLoop:
         return self._wire(out)
 
     def _wire(self, packets):
-        return b"".join(framing.encode_frame(p) for p in packets)
+        try:
+            return b"".join(framing.encode_frame(p) for p in packets)
+        except MemoryError:  # these replies are lost, as on a lossy line
+            import gc
+
+            gc.collect()
+            return b""
 
 
 def power_up(device, lifecycle, self_test, checkin, on_event):

@@ -493,5 +493,7 @@ def serve_modem(
             if on_event is not None:
                 on_event("reset", {"why": loop.reset_requested})
         finally:
+            if loop is not None:
+                loop.receiver.release()  # its buffers go before the next power-on's are made
             device.close()
     return loop

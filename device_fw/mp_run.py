@@ -1,6 +1,7 @@
 """device_fw's entry points under the MicroPython unix port (and CPython):
 
-    micropython -m device_fw.mp_run serve FLASH PORT [MTU]      the device main loop on a tty
+    micropython -m device_fw.mp_run serve FLASH PORT [MTU] [--no-reboot] [--fail-self-test]
+                [--no-checkin] [--checkin-timeout=S]           the device main loop on a tty
     micropython -m device_fw.mp_run serve-lora FLASH PORT MODEM ADDRESS SF BW CR PREAMBLE FREQ
                 REGION [--mtu=N] [--time-scale=X] [--duty-cycle=X] [--checkin-timeout=S]
                 [--no-reboot]                                    behind a LoRa modem on a tty
@@ -127,12 +128,10 @@ def reserve_early():
     hold an install at all (RESOURCE_LIMIT)."""
     if _EARLY or not hasattr(gc, "mem_alloc"):
         return
-    from . import delta_apply
+    from . import codecs, delta_apply, platform
 
     gc.collect()
     before = gc.mem_alloc()
-    from . import codecs, platform
-
     try:
         delta_apply.reserve()
         buf = bytearray(EARLY_PAYLOAD)
@@ -147,6 +146,26 @@ def reserve_early():
                                                                     codec=delta_apply.CODEC3)))
     _EARLY[:] = [buf, gc.mem_alloc() - before]
     codecs.LEND.append(delta_apply.release)  # idle while a full image is decoded
+    from . import installer
+
+    installer.GROW.append(grow_payload)
+
+
+def grow_payload(n):
+    """The reserved payload buffer made ``n`` bytes, if the heap still leaves
+    the session its working memory then (installer.GROW: a delta in a codec
+    whose segments are larger than fdelta3's for the same budget)."""
+    from . import installer
+
+    gc.collect()
+    if gc.mem_free() - n < _WORK[0]:
+        return False
+    try:
+        buf = bytearray(n)
+    except MemoryError:
+        return False
+    installer.reserve_payload(n, buf)
+    return True
 
 
 def open_device(flash_path, sampled=True):
@@ -294,6 +313,7 @@ def cmd_replay(flash_path, in_path, out_path, mtu=1024):
     per feed, the first for power-on) to ``out_path``."""
     from .loop import StreamLoop
 
+    _WORK[0] = SERVE_WORK  # the main loop's session, as on a UART
     dev = open_device(flash_path)
     feeds = 0
     try:
@@ -363,15 +383,41 @@ class TtyPort:
         self.timeout_ms = timeout_ms
 
     def read(self, n):
-        if not self.poll.poll(self.timeout_ms):
+        ready = self.poll.poll(self.timeout_ms)
+        if not ready:
             return b""
-        return self.f.read(n) or b""
+        data = self.f.read(n)
+        if not data:  # readable, yet nothing: the other end has hung up
+            raise OSError("the tty hung up")
+        return data
 
     def write(self, data):
         self.f.write(data)
 
+    def close(self):
+        try:
+            self.f.close()
+        except OSError:
+            pass
 
-def cmd_serve(flash_path, port_path, mtu=1024, lifecycle=True, checkin_timeout=120.0):
+
+def reopen_tty(path, say):
+    """A new TtyPort on ``path`` once it can be opened again (a line simulator
+    or a USB adapter back), as ``device run`` does on CPython."""
+    import time
+
+    while True:
+        try:
+            port = TtyPort(path)
+        except OSError:
+            time.sleep(0.5)
+            continue
+        say("port %s is back" % path)
+        return port
+
+
+def cmd_serve(flash_path, port_path, mtu=1024, lifecycle=True, checkin_timeout=120.0,
+              self_test=True, checkin=True):  # fmt: skip
     from .serve import serve
 
     said = []
@@ -398,10 +444,17 @@ def cmd_serve(flash_path, port_path, mtu=1024, lifecycle=True, checkin_timeout=1
                 kind, detail["frames"], detail["bad_frames"], detail["segments"],
                 gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0))  # fmt: skip
 
-    port_obj = TtyPort(port_path)
+    ports = [TtyPort(port_path)]
+
+    def reopen():
+        ports[0].close()
+        ports[0] = reopen_tty(port_path, say)
+        return ports[0]
+
     _WORK[0] = SERVE_WORK
-    serve(flash_path, port_obj, mtu=mtu, on_event=on_event, lifecycle=lifecycle,
-          checkin_timeout=checkin_timeout, open_device=lambda: open_device(flash_path))  # fmt: skip
+    serve(flash_path, ports[0], mtu=mtu, on_event=on_event, lifecycle=lifecycle,
+          self_test=self_test, checkin=checkin, checkin_timeout=checkin_timeout, reopen=reopen,
+          open_device=lambda: open_device(flash_path))  # fmt: skip
     return {"ok": True}
 
 
@@ -421,7 +474,8 @@ def _run(cmd, args, flags):
         for a in flags:
             if a.startswith("--checkin-timeout="):
                 timeout = float(a.split("=", 1)[1])
-        return cmd_serve(args[0], args[1], mtu, lifecycle, timeout)
+        return cmd_serve(args[0], args[1], mtu, lifecycle, timeout,
+                         "--fail-self-test" not in flags, "--no-checkin" not in flags)
     if cmd == "serve-lora":
         return cmd_serve_lora(args[0], args[1], args[2], args[3], args[4:10], flags)
     return None
@@ -461,7 +515,8 @@ def cmd_serve_lora(flash_path, port_path, kind, address, radio, flags):
                 mtu=int(opts["mtu"]) if "mtu" in opts else None, on_event=on_event,
                 time_scale=float(opts.get("time-scale", "1")),
                 duty_cycle=float(opts["duty-cycle"]) if "duty-cycle" in opts else None,
-                lifecycle="--no-reboot" not in flags,
+                lifecycle="--no-reboot" not in flags, self_test="--fail-self-test" not in flags,
+                checkin="--no-checkin" not in flags,
                 checkin_timeout=timeout if timeout == "air" else float(timeout),
                 open_device=lambda: open_device(flash_path))  # fmt: skip
     return {"ok": True}

@@ -247,6 +247,13 @@ class Receiver:
             return [frame]
         return []
 
+    def release(self):
+        """Let go of the session and the segment buffer (the device resets):
+        a port that reserved its payload buffer (device_fw/mp_run.py) may then
+        make it again in another size, the old one free."""
+        self._drop_session()
+        self._buf = self._tag = self._bits = None
+
     def _drop_session(self):
         self.phase = IDLE
         self.session_id = None

@@ -104,5 +104,8 @@ def serve(flash_path, port, mtu=1024, clock=None, stop=None, on_event=None, life
             if on_event is not None:
                 on_event("reset", {"why": loop.reset_requested})
         finally:
+            if receiver is not None:
+                receiver.release()  # its buffers go before the next power-on's are made
+            loop = None
             device.close()
     return receiver

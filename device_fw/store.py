@@ -143,6 +143,8 @@ class Store:
             if not self.flash.is_erased(base, SECTOR_SIZE):
                 self.flash.erase_sector(base)
             free = 0
+        kept = dict(state)  # made first: running out of memory after the write would
+        # leave this object behind the flash (every later save over a programmed record)
         self.flash.write(self.offset + sector * SECTOR_SIZE + free, record)
-        self._seq, self._sector, self._state = seq, sector, dict(state)
+        self._seq, self._sector, self._state = seq, sector, kept
         self._free = free + len(record)

@@ -341,14 +341,6 @@ def precheck(manifest: Manifest, info: HelloInfo) -> tuple[Reason, str] | None:
     # delta's RAM need (section 7.6) is held to the budget in HELLO field 18
     # (65,536 when a device does not send it). The device checks it again from the
     # signed segment table: it is the authority, this only saves the offer's air.
-    if manifest.payload_kind == PAYLOAD_DELTA:
-        need = device_ram_bytes(manifest)
-        if need > info.ram_budget:
-            return (
-                Reason.RESOURCE_LIMIT,
-                f"delta needs {need} bytes of RAM, the device allows {info.ram_budget}: "
-                f"rebuild it with otaferry build --base ... --device-ram {info.ram_budget}",
-            )
     if manifest.payload_kind == PAYLOAD_FULL and max(biggest, manifest.segment_size) > (
         info.max_segment_payload
     ):
@@ -361,6 +353,16 @@ def precheck(manifest: Manifest, info: HelloInfo) -> tuple[Reason, str] | None:
         return Reason.ALREADY_INSTALLED, f"the device already runs this image ({manifest.version})"
     if manifest.payload_kind == PAYLOAD_DELTA and manifest.base_sha256 != info.running_sha256:
         return Reason.WRONG_BASE, "delta base is not the image the device runs"
+    # last: a device that already runs the image is done, and a wrong base is
+    # not mended by rebuilding for more RAM
+    if manifest.payload_kind == PAYLOAD_DELTA:
+        need = device_ram_bytes(manifest)
+        if need > info.ram_budget:
+            return (
+                Reason.RESOURCE_LIMIT,
+                f"delta needs {need} bytes of RAM, the device allows {info.ram_budget}: "
+                f"rebuild it with otaferry build --base ... --device-ram {info.ram_budget}",
+            )
     return None
 
 

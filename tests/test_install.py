@@ -225,8 +225,9 @@ def test_every_hostile_artifact_is_rejected_and_nothing_is_lost(
             assert dev.info()["next_boot_slot"] == 0, name
             boot = dev.power_on(self_test=True)
             assert boot["label"] == "ota_0" and boot["version"] == "old", name
-        if reason not in (R.SEGMENT_CORRUPT, R.TRUNCATED, R.MALFORMED):
+        if reason not in (R.SEGMENT_CORRUPT, R.MALFORMED):
             # rejected before any data: not one byte of flash changed except the store
+            # (a file too short for its signed segment table included)
             after = flash.read_bytes()
             assert after[0x10000:] == before[0x10000:], name
         seen.add(reason)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,85 @@ def test_device_run_in_too_small_a_heap_says_why_in_one_line(tmp_path):
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("otaferry: error[RESOURCE_LIMIT]: "), run.stderr
     assert Path(path).read_bytes() == before
+
+
+def _line(a: Path, b: Path) -> subprocess.Popen:
+    proc = _otaferry("linesim", "--baud", "921600", str(a), str(b),
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    for _ in range(200):
+        if a.exists() and b.exists():
+            break
+        time.sleep(0.05)
+    return proc
+
+
+def _wait_log(log: Path, text: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
+def test_device_run_under_micropython_holds_the_flash_and_dies_with_a_power_cut(tmp_path):
+    """As on CPython: while ``device run --runtime micropython`` serves, the
+    flash file is its own (another command is refused BAD_STATE), and SIGKILL
+    of ``device run`` is a power cut: the interpreter under it stops too (it
+    used to go on serving and writing, an orphan)."""
+    path = flash(tmp_path, secure=True)
+    a, b = tmp_path / "gw", tmp_path / "dev"
+    line = _line(a, b)
+    log = tmp_path / "device.log"
+    device = _otaferry("device", "run", "--runtime", "micropython", "--code", "romfs",
+                       "--port", str(b), "--flash", path, stderr=log.open("wb"))  # fmt: skip
+    try:
+        _wait_log(log, "device: serving")
+        boot = subprocess.run([sys.executable, "-m", "otaferry", "device", "boot", "--flash",
+                               path], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert boot.returncode == 1 and "error[BAD_STATE]" in boot.stderr, boot.stderr
+        children = Path(f"/proc/{device.pid}/task/{device.pid}/children").read_text().split()
+        assert len(children) == 1
+        device.kill()
+        device.wait(10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{children[0]}").exists():
+            stat = Path(f"/proc/{children[0]}/stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] == "Z":  # a zombie: dead
+                break
+            assert time.monotonic() < deadline, "the micropython child outlived device run"
+            time.sleep(0.05)
+        with Device(path) as d:  # the lock went with it
+            assert d.info()["running_slot"] == 0
+    finally:
+        if device.poll() is None:
+            device.kill()
+        line.terminate()
+        line.wait(10)
+
+
+def test_device_under_micropython_serves_again_when_its_port_comes_back(tmp_path):
+    """The line simulator stops and starts again (a USB adapter pulled and put
+    back): the device says so, opens the path again and answers."""
+    path = flash(tmp_path, secure=True)
+    a, b = tmp_path / "gw", tmp_path / "dev"
+    line = _line(a, b)
+    log = tmp_path / "device.log"
+    device = _otaferry("device", "run", "--runtime", "micropython", "--code", "romfs",
+                       "--port", str(b), "--flash", path, stderr=log.open("wb"))  # fmt: skip
+    try:
+        _wait_log(log, "device: serving")
+        line.terminate()
+        line.wait(10)
+        _wait_log(log, "failed")
+        assert device.poll() is None, log.read_text()
+        line = _line(a, b)
+        _wait_log(log, "is back")
+        query = subprocess.run([sys.executable, "-m", "otaferry", "device", "query", "--port",
+                                str(a), "--baud", "921600", "--identify"],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert query.returncode == 0, query.stderr + log.read_text()
+        assert "Traceback" not in log.read_text()
+    finally:
+        device.terminate()
+        device.wait(20)
+        line.terminate()
+        line.wait(10)

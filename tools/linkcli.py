@@ -325,11 +325,13 @@ def _device_run_micropython(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from .args import UsageError
+    from ..device_fw.flash import _lock
     from .mpy import DEFAULT_HEAP, mp_argv, mp_env
 
-    if args.fail_self_test or args.no_checkin:
-        raise UsageError("--runtime micropython: no --fail-self-test or --no-checkin")
+    # One flash file, one owner, as on CPython: the lock is taken here and its
+    # file handed to the child, which holds it as long as it runs.
+    held = open(args.flash, "r+b")  # noqa: SIM115 - lives as long as the device
+    _lock(held, args.flash)
     deadline = time.monotonic() + PORT_APPEAR_S
     while not os.path.exists(args.port):
         if time.monotonic() > deadline:
@@ -338,6 +340,10 @@ def _device_run_micropython(args: argparse.Namespace) -> int:
     flags = [f"--checkin-timeout={args.checkin_timeout or ('air' if args.lora_modem else 120.0)}"]
     if args.no_reboot:
         flags.append("--no-reboot")
+    if args.fail_self_test:
+        flags.append("--fail-self-test")
+    if args.no_checkin:
+        flags.append("--no-checkin")
     if args.lora_modem:  # device_fw/lora.py behind the modem, under micropython
         params, plan, freq = radio(args)
         flags += [f"--time-scale={args.time_scale}"]
@@ -352,7 +358,9 @@ def _device_run_micropython(args: argparse.Namespace) -> int:
     out = subprocess.DEVNULL if args.quiet else sys.stderr
     # stdout: the one JSON line mp_run ends with (the device's reason when it stops)
     child = subprocess.Popen(argv, env=mp_env(args.code), stdout=subprocess.PIPE, stderr=out,
-                             text=True)  # fmt: skip
+                             text=True, pass_fds=(held.fileno(),),
+                             preexec_fn=_die_with_parent)  # fmt: skip
+    held.close()  # the child's copy holds the lock now
 
     def _pass_on(signum: int, _frame: object) -> None:
         child.send_signal(signum)
@@ -378,6 +386,22 @@ def _device_run_micropython(args: argparse.Namespace) -> int:
         break
     raise OtaferryError(f"micropython exited with status {code}: {said.strip()[-200:]}",
                         Reason.IO_ERROR)  # fmt: skip
+
+
+def _die_with_parent() -> None:
+    """In the micropython child before it starts: SIGKILL when ``device run``
+    dies, so that SIGKILL of ``device run`` is a power cut of the device, as on
+    CPython (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere a no-op)."""
+    import ctypes
+    import os
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() == 1:  # the parent died before the prctl: die now
+        os._exit(1)
 
 
 PORT_APPEAR_S = 10.0  # a path that is not there yet (a line simulator starting): wait this long
