@@ -363,3 +363,38 @@ def test_device_under_micropython_serves_again_when_its_port_comes_back(tmp_path
         device.wait(20)
         line.terminate()
         line.wait(10)
+
+
+def test_a_new_image_failing_its_self_test_under_micropython_rolls_back(tmp_path):
+    """``device run --runtime micropython --fail-self-test``: the new image
+    fails its self-test at the reset, the bootloader returns to the old one,
+    and the push says so with the device's reason."""
+    path = flash(tmp_path, secure=True)
+    (tmp_path / "gw.key").write_bytes(GATEWAY.to_pem())
+    from otaferry.protocol.x25519keys import LinkPublicKey
+
+    with Device(path, read_only=True) as d:
+        (tmp_path / "dev.pub").write_bytes(LinkPublicKey.from_raw(d.link_public()).to_pem())
+    (tmp_path / "full.ota").write_bytes(artifact("deflate"))
+    a, b = tmp_path / "gw", tmp_path / "dev"
+    line = _line(a, b)
+    device = _otaferry("device", "run", "--runtime", "micropython", "--code", "romfs",
+                       "--fail-self-test", "--port", str(b), "--flash", path,
+                       stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        push = subprocess.run(
+            [sys.executable, "-m", "otaferry", "push", "--port", str(a), "--baud", "921600",
+             "--link-key", str(tmp_path / "gw.key"), "--device-pub", str(tmp_path / "dev.pub"),
+             "--timeout", "120", str(tmp_path / "full.ota")],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    finally:
+        device.terminate()
+        device.wait(20)
+        line.terminate()
+        line.wait(10)
+    assert push.returncode == 1, push.stdout + push.stderr
+    assert "SELF_TEST_FAILED" in push.stderr, push.stderr
+    with Device(path, read_only=True) as d:
+        info = d.info()
+        assert info["slots"][info["running_slot"]]["version"] == "old"
