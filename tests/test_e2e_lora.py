@@ -46,8 +46,11 @@ def _wait_for(path: Path, timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("modem", ["rylr998", "rak3172", "e22"])
-def test_push_over_lora_sim_completes_and_boots(tmp_path: Path, modem: str) -> None:
+@pytest.mark.parametrize(("modem", "runtime"), [("rylr998", "cpython"), ("rak3172", "cpython"),
+                                               ("e22", "cpython"), ("rak3172", "micropython")])
+def test_push_over_lora_sim_completes_and_boots(tmp_path: Path, modem: str, runtime: str) -> None:
+    """(``micropython``: the device's loop behind its modem in the interpreter,
+    ``device run --runtime micropython --lora-modem``, its full image in deflate.)"""
     old, new = _image(1), _image(2)
     flash = tmp_path / "flash.bin"
     Device.create(
@@ -63,76 +66,9 @@ def test_push_over_lora_sim_completes_and_boots(tmp_path: Path, modem: str) -> N
 
     dev_pub.write_bytes(LinkPublicKey.from_raw((tmp_path / "dev.pub").read_bytes()).to_pem())
     ota = tmp_path / "new.ota"
-    ota.write_bytes(build_full(new, KEY, hw=["hw"], chip="chip", version="new", security_counter=1))
-    gw_pty, dev_pty, stats = tmp_path / "gw", tmp_path / "dev1", tmp_path / "STATS.json"
-    sim = subprocess.Popen(
-        [OTAFERRY, "lora-sim", "--modem", modem, *RADIO, "--seed", "5",
-         "--stats", str(stats), str(gw_pty), str(dev_pty)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    device = None
-    log = tmp_path / "device.log"
-    try:
-        _wait_for(dev_pty)
-        _wait_for(gw_pty)
-        device = subprocess.Popen(
-            [OTAFERRY, "device", "run", "--quiet", "--lora-modem", modem, "--address", "1",
-             *RADIO, "--port", str(dev_pty), "--flash", str(flash)],
-            stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-        )  # fmt: skip
-        push = subprocess.run(
-            [OTAFERRY, "push", "--lora-modem", modem, "--to", "1", *RADIO, "--port", str(gw_pty),
-             "--link-key", str(gw_key), "--device-pub", str(dev_pub), "--json-progress",
-             str(ota)],
-            capture_output=True, timeout=90,
-        )  # fmt: skip
-        assert push.returncode == 0, push.stderr.decode() + log.read_text()
-        events = [json.loads(line) for line in push.stdout.splitlines()]
-        kinds = [e["event"] for e in events]
-        # the device resets into the image, which checks in over the air: confirmed
-        assert kinds[-1] == "Confirmed" and "Completed" in kinds and "CheckedIn" in kinds
-    finally:
-        if device is not None:
-            device.send_signal(signal.SIGTERM)
-            device.wait(timeout=10)
-        sim.send_signal(signal.SIGTERM)
-        sim.wait(timeout=10)
-    boot = subprocess.run(
-        [OTAFERRY, "device", "boot", "--json", "--flash", str(flash)], capture_output=True
-    )
-    assert boot.returncode == 0, boot.stderr.decode()
-    booted = json.loads(boot.stdout)
-    assert booted["label"] == "ota_1" and booted["state"] == "VALID"
-    info = subprocess.run(
-        [OTAFERRY, "device", "info", "--json", "--flash", str(flash)], capture_output=True
-    )
-    assert json.loads(info.stdout)["slots"][1]["version"] == "new"
-    report = json.loads(stats.read_text())
-    gw, dv = report["modems"]["0"], report["modems"]["1"]
-    assert gw["tx_packets"] > ota.stat().st_size // 250 and dv["tx_packets"] > 0
-    for one in (gw, dv):
-        assert one["duty_cycle_violations"] == 0 and one["dwell_violations"] == 0
-def test_push_over_lora_sim_to_a_micropython_device(tmp_path: Path) -> None:
-    """The same push over lora-sim, the device's loop behind its modem under
-    ``micropython`` (``device run --runtime micropython --lora-modem``)."""
-    modem = "rak3172"
-    old, new = _image(1), _image(2)
-    flash = tmp_path / "flash.bin"
-    Device.create(
-        str(flash), hw="hw", chip="chip", trusted_keys=[KEY.public.raw], image=old,
-        version="old", gateways=[GATEWAY.public.raw],
-    ).close()  # fmt: skip
-    with Device(str(flash)) as dev:
-        (tmp_path / "dev.pub").write_bytes(dev.link_public())
-    gw_key = tmp_path / "gw.key"
-    gw_key.write_bytes(GATEWAY.to_pem())
-    dev_pub = tmp_path / "dev.pem"
-    from otaferry.protocol.x25519keys import LinkPublicKey
-
-    dev_pub.write_bytes(LinkPublicKey.from_raw((tmp_path / "dev.pub").read_bytes()).to_pem())
-    ota = tmp_path / "new.ota"
+    codec = "deflate" if runtime == "micropython" else "zstd"  # MicroPython has no zstd
     ota.write_bytes(build_full(new, KEY, hw=["hw"], chip="chip", version="new", security_counter=1,
-                               codec="deflate"))
+                               codec=codec))  # fmt: skip
     gw_pty, dev_pty, stats = tmp_path / "gw", tmp_path / "dev1", tmp_path / "STATS.json"
     sim = subprocess.Popen(
         [OTAFERRY, "lora-sim", "--modem", modem, *RADIO, "--seed", "5",
@@ -145,7 +81,7 @@ def test_push_over_lora_sim_to_a_micropython_device(tmp_path: Path) -> None:
         _wait_for(dev_pty)
         _wait_for(gw_pty)
         device = subprocess.Popen(
-            [OTAFERRY, "device", "run", "--runtime", "micropython", "--code", "romfs",
+            [OTAFERRY, "device", "run", "--quiet", "--runtime", runtime, "--code", "romfs",
              "--lora-modem", modem, "--address", "1", *RADIO, "--port", str(dev_pty),
              "--flash", str(flash)],
             stdout=subprocess.DEVNULL, stderr=log.open("wb"),

@@ -300,19 +300,25 @@ def _wait_log(log: Path, text: str, seconds: float = 30) -> None:
         time.sleep(0.05)
 
 
+def _serving(path: str, a: Path, b: Path, log: Path) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """A line simulator, and ``device run --runtime micropython`` on its end
+    ``b`` once it says it serves."""
+    line = _line(a, b)
+    device = _otaferry("device", "run", "--runtime", "micropython", "--code", "romfs",
+                       "--port", str(b), "--flash", path, stderr=log.open("wb"))  # fmt: skip
+    _wait_log(log, "device: serving")
+    return line, device
+
+
 def test_device_run_under_micropython_holds_the_flash_and_dies_with_a_power_cut(tmp_path):
     """As on CPython: while ``device run --runtime micropython`` serves, the
     flash file is its own (another command is refused BAD_STATE), and SIGKILL
     of ``device run`` is a power cut: the interpreter under it stops too (it
     used to go on serving and writing, an orphan)."""
     path = flash(tmp_path, secure=True)
-    a, b = tmp_path / "gw", tmp_path / "dev"
-    line = _line(a, b)
-    log = tmp_path / "device.log"
-    device = _otaferry("device", "run", "--runtime", "micropython", "--code", "romfs",
-                       "--port", str(b), "--flash", path, stderr=log.open("wb"))  # fmt: skip
+    a, b, log = tmp_path / "gw", tmp_path / "dev", tmp_path / "device.log"
+    line, device = _serving(path, a, b, log)
     try:
-        _wait_log(log, "device: serving")
         boot = subprocess.run([sys.executable, "-m", "otaferry", "device", "boot", "--flash",
                                path], capture_output=True, text=True, timeout=60)  # fmt: skip
         assert boot.returncode == 1 and "error[BAD_STATE]" in boot.stderr, boot.stderr
@@ -340,13 +346,9 @@ def test_device_under_micropython_serves_again_when_its_port_comes_back(tmp_path
     """The line simulator stops and starts again (a USB adapter pulled and put
     back): the device says so, opens the path again and answers."""
     path = flash(tmp_path, secure=True)
-    a, b = tmp_path / "gw", tmp_path / "dev"
-    line = _line(a, b)
-    log = tmp_path / "device.log"
-    device = _otaferry("device", "run", "--runtime", "micropython", "--code", "romfs",
-                       "--port", str(b), "--flash", path, stderr=log.open("wb"))  # fmt: skip
+    a, b, log = tmp_path / "gw", tmp_path / "dev", tmp_path / "device.log"
+    line, device = _serving(path, a, b, log)
     try:
-        _wait_log(log, "device: serving")
         line.terminate()
         line.wait(10)
         _wait_log(log, "failed")
