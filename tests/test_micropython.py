@@ -230,8 +230,7 @@ def test_push_to_device_run_under_micropython_over_a_pty(tmp_path):
         build_delta(NEW, newer, KEY, hw=["hw"], chip="chip", version="newer", security_counter=2)
     )
     host_name, dev_name = str(tmp_path / "gw"), str(tmp_path / "dev")
-    line = _otaferry("linesim", "--baud", "921600", host_name, dev_name,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    line = _line(Path(host_name), Path(dev_name))  # both ends there before the push opens one
     device = _otaferry("device", "run", "--runtime", "micropython", "--port", dev_name,
                        "--flash", path, "--heap", str(HEAP), "--checkin-timeout", "60",
                        stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -266,8 +265,7 @@ def test_device_run_in_too_small_a_heap_says_why_in_one_line(tmp_path):
     path = flash(tmp_path, secure=True)
     before = Path(path).read_bytes()
     host_name, dev_name = str(tmp_path / "gw"), str(tmp_path / "dev")
-    line = _otaferry("linesim", host_name, dev_name,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    line = _line(Path(host_name), Path(dev_name))
     try:
         run = subprocess.run(
             [sys.executable, "-m", "otaferry", "device", "run", "--runtime", "micropython",
@@ -286,7 +284,7 @@ def test_device_run_in_too_small_a_heap_says_why_in_one_line(tmp_path):
 def _line(a: Path, b: Path) -> subprocess.Popen:
     proc = _otaferry("linesim", "--baud", "921600", str(a), str(b),
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    for _ in range(200):
+    for _ in range(600):  # a loaded machine: seconds
         if a.exists() and b.exists():
             break
         time.sleep(0.05)

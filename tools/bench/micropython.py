@@ -20,7 +20,8 @@ verify from device_fw/mpcrypto, the fdelta applier):
   when the device opens, among it);
 - ``seconds``: the install's time in the 1 MiB heap (64-bit unix port);
 - ``below``: how it fails one step under ``min_heap`` (the device's reason, and
-  whether it had written flash: refused at open, or out of memory mid-install),
+  whether it had written the update's slot: refused before, or out of memory
+  mid-install; the store's progress record does not count),
   ``failed_after_writing``: how many of the failed probes had written flash;
 
 and once, the deflate full-image codec's bytes against zstd -19 over the
@@ -62,8 +63,22 @@ def _install(flash: Path, ota: Path, work: Path, heap: int, hwm: bool = False,
     except (IndexError, ValueError):  # it died before its report
         r = {"ok": False, "error": (done.stdout + done.stderr).strip().splitlines()[-1:]}
     if not r.get("ok"):  # refused at open (nothing written) or ran out mid-install?
-        r["wrote"] = not filecmp.cmp(flash, trial, shallow=False)
+        r["wrote"] = _passive_written(flash, trial)
     return r
+
+
+def _passive_written(flash: Path, trial: Path) -> bool:
+    """Whether the update's slot changed (the store's progress record does not
+    count: a refusal at the offer may write it)."""
+    if filecmp.cmp(flash, trial, shallow=False):
+        return False
+    with Device(str(flash), read_only=True) as dev:
+        slot = dev.passive_slot()
+        offset, size = slot.offset, slot.size
+    with open(flash, "rb") as a, open(trial, "rb") as b:
+        a.seek(offset)
+        b.seek(offset)
+        return a.read(size) != b.read(size)
 
 
 def _session(flash: Path, ota: Path, work: Path, heap: int, code: str = "source",
@@ -130,7 +145,7 @@ def _session(flash: Path, ota: Path, work: Path, heap: int, code: str = "source"
             if "reason_name" not in r:  # the device refused and lived: the push names why
                 named = [x.name for x in Reason if x.name in r["message"]]
                 r["reason_name"] = named[0] if named else None
-            r["wrote"] = not filecmp.cmp(flash, trial, shallow=False)
+            r["wrote"] = _passive_written(flash, trial)
         return r
     finally:
         for proc in reversed(procs):
