@@ -206,7 +206,7 @@ def aes_ccm8_decrypt(key, nonce, data, ad):
         if _mp_ccm_decrypt is None:
             raise _missing("AES-CCM")
         try:
-            return _mp_ccm_decrypt(bytes(key), bytes(nonce), bytes(data), bytes(ad))
+            return _mp_ccm_decrypt(bytes(key), bytes(nonce), data, bytes(ad))  # data: a view
         except ValueError:
             return None
     try:

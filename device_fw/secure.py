@@ -424,7 +424,8 @@ class SecureChannel:
         if key is None:
             return "too_old", None
         header = record[:HEADER_SIZE]
-        body = port.aes_ccm8_decrypt(key, _nonce(self.recv_dir, n), record[HEADER_SIZE:], header)
+        body = port.aes_ccm8_decrypt(key, _nonce(self.recv_dir, n),
+                                     memoryview(record)[HEADER_SIZE:], header)  # no copy
         if body is None:
             return "auth_failed", None
         if folded is not None:

@@ -30,14 +30,27 @@ def _ecb(key):
     return _aes.AES128(key)
 
 
-def _cbc_mac(key, ecb, data):
-    """The last block of AES-CBC over ``data`` (whole blocks) with a zero IV."""
+def _cbc_mac(key, ecb, head, data):
+    """The last block of AES-CBC with a zero IV over ``head`` (whole blocks)
+    then ``data`` zero-padded to whole blocks, in pieces of ``_CHUNK`` bytes:
+    no copy of the frame (a split MicroPython heap may hold no 1 KB block)."""
     if _cryptolib is not None:
-        return _cryptolib.aes(key, 2, _ZERO_IV).encrypt(data)[-16:]
+        cbc = _cryptolib.aes(key, 2, _ZERO_IV)  # chains across calls
+        last = cbc.encrypt(head)
+        for at in range(0, len(data), _CHUNK):
+            piece = data[at : at + _CHUNK]
+            if len(piece) % 16:
+                piece = bytes(piece) + bytes(-len(piece) % 16)
+            last = cbc.encrypt(piece)
+        return last[-16:]
     x = 0
-    for at in range(0, len(data), 16):
-        x ^= int.from_bytes(data[at : at + 16], "big")
-        x = int.from_bytes(ecb.encrypt(x.to_bytes(16, "big")), "big")
+    for part in (head, data):
+        for at in range(0, len(part), 16):
+            block = part[at : at + 16]
+            if len(block) < 16:
+                block = bytes(block) + bytes(16 - len(block))
+            x ^= int.from_bytes(block, "big")
+            x = int.from_bytes(ecb.encrypt(x.to_bytes(16, "big")), "big")
     return x.to_bytes(16, "big")
 
 
@@ -70,8 +83,8 @@ def _tag(key, ecb, nonce, q, plaintext, ad):
             head += b"\xff\xfe" + n.to_bytes(4, "big")
         else:
             raise ValueError("CCM associated data too long")
-        head = _pad(head + ad)
-    return _cbc_mac(key, ecb, head + _pad(plaintext))[:TAG_SIZE]
+        head = head + ad
+    return _cbc_mac(key, ecb, _pad(head), plaintext)[:TAG_SIZE]
 
 
 def _xor(a, b):
@@ -107,16 +120,17 @@ def encrypt(key, nonce, plaintext, ad):
 
 
 def decrypt(key, nonce, data, ad):
-    """The plaintext of ``ciphertext || tag``; ValueError if the tag does not verify."""
-    data = bytes(data)
+    """The plaintext of ``ciphertext || tag``; ValueError if the tag does not verify.
+    ``data`` is read through a view (any buffer), not copied."""
+    data = memoryview(data)
     ad = bytes(ad)
     if len(data) < TAG_SIZE:
         raise ValueError("CCM: %d bytes are shorter than the tag" % len(data))
     key, nonce, q = _check(key, nonce, len(data) - TAG_SIZE)
     ecb = _ecb(key)
-    plaintext, s0 = _ctr(ecb, nonce, q, data[:-TAG_SIZE])
+    plaintext, s0 = _ctr(ecb, nonce, q, data[: len(data) - TAG_SIZE])
     expected = _xor(_tag(key, ecb, nonce, q, plaintext, ad), s0[:TAG_SIZE])
-    got = data[-TAG_SIZE:]
+    got = data[len(data) - TAG_SIZE :]
     diff = 0
     for i in range(TAG_SIZE):  # every byte, whatever the first difference
         diff |= expected[i] ^ got[i]
