@@ -47,7 +47,7 @@ class FlashBusy(DeviceError):
         )
 
 
-def _lock(f, path):
+def lock(f, path):
     """Take the exclusive lock on an open file, or close it and raise FlashBusy."""
     if fcntl is None:
         return
@@ -86,7 +86,7 @@ class Flash:
         else:
             self._f = open(path, "rb" if read_only else "r+b")  # noqa: SIM115 - as long as self
             if not read_only:
-                _lock(self._f, path)
+                lock(self._f, path)
         self._f.seek(0, 2)
         self.size = self._f.tell()
         if self.size == 0 or self.size % SECTOR_SIZE:
@@ -122,7 +122,7 @@ class Flash:
             f = open(path, "r+b")  # noqa: SIM115 - handed to the instance
         except FileNotFoundError:
             f = open(path, "w+b")  # noqa: SIM115 - handed to the instance
-        _lock(f, path)
+        lock(f, path)
         try:
             for _ in range(size // SECTOR_SIZE):
                 f.write(blank)

@@ -15,6 +15,8 @@ bytes and passes ``now``.
     deadline = loop.next_deadline()          # None: nothing to do until a packet
 """
 
+import gc
+
 from . import frames as F
 from . import framing
 from . import reasons as R
@@ -129,8 +131,6 @@ class DeviceLoop:
         try:
             self._receive(packet, now, out)
         except MemoryError:
-            import gc
-
             gc.collect()
         return out
 
@@ -215,8 +215,6 @@ class StreamLoop:
         try:
             return b"".join(framing.encode_frame(p) for p in packets)
         except MemoryError:  # these replies are lost, as on a lossy line
-            import gc
-
             gc.collect()
             return b""
 

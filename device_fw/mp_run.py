@@ -115,10 +115,16 @@ def seed_random(seed_hex):
 WORK = 24 * 1024
 SERVE_WORK = 40 * 1024
 _WORK = [WORK]
-# The payload buffer reserved before the rest of device_fw is imported: what the
-# default budget (65,536) leaves fdelta3's payload (SPEC 7.6).
-EARLY_PAYLOAD = 65536 - 52014
 _EARLY = []  # [payload buffer, bytes the early reservation took]
+
+
+def early_payload():
+    """The payload buffer reserved before the rest of device_fw is imported:
+    what the default budget leaves fdelta3's payload (SPEC 7.6)."""
+    from . import delta_apply
+    from .frames import DEFAULT_RAM_BUDGET
+
+    return DEFAULT_RAM_BUDGET - delta_apply.ram_budget(0, codec=delta_apply.CODEC3)
 
 
 def reserve_early():
@@ -129,12 +135,13 @@ def reserve_early():
     if _EARLY or not hasattr(gc, "mem_alloc"):
         return
     from . import codecs, delta_apply, platform
+    from .frames import DEFAULT_RAM_BUDGET
 
     gc.collect()
     before = gc.mem_alloc()
     try:
         delta_apply.reserve()
-        buf = bytearray(EARLY_PAYLOAD)
+        buf = bytearray(early_payload())
         platform.SCRATCH.append(bytearray(4096))  # the power-on reads: store, partition table
     except MemoryError:
         platform.SCRATCH[:] = []
@@ -142,8 +149,7 @@ def reserve_early():
         gc.collect()
         raise DeviceError(RESOURCE_LIMIT, "heap too small for an install: %d B free, the "
                           "applier's tables and a payload take %d B" % (
-                              gc.mem_free(), delta_apply.ram_budget(EARLY_PAYLOAD,
-                                                                    codec=delta_apply.CODEC3)))
+                              gc.mem_free(), DEFAULT_RAM_BUDGET))
     _EARLY[:] = [buf, gc.mem_alloc() - before]
     codecs.LEND.append(delta_apply.release)  # idle while a full image is decoded
     from . import installer
@@ -193,7 +199,7 @@ def open_device(flash_path, sampled=True):
             slot.region = region
         platform.store.flash = region
     dev = Device(platform=platform)
-    from . import delta_apply, installer, loop  # noqa: F401 - imported before the baseline
+    from . import installer, loop  # noqa: F401 - imported before the baseline
 
     if dev.link_key() is not None:
         # a device with a link key: the channel's code now, not at the first
@@ -225,13 +231,15 @@ def heap_payload(limits):
     largest fixed share, whose tables are reserved); under 4 KiB it refuses
     (RESOURCE_LIMIT). The device then checks deltas against that (SPEC 7.6)."""
     from . import delta_apply, installer
+    from .frames import DEFAULT_RAM_BUDGET
 
     gc.collect()
     held = installer.reserved_payload()
     if _EARLY and _EARLY[0] is not None:
         held = _EARLY[0]
     avail = _FREE[0] = gc.mem_free() + (len(held) if held is not None else 0)
-    most = limits.get("ram_budget", 65536) - delta_apply.ram_budget(0, codec=delta_apply.CODEC3)
+    most = (limits.get("ram_budget", DEFAULT_RAM_BUDGET)
+            - delta_apply.ram_budget(0, codec=delta_apply.CODEC3))  # fmt: skip
     # min(max(a third, the early buffer), what leaves the session its memory, the budget's)
     p = avail // 3
     if held is not None and len(held) > p:
@@ -416,34 +424,39 @@ def reopen_tty(path, say):
         return port
 
 
-def cmd_serve(flash_path, port_path, mtu=1024, lifecycle=True, checkin_timeout=120.0,
-              self_test=True, checkin=True):  # fmt: skip
-    from .serve import serve
-
+def _device_lines(flash_path, where):
+    """(say, on_event): the lines ``otaferry device run`` prints on CPython, on stderr."""
     said = []
 
     def say(line):
         sys.stderr.write("device: %s\n" % line)
 
     def on_event(kind, detail):
-        # the lines `otaferry device run` prints on CPython
         if kind == "ready":
             if not said:
                 said.append(True)
-                say("serving %s on %s (micropython)" % (flash_path, port_path))
+                say("serving %s on %s (micropython)" % (flash_path, where))
         elif kind == "boot":
             for line in detail["log"]:
                 say("boot: %s" % line)
         elif kind == "reset":
             say("reset (%s)" % detail["why"])
         elif kind == "port":
-            say("port %s failed (%s)" % (port_path, detail["error"]))
+            say("port %s failed (%s)" % (where, detail["error"]))
         else:
             gc.collect()
             say("%s (frames %d, bad %d, segments %d, heap %d)" % (
                 kind, detail["frames"], detail["bad_frames"], detail["segments"],
                 gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0))  # fmt: skip
 
+    return say, on_event
+
+
+def cmd_serve(flash_path, port_path, mtu=1024, lifecycle=True, checkin_timeout=120.0,
+              self_test=True, checkin=True):  # fmt: skip
+    from .serve import serve
+
+    say, on_event = _device_lines(flash_path, port_path)
     ports = [TtyPort(port_path)]
 
     def reopen():
@@ -470,10 +483,7 @@ def _run(cmd, args, flags):
     if cmd == "serve":
         mtu = int(args[2]) if len(args) > 2 else 1024
         lifecycle = "--no-reboot" not in flags
-        timeout = 120.0
-        for a in flags:
-            if a.startswith("--checkin-timeout="):
-                timeout = float(a.split("=", 1)[1])
+        timeout = float(_options(flags).get("checkin-timeout", "120"))
         return cmd_serve(args[0], args[1], mtu, lifecycle, timeout,
                          "--fail-self-test" not in flags, "--no-checkin" not in flags)
     if cmd == "serve-lora":
@@ -481,34 +491,27 @@ def _run(cmd, args, flags):
     return None
 
 
-def cmd_serve_lora(flash_path, port_path, kind, address, radio, flags):
-    """The device behind a LoRa modem on the tty ``port_path`` (``lora.serve_modem``):
-    ``radio`` = sf, bw Hz, cr, preamble, freq Hz, region name."""
-    from .lora import serve_modem
-
+def _options(flags):
+    """{name: value} of the ``--name=value`` flags."""
     opts = {}
     for a in flags:
         if "=" in a:
             k, v = a[2:].split("=", 1)
             opts[k] = v
+    return opts
+
+
+def cmd_serve_lora(flash_path, port_path, kind, address, radio, flags):
+    """The device behind a LoRa modem on the tty ``port_path`` (``lora.serve_modem``):
+    ``radio`` = sf, bw Hz, cr, preamble, freq Hz, region name."""
+    from .lora import serve_modem
+
+    opts = _options(flags)
     sf, bw, cr, preamble, freq, region = radio
     bw = float(bw)
     bw = int(bw) if bw == int(bw) else bw
     timeout = opts.get("checkin-timeout", "air")
-
-    def on_event(kind_, detail):
-        if kind_ == "ready":
-            sys.stderr.write("device: serving %s on %s via %s address %s (micropython)\n"
-                             % (flash_path, port_path, kind, address))
-        elif kind_ == "boot":
-            for line in detail["log"]:
-                sys.stderr.write("device: boot: %s\n" % line)
-        elif kind_ == "reset":
-            sys.stderr.write("device: reset (%s)\n" % detail["why"])
-        else:
-            sys.stderr.write("device: %s (frames %d, segments %d)\n"
-                             % (kind_, detail["frames"], detail["segments"]))
-
+    _say, on_event = _device_lines(flash_path, "%s via %s address %s" % (port_path, kind, address))
     _WORK[0] = SERVE_WORK
     serve_modem(flash_path, TtyPort(port_path), kind, int(address),
                 (int(sf), bw, int(cr), int(preamble), int(freq), region),

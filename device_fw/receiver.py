@@ -51,6 +51,8 @@ chunk size (the buffer is tagged with update id, chunk size and segment), and
 ACCEPT reports it, so a reconnect does not resend chunks the device holds.
 """
 
+import gc
+
 from . import bootrec
 from . import codecs as C
 from . import frames as F
@@ -178,22 +180,14 @@ class Receiver:
         try:
             out = self._dispatch(code, poll, f)
         except DeviceError as exc:
-            # e.g. a flash or store error outside the installer's own checks:
-            # the session cannot go on; say why and forget it (and the segment
-            # being assembled: its chunks may be what it failed on).
-            self._drop_session()
-            self._tag = self._bits = None
-            out = [F.abort(exc.reason, F.truncate_message(exc.message, self.mtu - 8))]
+            # e.g. a flash or store error outside the installer's own checks
+            out = self._fail(exc.reason, exc.message)
         except MemoryError:
             # a heap too small or too split for this session (a MicroPython
             # port): the same, and the device lives on; what is in flash is
             # what a power cut would leave (the progress record resumes it)
-            self._drop_session()
-            self._tag = self._bits = None
-            import gc
-
             gc.collect()
-            out = [F.abort(R.RESOURCE_LIMIT, "out of memory")]
+            out = self._fail(R.RESOURCE_LIMIT, "out of memory")
         self.stats["replies"] += len(out)
         return out
 
@@ -246,6 +240,13 @@ class Receiver:
             self._answered = True
             return [frame]
         return []
+
+    def _fail(self, reason, message):
+        """The session cannot go on: forget it and the segment being assembled
+        (its chunks may be what it failed on), and say why (ABORT)."""
+        self._drop_session()
+        self._tag = self._bits = None
+        return [F.abort(reason, F.truncate_message(message, self.mtu - 8))]
 
     def release(self):
         """Let go of the session and the segment buffer (the device resets):

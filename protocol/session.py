@@ -337,10 +337,7 @@ def precheck(manifest: Manifest, info: HelloInfo) -> tuple[Reason, str] | None:
             f"window 2**{manifest.window_log} exceeds the device's 2**{info.max_window_log}",
         )
     biggest = max(e.length for e in manifest.segments)
-    # The hello's buffer size is for full-image segments (SPEC section 4); a
-    # delta's RAM need (section 7.6) is held to the budget in HELLO field 18
-    # (65,536 when a device does not send it). The device checks it again from the
-    # signed segment table: it is the authority, this only saves the offer's air.
+    # The hello's buffer size is for full-image segments (SPEC section 4).
     if manifest.payload_kind == PAYLOAD_FULL and max(biggest, manifest.segment_size) > (
         info.max_segment_payload
     ):
@@ -353,17 +350,22 @@ def precheck(manifest: Manifest, info: HelloInfo) -> tuple[Reason, str] | None:
         return Reason.ALREADY_INSTALLED, f"the device already runs this image ({manifest.version})"
     if manifest.payload_kind == PAYLOAD_DELTA and manifest.base_sha256 != info.running_sha256:
         return Reason.WRONG_BASE, "delta base is not the image the device runs"
-    # last: a device that already runs the image is done, and a wrong base is
-    # not mended by rebuilding for more RAM
+    # Last: a device that already runs the image is done, and a wrong base is not
+    # mended by rebuilding for more RAM. A delta's RAM need (section 7.6) is held to
+    # the budget in HELLO field 18 (65,536 when a device does not send it). The
+    # device checks it again from the signed segment table: it is the authority,
+    # this only saves the offer's air.
     if manifest.payload_kind == PAYLOAD_DELTA:
         need = device_ram_bytes(manifest)
         if need > info.ram_budget:
-            return (
-                Reason.RESOURCE_LIMIT,
-                f"delta needs {need} bytes of RAM, the device allows {info.ram_budget}: "
-                f"rebuild it with otaferry build --base ... --device-ram {info.ram_budget}",
-            )
+            return Reason.RESOURCE_LIMIT, too_much_ram(need, info.ram_budget)
     return None
+
+
+def too_much_ram(need: int, budget: int) -> str:
+    """Why a delta that needs ``need`` bytes of RAM is refused, and the remedy."""
+    return (f"delta needs {need} bytes of RAM, the device allows {budget}: rebuild it with "
+            f"otaferry build --base ... --device-ram {budget}")  # fmt: skip
 
 
 def _reason(code: int) -> tuple[Reason, str]:

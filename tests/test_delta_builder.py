@@ -142,7 +142,7 @@ def test_the_sender_skips_a_delta_above_the_devices_ram_budget() -> None:
         choose_artifact([full, wide], small, allow_full=False)
     assert exc.value.reason == Reason.RESOURCE_LIMIT
     assert exc.value.message == (
-        f"the delta needs {need} bytes of RAM, the device allows 60000: "
+        f"delta needs {need} bytes of RAM, the device allows 60000: "
         "rebuild it with otaferry build --base ... --device-ram 60000"
     )
 

@@ -135,7 +135,7 @@ def test_the_delta_budget_follows_the_heap(tmp_path):
     reason, one line, the flash untouched."""
     from otaferry.device_fw.delta_apply import CODEC3, ram_budget
     from otaferry.device_fw.device import DEFAULT_LIMITS
-    from otaferry.device_fw.mp_run import EARLY_PAYLOAD
+    from otaferry.device_fw.mp_run import early_payload
 
     ota = tmp_path / "d.ota"
     ota.write_bytes(artifact("delta"))
@@ -156,7 +156,7 @@ def test_the_delta_budget_follows_the_heap(tmp_path):
             continue
         assert r["ok"], r
         third = ram_budget(r["heap_free_open"] // 3, codec=CODEC3)
-        assert r["ram_budget"] <= min(max(third, ram_budget(EARLY_PAYLOAD, codec=CODEC3)),
+        assert r["ram_budget"] <= min(max(third, ram_budget(early_payload(), codec=CODEC3)),
                                       provisioned), r  # fmt: skip
     assert seen[512, 1 << 20] == ram_budget(free[512, 1 << 20] // 3, codec=CODEC3)  # it grew
     assert seen[192, 65536] <= 65536 <= seen[256, 1 << 20] < seen[512, 1 << 20] < 1 << 20

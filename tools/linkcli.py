@@ -325,13 +325,13 @@ def _device_run_micropython(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from ..device_fw.flash import _lock
+    from ..device_fw.flash import lock
     from .mpy import DEFAULT_HEAP, mp_argv, mp_env
 
     # One flash file, one owner, as on CPython: the lock is taken here and its
     # file handed to the child, which holds it as long as it runs.
     held = open(args.flash, "r+b")  # noqa: SIM115 - lives as long as the device
-    _lock(held, args.flash)
+    lock(held, args.flash)
     deadline = time.monotonic() + PORT_APPEAR_S
     while not os.path.exists(args.port):
         if time.monotonic() > deadline:

@@ -50,6 +50,7 @@ from ..protocol.session import (
     Failed,
     Rejected,
     Sender,
+    too_much_ram,
     window_for,
 )
 from ..protocol.shared_artifact import Artifact
@@ -170,12 +171,7 @@ def choose_artifact(
         pool = deltas + (fulls if allow_full else [])
         return min(pool, key=lambda t: t[0])[1]  # min keeps the first: deltas win ties
     if too_big:
-        raise RemoteError(
-            f"the delta needs {min(too_big)} bytes of RAM, the device allows "
-            f"{info.ram_budget}: rebuild it with otaferry build --base ... --device-ram "
-            f"{info.ram_budget}",
-            Reason.RESOURCE_LIMIT,
-        )
+        raise RemoteError(too_much_ram(min(too_big), info.ram_budget), Reason.RESOURCE_LIMIT)
     if fulls:
         raise RemoteError(
             "no delta matches the device's running image and full images are not allowed "

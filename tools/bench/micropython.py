@@ -34,6 +34,8 @@ import argparse
 import filecmp
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,8 +45,8 @@ from ...device_fw.device import DEFAULT_LIMITS, Device
 from ...protocol.artifact import build_delta, build_full
 from ...protocol.errors import Reason
 from ...protocol.keys import SigningKey
-from ...protocol.x25519keys import LinkPrivateKey
-from ..mpy import CODE_MODES, run_mp
+from ...protocol.x25519keys import LinkPrivateKey, LinkPublicKey
+from ..mpy import CODE_MODES, mp_argv, mp_env, run_mp
 from .delta import DEFAULT_PAIRS, read_pairs
 
 KEY = SigningKey.from_seed(bytes(range(32)))
@@ -87,14 +89,6 @@ def _session(flash: Path, ota: Path, work: Path, heap: int, code: str = "source"
     to device_fw's main loop under ``micropython`` (``mp_run serve
     --no-reboot``) in ``heap``: ok when the push ends with the update
     installed; else the push's last line, or the device's when it died."""
-    import subprocess
-    import sys
-    import time
-
-    from ...device_fw.device import Device as Dev
-    from ...protocol.x25519keys import LinkPublicKey
-    from ..mpy import mp_argv, mp_env
-
     trial = work / "trial.bin"
     shutil.copy(flash, trial)
     host, dev = work / "host.tty", work / "dev.tty"
@@ -116,7 +110,7 @@ def _session(flash: Path, ota: Path, work: Path, heap: int, code: str = "source"
         procs.append(device)
         if secure:
             (work / "gw.key").write_bytes(GATEWAY.to_pem())
-            with Dev(str(flash), read_only=True) as d:
+            with Device(str(flash), read_only=True) as d:
                 pub = LinkPublicKey.from_raw(d.link_public()).to_pem()
             (work / "dev.pub").write_bytes(pub)
             keys = ["--link-key", str(work / "gw.key"), "--device-pub", str(work / "dev.pub")]
